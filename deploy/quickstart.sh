@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Sets up and runs haproxy-control locally: a demo HAProxy in front of three
+# real HTTP backends, and the reference fagent in front of that HAProxy.
+#   deploy/quickstart.sh         start (stops a previous demo first)
+#   deploy/quickstart.sh stop    stop everything it started
+# Everything lives in $DEMO_DIR (default: .demo in the repository).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEMO_DIR=${DEMO_DIR:-$ROOT/.demo}
+FRONTEND_PORT=${DEMO_FRONTEND_PORT:-8080}
+FAGENT_PORT=${DEMO_FAGENT_PORT:-9100}
+BACKEND_PORTS=(${DEMO_BACKEND_PORTS:-18081 18082 18083})
+
+stop_all() {
+  for pidfile in "$DEMO_DIR"/*.pid; do
+    [ -e "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+}
+
+if [ "${1:-}" = "stop" ]; then
+  stop_all
+  echo "demo stopped"
+  exit 0
+fi
+
+deploy/ensure-deps.sh
+echo "building haproxy-control (debug profile, shared with the tests)"
+cargo build -q --bin haproxy-control
+BIN=$ROOT/target/debug/haproxy-control
+
+mkdir -p "$DEMO_DIR"
+stop_all
+
+# Three demo applications, each answering with its own name.
+for i in 1 2 3; do
+  port=${BACKEND_PORTS[$((i - 1))]}
+  mkdir -p "$DEMO_DIR/app$i"
+  echo "app$i" > "$DEMO_DIR/app$i/index.html"
+  nohup python3 -m http.server "$port" --bind 127.0.0.1 --directory "$DEMO_DIR/app$i" \
+    > "$DEMO_DIR/app$i.log" 2>&1 &
+  echo $! > "$DEMO_DIR/app$i.pid"
+done
+
+for port in "${BACKEND_PORTS[@]}"; do
+  for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+
+cat > "$DEMO_DIR/haproxy.cfg" <<CFG
+global
+  stats socket $DEMO_DIR/admin.sock mode 600 level admin
+  stats timeout 30s
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 10s
+  timeout server 10s
+frontend demo
+  bind 127.0.0.1:$FRONTEND_PORT
+  default_backend web
+backend web
+  balance roundrobin
+  option httpchk GET /
+  server web1_shop_1 127.0.0.1:${BACKEND_PORTS[0]} check inter 1s
+  server web2_shop_1 127.0.0.1:${BACKEND_PORTS[1]} check inter 1s
+  server web3_shop_1 127.0.0.1:${BACKEND_PORTS[2]} check inter 1s
+backend api
+  server api1_shop_1 127.0.0.1:${BACKEND_PORTS[0]} check inter 1s
+  server api2_shop_1 127.0.0.1:${BACKEND_PORTS[1]} check inter 1s
+CFG
+haproxy -c -q -f "$DEMO_DIR/haproxy.cfg"
+nohup haproxy -db -f "$DEMO_DIR/haproxy.cfg" > "$DEMO_DIR/haproxy.log" 2>&1 &
+echo $! > "$DEMO_DIR/haproxy.pid"
+
+TOKEN_FILE=$DEMO_DIR/fagent.token
+[ -s "$TOKEN_FILE" ] || (head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$TOKEN_FILE")
+chmod 600 "$TOKEN_FILE"
+for _ in $(seq 1 50); do [ -S "$DEMO_DIR/admin.sock" ] && break; sleep 0.1; done
+nohup "$BIN" --log-format text fagent \
+  --listen "127.0.0.1:$FAGENT_PORT" \
+  --haproxy-socket "$DEMO_DIR/admin.sock" \
+  --token-file "$TOKEN_FILE" > "$DEMO_DIR/fagent.log" 2>&1 &
+echo $! > "$DEMO_DIR/fagent.pid"
+
+TOKEN=$(cat "$TOKEN_FILE")
+for _ in $(seq 1 100); do
+  curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$FAGENT_PORT/v1/health" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$FAGENT_PORT/v1/health" >/dev/null
+
+cat <<MSG
+
+haproxy-control demo is running (logs and pids in $DEMO_DIR):
+  HAProxy frontend   http://127.0.0.1:$FRONTEND_PORT/  (backends web, api; socket $DEMO_DIR/admin.sock)
+  demo apps          127.0.0.1:${BACKEND_PORTS[*]}
+  fagent             http://127.0.0.1:$FAGENT_PORT  (token in $TOKEN_FILE)
+
+Try:
+  TOKEN=\$(cat $TOKEN_FILE)
+  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$FAGENT_PORT/v1/health
+  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$FAGENT_PORT/v1/backends
+  curl -s -X PUT -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+       -d "{\"state\":\"drain\",\"transaction_id\":\"\$(cat /proc/sys/kernel/random/uuid)\"}" \\
+       http://127.0.0.1:$FAGENT_PORT/v1/backends/web/servers/web2_shop_1/state
+  for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:$FRONTEND_PORT/; done   # no app2 while drained
+  curl -s -X PUT -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+       -d "{\"state\":\"ready\",\"transaction_id\":\"\$(cat /proc/sys/kernel/random/uuid)\"}" \\
+       http://127.0.0.1:$FAGENT_PORT/v1/backends/web/servers/web2_shop_1/state
+
+Stop it all with: deploy/quickstart.sh stop
+MSG

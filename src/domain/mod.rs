@@ -1,0 +1,12 @@
+//! Pure types and rules. Nothing in here performs I/O: every function is a
+//! computation over values, so the rules are unit-tested fast.
+
+pub mod csv;
+pub mod names;
+pub mod servers_state;
+pub mod show_stat;
+pub mod snapshot;
+pub mod state;
+
+pub use names::{BackendName, NameError, ServerName};
+pub use state::{AdminState, OpState, StateParseError};

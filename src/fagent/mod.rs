@@ -1,0 +1,6 @@
+//! FAgent: the agent next to each HAProxy. `server` is the reference agent
+//! (HTTP in front of the runtime API); `wire` holds the bodies both sides
+//! speak (CONTRACT.md, "FAgent HTTP API").
+
+pub mod server;
+pub mod wire;

@@ -1,0 +1,279 @@
+//! HAProxy's runtime API over its stats socket (unix path or TCP address).
+//! One connection per command: HAProxy's non-interactive mode answers one
+//! line and closes, which keeps a restarted HAProxy transparent to callers.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::domain::servers_state::{self, ServerStateRow};
+use crate::domain::show_stat::{self, StatKind};
+use crate::domain::snapshot::{self, BackendSnapshot, ServerSnapshot};
+use crate::domain::{AdminState, BackendName, ServerName};
+
+/// The largest reply read from the socket; `show stat` of 50,000 servers is
+/// well under this.
+const MAX_REPLY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Where the stats socket is: `unix:/path`, `tcp:host:port`, a path with a
+/// `/`, or a `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketTarget {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl FromStr for SocketTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Ok(SocketTarget::Unix(path.into()));
+        }
+        if let Some(addr) = s.strip_prefix("tcp:") {
+            return Ok(SocketTarget::Tcp(addr.to_owned()));
+        }
+        if s.contains('/') {
+            return Ok(SocketTarget::Unix(s.into()));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(SocketTarget::Tcp(s.to_owned()))
+            }
+            _ => Err(format!(
+                "{s:?} is neither a socket path (contains '/') nor a host:port address"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SocketTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketTarget::Unix(p) => write!(f, "unix:{}", p.display()),
+            SocketTarget::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("HAProxy runtime socket {target} is unreachable: {source}")]
+    Unreachable {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("HAProxy runtime socket {target} did not answer within {timeout:?}")]
+    Timeout { target: String, timeout: Duration },
+    #[error("HAProxy has no backend {0:?}")]
+    NoSuchBackend(String),
+    #[error("HAProxy has no server {1:?} in backend {0:?}")]
+    NoSuchServer(String, String),
+    #[error("HAProxy refused the command: {0}")]
+    Refused(String),
+    #[error("HAProxy's reply could not be read: {0}")]
+    Unreadable(String),
+}
+
+/// One server's state as read from HAProxy, with the raw admin bits that say
+/// whether a command changed anything.
+#[derive(Debug, Clone)]
+pub struct ServerReading {
+    pub snapshot: ServerSnapshot,
+    pub admin_bits: u32,
+}
+
+/// A handle on one HAProxy's runtime API.
+#[derive(Debug, Clone)]
+pub struct Haproxy {
+    target: SocketTarget,
+    timeout: Duration,
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Haproxy {
+    pub fn new(target: SocketTarget, timeout: Duration) -> Self {
+        Self { target, timeout }
+    }
+
+    pub fn target(&self) -> &SocketTarget {
+        &self.target
+    }
+
+    async fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        Ok(match &self.target {
+            SocketTarget::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+            SocketTarget::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+        })
+    }
+
+    /// Sends one command line and returns HAProxy's whole reply.
+    ///
+    /// The line is built by this module from parsed names and states only;
+    /// it never carries a newline or a `;`.
+    async fn command(&self, line: &str) -> Result<String, RuntimeError> {
+        debug_assert!(!line.contains(['\n', ';']));
+        let exchange = async {
+            let mut stream = self
+                .connect()
+                .await
+                .map_err(|source| RuntimeError::Unreachable {
+                    target: self.target.to_string(),
+                    source,
+                })?;
+            let io = |e: std::io::Error| RuntimeError::Unreadable(e.to_string());
+            stream
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .map_err(io)?;
+            stream.flush().await.map_err(io)?;
+            let mut reply = Vec::new();
+            stream
+                .take(MAX_REPLY_BYTES)
+                .read_to_end(&mut reply)
+                .await
+                .map_err(io)?;
+            String::from_utf8(reply).map_err(|e| RuntimeError::Unreadable(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| RuntimeError::Timeout {
+                target: self.target.to_string(),
+                timeout: self.timeout,
+            })?
+    }
+
+    /// `show info`'s `Version:` line.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] when the socket does not answer as HAProxy does.
+    pub async fn version(&self) -> Result<String, RuntimeError> {
+        let info = self.command("show info").await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("Version:"))
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| RuntimeError::Unreadable("show info has no Version line".into()))
+    }
+
+    /// Every backend and its servers.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] when the socket does not answer or the output does
+    /// not parse.
+    pub async fn backends(&self) -> Result<Vec<BackendSnapshot>, RuntimeError> {
+        let (stat, state) = tokio::try_join!(
+            self.command("show stat -1 6 -1"),
+            self.command("show servers state")
+        )?;
+        let stats = show_stat::parse(&stat).map_err(|e| RuntimeError::Unreadable(e.to_string()))?;
+        let states =
+            servers_state::parse(&state).map_err(|e| RuntimeError::Unreadable(e.to_string()))?;
+        Ok(snapshot::join(&stats, &states))
+    }
+
+    async fn state_row(
+        &self,
+        backend: &BackendName,
+        server: &ServerName,
+    ) -> Result<ServerStateRow, RuntimeError> {
+        let reply = self
+            .command(&format!("show servers state {backend}"))
+            .await?;
+        if reply.starts_with("Can't find backend") {
+            return Err(RuntimeError::NoSuchBackend(backend.to_string()));
+        }
+        servers_state::parse(&reply)
+            .map_err(|e| RuntimeError::Unreadable(e.to_string()))?
+            .into_iter()
+            .find(|r| r.server == server.as_str())
+            .ok_or_else(|| RuntimeError::NoSuchServer(backend.to_string(), server.to_string()))
+    }
+
+    /// Reads one server.
+    ///
+    /// # Errors
+    /// [`RuntimeError::NoSuchBackend`] / [`RuntimeError::NoSuchServer`] when
+    /// it does not exist; other variants when HAProxy cannot be read.
+    pub async fn server(
+        &self,
+        backend: &BackendName,
+        server: &ServerName,
+    ) -> Result<ServerReading, RuntimeError> {
+        let state = self.state_row(backend, server).await?;
+        let reply = self
+            .command(&format!(
+                "show stat {} 4 {}",
+                state.backend_id, state.server_id
+            ))
+            .await?;
+        let stat = show_stat::parse(&reply)
+            .map_err(|e| RuntimeError::Unreadable(e.to_string()))?
+            .into_iter()
+            .find(|r| r.kind == StatKind::Server && r.name == server.as_str())
+            .ok_or_else(|| RuntimeError::NoSuchServer(backend.to_string(), server.to_string()))?;
+        Ok(ServerReading {
+            snapshot: snapshot::server_snapshot(&stat, Some(&state)),
+            admin_bits: state.admin_bits,
+        })
+    }
+
+    /// `set server <backend>/<server> state <state>`.
+    ///
+    /// # Errors
+    /// [`RuntimeError::NoSuchBackend`] / [`RuntimeError::NoSuchServer`] from
+    /// HAProxy's own replies, [`RuntimeError::Refused`] for any other reply.
+    pub async fn set_state(
+        &self,
+        backend: &BackendName,
+        server: &ServerName,
+        state: AdminState,
+    ) -> Result<(), RuntimeError> {
+        let reply = self
+            .command(&format!("set server {backend}/{server} state {state}"))
+            .await?;
+        match reply.trim() {
+            "" => Ok(()),
+            "No such server." => Err(RuntimeError::NoSuchServer(
+                backend.to_string(),
+                server.to_string(),
+            )),
+            "No such backend." => Err(RuntimeError::NoSuchBackend(backend.to_string())),
+            other => Err(RuntimeError::Refused(other.chars().take(500).collect())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SocketTarget;
+
+    #[test]
+    fn socket_targets_parse() {
+        assert_eq!(
+            "/run/haproxy/admin.sock".parse(),
+            Ok(SocketTarget::Unix("/run/haproxy/admin.sock".into()))
+        );
+        assert_eq!(
+            "unix:rel.sock".parse(),
+            Ok(SocketTarget::Unix("rel.sock".into()))
+        );
+        assert_eq!(
+            "127.0.0.1:9999".parse(),
+            Ok(SocketTarget::Tcp("127.0.0.1:9999".into()))
+        );
+        assert_eq!(
+            "tcp:lb:9999".parse(),
+            Ok(SocketTarget::Tcp("lb:9999".into()))
+        );
+        assert!("nonsense".parse::<SocketTarget>().is_err());
+        assert!(":80".parse::<SocketTarget>().is_err());
+    }
+}

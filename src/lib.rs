@@ -1,0 +1,9 @@
+//! haproxy-control: controls the servers behind a fleet of HAProxy load
+//! balancers. See DESIGN.md for the architecture.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod fagent;
+pub mod http_client;
+pub mod telemetry;

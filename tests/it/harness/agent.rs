@@ -1,0 +1,102 @@
+//! The reference fagent, served in-process on a loopback port.
+
+use std::time::Duration;
+
+use haproxy_control::fagent::server::{self, AgentSettings, BearerToken, SocketTarget};
+use tokio::sync::oneshot;
+
+pub struct TestAgent {
+    pub url: String,
+    pub token: String,
+    stop: Option<oneshot::Sender<()>>,
+    pub client: reqwest::Client,
+}
+
+impl TestAgent {
+    pub async fn start(socket: &std::path::Path) -> Self {
+        let token = format!("token-{}", uuid::Uuid::new_v4());
+        let settings = AgentSettings {
+            socket: SocketTarget::Unix(socket.to_owned()),
+            socket_timeout: Duration::from_secs(2),
+            token: BearerToken::new(&token).expect("token"),
+            idempotency_capacity: 1000,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind agent");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(server::serve_on(listener, settings, async move {
+            let _ = rx.await;
+        }));
+        let client = haproxy_control::http_client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        Self {
+            url,
+            token,
+            stop: Some(tx),
+            client,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
+    pub fn put_state(&self, backend: &str, server: &str, state: &str) -> reqwest::RequestBuilder {
+        self.client
+            .put(format!(
+                "{}/v1/backends/{backend}/servers/{server}/state",
+                self.url
+            ))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({
+                "state": state,
+                "transaction_id": uuid::Uuid::new_v4(),
+            }))
+    }
+
+    /// Sets a state and returns the JSON answer, asserting 200.
+    pub async fn set(&self, backend: &str, server: &str, state: &str) -> serde_json::Value {
+        let r = self
+            .put_state(backend, server, state)
+            .send()
+            .await
+            .expect("agent answers");
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(status, 200, "set {backend}/{server} {state}: {body}");
+        body
+    }
+
+    /// The server as the agent lists it.
+    pub async fn server(&self, backend: &str, server: &str) -> serde_json::Value {
+        let body: serde_json::Value = self
+            .get("/v1/backends")
+            .send()
+            .await
+            .expect("agent answers")
+            .json()
+            .await
+            .expect("json");
+        body["backends"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["name"] == backend))
+            .and_then(|b| b["servers"].as_array())
+            .and_then(|ss| ss.iter().find(|s| s["name"] == server))
+            .cloned()
+            .unwrap_or_else(|| panic!("{backend}/{server} not listed: {body}"))
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}

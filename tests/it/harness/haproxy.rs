@@ -1,0 +1,128 @@
+//! A real `haproxy` process with a temporary config and its own stats socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub struct TestHaproxy {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub socket: PathBuf,
+    config: PathBuf,
+}
+
+fn haproxy_bin() -> String {
+    std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into())
+}
+
+impl TestHaproxy {
+    /// Starts HAProxy with `body` (frontends, backends) after a generated
+    /// `global` (admin stats socket in a temp dir) and `defaults` section,
+    /// and waits until its socket answers.
+    pub async fn start(body: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("admin.sock");
+        let config = dir.path().join("haproxy.cfg");
+        let text = format!(
+            "global\n  stats socket {} mode 600 level admin\n  stats timeout 30s\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\n{body}\n",
+            socket.display()
+        );
+        std::fs::write(&config, text).expect("write haproxy.cfg");
+        let mut h = Self {
+            dir,
+            child: None,
+            socket,
+            config,
+        };
+        h.spawn().await;
+        h
+    }
+
+    async fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::File::create(self.dir.path().join("haproxy.log")).expect("log file");
+        let child = Command::new(haproxy_bin())
+            .arg("-db")
+            .arg("-f")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("haproxy must be installed (apt-get install haproxy)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(info) = self.try_cmd("show info").await
+                && info.contains("Name: HAProxy")
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("haproxy exited with {status}: {}", self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "haproxy did not open its socket: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the process (SIGKILL) and removes the socket.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Starts it again with the same config and socket.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    async fn try_cmd(&self, line: &str) -> std::io::Result<String> {
+        let mut s = tokio::net::UnixStream::connect(&self.socket).await?;
+        s.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    /// Runs one runtime-API command straight on the socket.
+    pub async fn cmd(&self, line: &str) -> String {
+        self.try_cmd(line).await.expect("haproxy socket answers")
+    }
+
+    /// `srv_admin_state` bits of every server, by `backend/server`.
+    pub async fn admin_bits(&self) -> Vec<(String, u32)> {
+        let out = self.cmd("show servers state").await;
+        out.lines()
+            .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 6)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((format!("{}/{}", f[1], f[3]), f[6].parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestHaproxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,52 @@
+//! What tests start: small HTTP backends, a real `haproxy` with a generated
+//! config and its own stats socket, and a fagent in front of it. Everything
+//! stops when dropped.
+
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod backends;
+pub mod haproxy;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use agent::TestAgent;
+pub use backends::HttpBackends;
+pub use haproxy::TestHaproxy;
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}
+
+/// Polls `check` every 50 ms until it returns Some or `within` passes.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP client that opens a new connection for every request, so each
+/// request is a new session for HAProxy to balance.
+pub fn fresh_connection_client() -> reqwest::Client {
+    haproxy_control::http_client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client")
+}

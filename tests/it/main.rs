@@ -1,0 +1,7 @@
+//! Integration tests: one binary, real haproxy processes, real services.
+
+mod harness;
+
+mod fagent_api;
+mod fagent_states;
+mod fagent_traffic;
