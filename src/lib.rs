@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod fagent;
 pub mod http_client;

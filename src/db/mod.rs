@@ -1,0 +1,102 @@
+//! The database layer: Diesel schema, connection pool and migrations.
+//!
+//! Migrations are embedded in the binary and run by [`run_migrations`], which serialises
+//! concurrent runners (several replicas starting at once) with a PostgreSQL advisory lock.
+
+pub mod pool;
+pub mod schema;
+pub mod testing;
+
+#[cfg(test)]
+mod tests;
+
+use diesel::Connection as _;
+use diesel::RunQueryDsl as _;
+use diesel::pg::{Pg, PgConnection};
+use diesel::sql_types::BigInt;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
+
+pub use pool::{PgPool, pool};
+
+/// Every migration in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Key of the session-level advisory lock held while migrations run (ASCII "hapx-mig").
+pub const MIGRATION_LOCK_KEY: i64 = 0x6861_7078_2d6d_6967;
+
+/// Errors of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A connection to PostgreSQL could not be established.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connection(#[from] diesel::ConnectionError),
+    /// The pool could not be built or gave no connection in time.
+    #[error("database connection pool: {0}")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// Running the migrations failed.
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+/// Opens a single connection (no pool), e.g. for `migrate`.
+pub fn connect(database_url: &str) -> Result<PgConnection, DbError> {
+    Ok(PgConnection::establish(database_url)?)
+}
+
+/// Runs every pending migration and returns the names of those applied, oldest first (empty
+/// when the schema is already up to date).
+///
+/// Holds the session-level advisory lock [`MIGRATION_LOCK_KEY`] meanwhile, so that runners
+/// started at the same time on the same database apply each migration once; the others wait
+/// and then find nothing pending. Each migration runs in its own transaction.
+pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(conn)?;
+    let outcome = run_pending(conn);
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(conn);
+    let applied = outcome?;
+    // If the unlock failed the connection is broken, and the lock went with the session.
+    if let Err(e) = unlocked {
+        tracing::warn!(error = %e, "releasing the migration lock failed");
+    }
+    Ok(applied)
+}
+
+fn run_pending(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
+    let versions: Vec<String> = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| DbError::Migration(e.to_string()))?
+        .into_iter()
+        .map(|version| version.to_string())
+        .collect();
+    let names = migration_names().map_err(DbError::Migration)?;
+    let applied: Vec<String> = versions
+        .into_iter()
+        .map(|version| {
+            names
+                .iter()
+                .find(|(v, _)| *v == version)
+                .map_or(version.clone(), |(_, name)| name.clone())
+        })
+        .collect();
+    for name in &applied {
+        tracing::info!(migration = %name, "applied migration");
+    }
+    Ok(applied)
+}
+
+/// (version, full name) of every embedded migration.
+fn migration_names() -> Result<Vec<(String, String)>, String> {
+    let migrations = diesel::migration::MigrationSource::<Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| e.to_string())?;
+    Ok(migrations
+        .iter()
+        .map(|m| (m.name().version().to_string(), m.name().to_string()))
+        .collect())
+}

@@ -1,0 +1,200 @@
+//! Diesel schema, written by hand to match `migrations/` exactly.
+//!
+//! `db::tests::schema_matches_migrations` compares every table here with the database the
+//! migrations produce (column names, nullability and types), so the two cannot drift apart.
+
+// AC's tables. On AC's database they have more columns; only those the module uses are listed.
+
+diesel::table! {
+    servers (id) {
+        id -> Int8,
+        hostname -> Text,
+        ip -> Nullable<Text>,
+        is_haproxy_node -> Bool,
+    }
+}
+
+diesel::table! {
+    applications (id) {
+        id -> Int8,
+        name -> Text,
+        server_id -> Nullable<Int8>,
+        port -> Nullable<Int4>,
+        instance -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    application_groups (id) {
+        id -> Int8,
+        name -> Text,
+    }
+}
+
+diesel::table! {
+    application_group_members (group_id, application_id) {
+        group_id -> Int8,
+        application_id -> Int8,
+    }
+}
+
+// The module's tables.
+
+diesel::table! {
+    haproxy_instances (id) {
+        id -> Int8,
+        server_id -> Nullable<Int8>,
+        name -> Text,
+        fagent_url -> Text,
+        /// `env:VAR`, `file:/path` or `token:literal`.
+        fagent_token_ref -> Text,
+        is_active -> Bool,
+        /// `closed`, `open` or `half_open`.
+        breaker_state -> Text,
+        consecutive_failures -> Int4,
+        opened_at -> Nullable<Timestamptz>,
+        probe_started_at -> Nullable<Timestamptz>,
+        last_sync_at -> Nullable<Timestamptz>,
+        last_sync_result -> Nullable<Text>,
+        last_sync_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    haproxy_backends (id) {
+        id -> Int8,
+        haproxy_id -> Int8,
+        backend_name -> Text,
+        created_at -> Timestamptz,
+        last_seen_at -> Nullable<Timestamptz>,
+        removed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    haproxy_servers (id) {
+        id -> Int8,
+        backend_id -> Int8,
+        server_name -> Text,
+        address -> Text,
+        port -> Nullable<Int4>,
+        /// `ready`, `drain` or `maint`.
+        admin_state -> Text,
+        /// `up`, `down`, `no_check`, `stopping` or `starting`.
+        op_state -> Text,
+        weight -> Int4,
+        current_sessions -> Int8,
+        check_status -> Nullable<Text>,
+        application_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        last_seen_at -> Nullable<Timestamptz>,
+        removed_at -> Nullable<Timestamptz>,
+        state_changed_at -> Nullable<Timestamptz>,
+        /// When an action or a sync last wrote the state; an older sync snapshot must not
+        /// overwrite it.
+        state_written_at -> Nullable<Timestamptz>,
+        /// `requested_at` of the newest action applied to this server.
+        last_requested_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    haproxy_batches (id) {
+        id -> Int8,
+        transaction_id -> Uuid,
+        /// `ready`, `drain` or `maint`.
+        action -> Text,
+        actor -> Text,
+        reason -> Nullable<Text>,
+        force -> Bool,
+        targets -> Jsonb,
+        total -> Int4,
+        requested_at -> Timestamptz,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    haproxy_actions (id) {
+        id -> Int8,
+        transaction_id -> Uuid,
+        server_id -> Nullable<Int8>,
+        batch_id -> Nullable<Int8>,
+        /// `ready`, `drain` or `maint`.
+        action -> Text,
+        /// `pending`, `running`, `success`, `failed`, `superseded` or `rejected`.
+        status -> Text,
+        actor -> Text,
+        reason -> Nullable<Text>,
+        force -> Bool,
+        requested_at -> Timestamptz,
+        attempts -> Int4,
+        /// An error code such as `agent_unreachable`.
+        error -> Nullable<Text>,
+        error_detail -> Nullable<Text>,
+        /// The final events, re-published verbatim on duplicates.
+        events -> Jsonb,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    haproxy_server_status_history (id) {
+        id -> Int8,
+        server_id -> Int8,
+        previous_admin_state -> Nullable<Text>,
+        new_admin_state -> Text,
+        previous_op_state -> Nullable<Text>,
+        new_op_state -> Text,
+        /// `action` or `sync`.
+        source -> Text,
+        actor -> Text,
+        action_id -> Nullable<Int8>,
+        changed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    haproxy_application_links (id) {
+        id -> Int8,
+        haproxy_id -> Int8,
+        address -> Text,
+        port -> Int4,
+        server_name -> Text,
+        application_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(applications -> servers (server_id));
+diesel::joinable!(application_group_members -> application_groups (group_id));
+diesel::joinable!(application_group_members -> applications (application_id));
+diesel::joinable!(haproxy_instances -> servers (server_id));
+diesel::joinable!(haproxy_backends -> haproxy_instances (haproxy_id));
+diesel::joinable!(haproxy_servers -> haproxy_backends (backend_id));
+diesel::joinable!(haproxy_servers -> applications (application_id));
+diesel::joinable!(haproxy_actions -> haproxy_servers (server_id));
+diesel::joinable!(haproxy_actions -> haproxy_batches (batch_id));
+diesel::joinable!(haproxy_server_status_history -> haproxy_servers (server_id));
+diesel::joinable!(haproxy_server_status_history -> haproxy_actions (action_id));
+diesel::joinable!(haproxy_application_links -> haproxy_instances (haproxy_id));
+diesel::joinable!(haproxy_application_links -> applications (application_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    servers,
+    applications,
+    application_groups,
+    application_group_members,
+    haproxy_instances,
+    haproxy_backends,
+    haproxy_servers,
+    haproxy_batches,
+    haproxy_actions,
+    haproxy_server_status_history,
+    haproxy_application_links,
+);
