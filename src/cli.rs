@@ -27,14 +27,153 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
+    /// PostgreSQL URL [default: postgres://postgres@127.0.0.1:5432/haproxy_control].
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// RabbitMQ URL [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(long, env = "AMQP_URL", global = true, hide_env_values = true)]
+    pub amqp_url: Option<String>,
+
+    /// Prefix of every exchange and queue name (empty in production).
+    #[arg(long, env = "AMQP_PREFIX", global = true)]
+    pub amqp_prefix: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Apply the database migrations (also done by every worker at start).
+    Migrate,
+    /// Consume commands and apply them through the agents.
+    Worker(WorkerArgs),
+    /// Every server-side role in one process (today: the worker).
+    Serve(WorkerArgs),
+    /// Register and list HAProxy instances.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Run the reference FAgent next to one HAProxy: HTTP in front of its runtime API.
     Fagent(FagentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Messages in flight per consumer [default: 64].
+    #[arg(long, env = "WORKER_PREFETCH")]
+    pub prefetch: Option<u16>,
+    /// Calls to an agent per action, the first included [default: 3].
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+    /// Waits before retries, comma-separated milliseconds [default: 1000,2000,4000].
+    #[arg(long, env = "WORKER_RETRY_BACKOFF_MS", value_delimiter = ',')]
+    pub retry_backoff_ms: Option<Vec<u64>>,
+    /// Timeout of one agent call in milliseconds [default: 5000].
+    #[arg(long, env = "WORKER_AGENT_TIMEOUT_MS")]
+    pub agent_timeout_ms: Option<u64>,
+    /// Consecutive failed calls that open an instance's breaker [default: 3].
+    #[arg(long, env = "WORKER_BREAKER_FAILURES")]
+    pub breaker_failures: Option<u32>,
+    /// Seconds an open breaker fails fast before one probe [default: 60].
+    #[arg(long, env = "WORKER_BREAKER_OPEN_SECS")]
+    pub breaker_open_secs: Option<u64>,
+    /// Connections to PostgreSQL [default: 16, at least prefetch + 4].
+    #[arg(long, env = "DATABASE_POOL_SIZE")]
+    pub pool_size: Option<u32>,
+}
+
+impl WorkerArgs {
+    pub fn apply(&self, c: &mut Config) {
+        let w = &mut c.worker;
+        if let Some(v) = self.prefetch {
+            w.prefetch = v;
+        }
+        if let Some(v) = self.max_attempts {
+            w.max_attempts = v;
+        }
+        if let Some(v) = &self.retry_backoff_ms {
+            w.retry_backoff_ms = v.clone();
+        }
+        if let Some(v) = self.agent_timeout_ms {
+            w.agent_timeout_ms = v;
+        }
+        if let Some(v) = self.breaker_failures {
+            w.breaker_failures = v;
+        }
+        if let Some(v) = self.breaker_open_secs {
+            w.breaker_open_secs = v;
+        }
+        if let Some(v) = self.pool_size {
+            c.database.pool_size = v;
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Register an HAProxy instance (or update the one with that name) and
+    /// load its backends and servers from its agent.
+    Add(InstanceAddArgs),
+    /// List registered instances with their breaker and last sync.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceAddArgs {
+    /// Unique name, e.g. `lb-1` (letters, digits, `.`, `_`, `:`, `-`).
+    #[arg(long)]
+    pub name: String,
+    /// Base URL of the instance's fagent, e.g. `http://10.0.0.5:9100`.
+    #[arg(long)]
+    pub fagent_url: String,
+    /// The agent's token is in this file (read whenever it is used).
+    #[arg(long, group = "token_source")]
+    pub token_file: Option<PathBuf>,
+    /// The agent's token is in this environment variable of the worker.
+    #[arg(long, group = "token_source")]
+    pub token_env: Option<String>,
+    /// The agent's token itself (stored in the database).
+    #[arg(long, group = "token_source", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The AC server (`servers.id`) this instance runs on.
+    #[arg(long)]
+    pub server_id: Option<i64>,
+    /// Register it inactive (no commands or syncs go to it).
+    #[arg(long)]
+    pub inactive: bool,
+}
+
+impl InstanceAddArgs {
+    /// The stored token reference.
+    ///
+    /// # Errors
+    /// When no token source was given.
+    pub fn token_ref(&self) -> Result<String, ConfigError> {
+        match (&self.token_file, &self.token_env, &self.token) {
+            (Some(p), _, _) => Ok(format!("file:{}", p.display())),
+            (_, Some(v), _) => Ok(format!("env:{v}")),
+            (_, _, Some(t)) => Ok(format!("token:{t}")),
+            _ => Err(ConfigError::Invalid(
+                "give the agent token with --token-file, --token-env or --token".into(),
+            )),
+        }
+    }
+}
+
+impl Cli {
+    /// Applies the global connection flags to `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(v) = &self.database_url {
+            config.database.url = v.clone();
+        }
+        if let Some(v) = &self.amqp_url {
+            config.amqp.url = v.clone();
+        }
+        if let Some(v) = &self.amqp_prefix {
+            config.amqp.prefix = v.clone();
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +267,32 @@ mod tests {
     }
 
     #[test]
+    fn worker_flags_override_the_config() {
+        let cli = Cli::parse_from([
+            "haproxy-control",
+            "--amqp-prefix",
+            "t.",
+            "worker",
+            "--prefetch",
+            "8",
+            "--retry-backoff-ms",
+            "10,20",
+            "--breaker-open-secs",
+            "2",
+        ]);
+        let mut c = Config::default();
+        cli.apply(&mut c);
+        let Command::Worker(w) = &cli.command else {
+            panic!("parsed as worker");
+        };
+        w.apply(&mut c);
+        assert_eq!((c.amqp.prefix.as_str(), c.worker.prefetch), ("t.", 8));
+        assert_eq!(c.worker.retry_backoff_ms, vec![10, 20]);
+        assert_eq!(c.worker.breaker_open_secs, 2);
+        assert_eq!(c.worker.max_attempts, 3);
+    }
+
+    #[test]
     fn fagent_needs_a_token() {
         let cli = Cli::parse_from([
             "haproxy-control",
@@ -135,7 +300,9 @@ mod tests {
             "--haproxy-socket",
             "/tmp/x.sock",
         ]);
-        let Command::Fagent(args) = cli.command;
+        let Command::Fagent(args) = cli.command else {
+            panic!("parsed as fagent");
+        };
         if args.token.is_none() {
             let err = args
                 .settings(&Config::default())

@@ -10,7 +10,80 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub database: DatabaseConfig,
+    pub amqp: AmqpConfig,
+    pub worker: WorkerConfig,
     pub fagent: FagentConfig,
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub pool_size: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/haproxy_control".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+/// RabbitMQ.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    pub url: String,
+    /// Put in front of every exchange and queue name (tests use it to get
+    /// their own topology; production leaves it empty).
+    pub prefix: String,
+    /// Deliveries of one message before RabbitMQ dead-letters it.
+    pub delivery_limit: u32,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: String::new(),
+            delivery_limit: 5,
+        }
+    }
+}
+
+/// The worker: consuming, calling agents, retries, the breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Unacknowledged messages per consumer, i.e. actions in flight.
+    pub prefetch: u16,
+    /// Calls to an agent per action, the first included.
+    pub max_attempts: u32,
+    /// Delay before retry n is the n-th entry (the last repeats), in ms.
+    pub retry_backoff_ms: Vec<u64>,
+    /// Timeout of one call to an agent (ms).
+    pub agent_timeout_ms: u64,
+    /// Consecutive failed calls that open an instance's breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker fails calls fast before one probe (s).
+    pub breaker_open_secs: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            prefetch: 64,
+            max_attempts: 3,
+            retry_backoff_ms: vec![1_000, 2_000, 4_000],
+            agent_timeout_ms: 5_000,
+            breaker_failures: 3,
+            breaker_open_secs: 60,
+        }
+    }
 }
 
 /// The reference agent (`haproxy-control fagent`).

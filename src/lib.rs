@@ -1,10 +1,13 @@
 //! haproxy-control: controls the servers behind a fleet of HAProxy load
 //! balancers. See DESIGN.md for the architecture.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod fagent;
 pub mod http_client;
+pub mod queue;
 pub mod telemetry;
+pub mod worker;

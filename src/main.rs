@@ -1,9 +1,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use haproxy_control::cli::{Cli, Command};
+use haproxy_control::cli::{Cli, Command, InstanceCommand};
 use haproxy_control::config::Config;
-use haproxy_control::{fagent, telemetry};
+use haproxy_control::{admin, fagent, telemetry, worker};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -20,8 +20,33 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
-    match cli.command {
+    let mut config = Config::load(cli.config.as_deref())?;
+    cli.apply(&mut config);
+    match &cli.command {
+        Command::Migrate => {
+            let applied = admin::migrate(&config).await?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            }
+            for name in applied {
+                println!("applied {name}");
+            }
+        }
+        Command::Worker(args) | Command::Serve(args) => {
+            args.apply(&mut config);
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = tx.send(true);
+            });
+            worker::run(&config, rx).await?;
+        }
+        Command::Instance(InstanceCommand::Add(args)) => {
+            println!("{}", admin::add_instance(&config, args).await?);
+        }
+        Command::Instance(InstanceCommand::List) => {
+            print!("{}", admin::list_instances(&config).await?);
+        }
         Command::Fagent(args) => {
             let (listen, settings) = args.settings(&config)?;
             fagent::server::serve(listen, settings, shutdown_signal()).await?;

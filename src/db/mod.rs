@@ -3,6 +3,10 @@
 //! Migrations are embedded in the binary and run by [`run_migrations`], which serialises
 //! concurrent runners (several replicas starting at once) with a PostgreSQL advisory lock.
 
+pub mod actions;
+pub mod instances;
+pub mod inventory;
+pub mod locks;
 pub mod pool;
 pub mod schema;
 pub mod testing;
@@ -39,6 +43,9 @@ pub enum DbError {
     /// Running the migrations failed.
     #[error("database migration failed: {0}")]
     Migration(String),
+    /// A blocking database task panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(String),
 }
 
 /// Opens a single connection (no pool), e.g. for `migrate`.
@@ -99,4 +106,24 @@ fn migration_names() -> Result<Vec<(String, String)>, String> {
         .iter()
         .map(|m| (m.name().version().to_string(), m.name().to_string()))
         .collect())
+}
+
+/// Runs `f` with a pooled connection on the blocking thread pool.
+///
+/// # Errors
+/// [`DbError`] from the pool or from `f`.
+pub async fn run<T, F>(pool: &PgPool, f: F) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut PgConnection) -> Result<T, DbError> + Send + 'static,
+{
+    let pool = pool.clone();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let mut conn = pool.get()?;
+        f(&mut conn)
+    })
+    .await
+    .map_err(|e| DbError::Task(e.to_string()))?
 }

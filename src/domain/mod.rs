@@ -1,7 +1,10 @@
 //! Pure types and rules. Nothing in here performs I/O: every function is a
 //! computation over values, so the rules are unit-tested fast.
 
+pub mod action;
+pub mod breaker;
 pub mod csv;
+pub mod event;
 pub mod names;
 pub mod servers_state;
 pub mod show_stat;

@@ -2,5 +2,7 @@
 //! (HTTP in front of the runtime API); `wire` holds the bodies both sides
 //! speak (CONTRACT.md, "FAgent HTTP API").
 
+pub mod client;
 pub mod server;
+pub mod token_ref;
 pub mod wire;

@@ -2,6 +2,8 @@
 
 mod harness;
 
+mod action_path;
 mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;
+mod harness_selftest;

@@ -7,6 +7,9 @@
 pub mod agent;
 pub mod backends;
 pub mod haproxy;
+pub mod proxy;
+pub mod spy;
+pub mod system;
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +17,9 @@ use std::time::Duration;
 pub use agent::TestAgent;
 pub use backends::HttpBackends;
 pub use haproxy::TestHaproxy;
+pub use proxy::TcpProxy;
+pub use spy::SocketSpy;
+pub use system::TestSystem;
 
 /// A free TCP port on loopback (bound, read, released).
 pub fn free_port() -> u16 {

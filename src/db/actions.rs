@@ -1,0 +1,201 @@
+//! `haproxy_actions` and the history rows an action writes. An action's
+//! outcome, its server's new state, its history row and its final events
+//! commit together in [`finish`].
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::DbError;
+use super::schema::{
+    haproxy_actions as a, haproxy_server_status_history as h, haproxy_servers as s,
+};
+use crate::domain::action::{ActionStatus, FailureCode};
+use crate::domain::{AdminState, OpState};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = a)]
+pub struct ActionRow {
+    pub id: i64,
+    pub transaction_id: Uuid,
+    pub server_id: Option<i64>,
+    pub batch_id: Option<i64>,
+    pub action: String,
+    pub status: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub force: bool,
+    pub requested_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub error_detail: Option<String>,
+    pub events: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl ActionRow {
+    /// The status; an unknown string (impossible under the CHECK) reads as
+    /// pending, so the action is processed rather than skipped.
+    pub fn status(&self) -> ActionStatus {
+        self.status.parse().unwrap_or(ActionStatus::Pending)
+    }
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = a)]
+pub struct NewAction {
+    pub transaction_id: Uuid,
+    pub server_id: Option<i64>,
+    pub batch_id: Option<i64>,
+    pub action: String,
+    pub status: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub force: bool,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// Whether [`claim`] created the row or found it.
+#[derive(Debug)]
+pub enum Claim {
+    New(ActionRow),
+    Existing(ActionRow),
+}
+
+/// Records the action, or returns the row its transaction id already has
+/// (the unique index makes a concurrent duplicate wait, then find it).
+pub fn claim(conn: &mut PgConnection, new: &NewAction) -> Result<Claim, DbError> {
+    let inserted: Option<ActionRow> = diesel::insert_into(a::table)
+        .values(new)
+        .on_conflict(a::transaction_id)
+        .do_nothing()
+        .returning(ActionRow::as_returning())
+        .get_result(conn)
+        .optional()?;
+    if let Some(row) = inserted {
+        return Ok(Claim::New(row));
+    }
+    get_by_transaction(conn, new.transaction_id)?
+        .map(Claim::Existing)
+        .ok_or(DbError::Query(diesel::result::Error::NotFound))
+}
+
+pub fn get_by_transaction(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+) -> Result<Option<ActionRow>, DbError> {
+    Ok(a::table
+        .filter(a::transaction_id.eq(transaction_id))
+        .select(ActionRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Marks the action running and counts one more call to the agent.
+pub fn begin_attempt(conn: &mut PgConnection, action_id: i64) -> Result<i32, DbError> {
+    Ok(diesel::update(a::table.find(action_id))
+        .set((
+            a::status.eq(ActionStatus::Running.as_str()),
+            a::started_at.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >("COALESCE(started_at, now())")),
+            a::attempts.eq(a::attempts + 1),
+        ))
+        .returning(a::attempts)
+        .get_result(conn)?)
+}
+
+/// The final state of an action.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: ActionStatus,
+    pub error: Option<FailureCode>,
+    pub error_detail: Option<String>,
+    /// The final events, stored so a duplicate re-publishes them verbatim.
+    pub events: serde_json::Value,
+}
+
+/// A server's state as read back after an action.
+#[derive(Debug, Clone)]
+pub struct ServerWrite {
+    pub server_id: i64,
+    pub admin_state: AdminState,
+    pub op_state: OpState,
+    pub weight: i32,
+    pub current_sessions: i64,
+    pub check_status: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub changed: bool,
+}
+
+/// A history row with source `action`.
+#[derive(Debug, Clone)]
+pub struct HistoryWrite {
+    pub server_id: i64,
+    pub previous_admin_state: AdminState,
+    pub new_admin_state: AdminState,
+    pub previous_op_state: OpState,
+    pub new_op_state: OpState,
+    pub actor: String,
+}
+
+/// Commits the outcome, the server's new state and its history row together.
+pub fn finish(
+    conn: &mut PgConnection,
+    action_id: i64,
+    outcome: &Outcome,
+    server: Option<&ServerWrite>,
+    history: Option<&HistoryWrite>,
+) -> Result<(), DbError> {
+    conn.transaction(|conn| {
+        diesel::update(a::table.find(action_id))
+            .set((
+                a::status.eq(outcome.status.as_str()),
+                a::error.eq(outcome.error.map(|e| e.as_str())),
+                a::error_detail.eq(outcome.error_detail.as_deref()),
+                a::events.eq(&outcome.events),
+                a::finished_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)?;
+        if let Some(w) = server {
+            let now = Utc::now();
+            diesel::update(s::table.find(w.server_id))
+                .set((
+                    s::admin_state.eq(w.admin_state.as_str()),
+                    s::op_state.eq(w.op_state.as_str()),
+                    s::weight.eq(w.weight),
+                    s::current_sessions.eq(w.current_sessions),
+                    s::check_status.eq(w.check_status.as_deref()),
+                    s::state_written_at.eq(now),
+                    s::last_requested_at.eq(diesel::dsl::sql::<
+                        diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+                    >("GREATEST(last_requested_at, ")
+                    .bind::<diesel::sql_types::Timestamptz, _>(w.requested_at)
+                    .sql(")")),
+                ))
+                .execute(conn)?;
+            if w.changed {
+                diesel::update(s::table.find(w.server_id))
+                    .set(s::state_changed_at.eq(now))
+                    .execute(conn)?;
+            }
+        }
+        if let Some(hw) = history {
+            diesel::insert_into(h::table)
+                .values((
+                    h::server_id.eq(hw.server_id),
+                    h::previous_admin_state.eq(Some(hw.previous_admin_state.as_str())),
+                    h::new_admin_state.eq(hw.new_admin_state.as_str()),
+                    h::previous_op_state.eq(Some(hw.previous_op_state.as_str())),
+                    h::new_op_state.eq(hw.new_op_state.as_str()),
+                    h::source.eq("action"),
+                    h::actor.eq(&hw.actor),
+                    h::action_id.eq(Some(action_id)),
+                ))
+                .execute(conn)?;
+        }
+        Ok(())
+    })
+}

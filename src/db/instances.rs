@@ -1,0 +1,195 @@
+//! `haproxy_instances`: registered HAProxy instances and their shared
+//! circuit-breaker state.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use super::DbError;
+use super::schema::haproxy_instances as t;
+use crate::domain::breaker::{BreakerState, BreakerView};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = t)]
+pub struct InstanceRow {
+    pub id: i64,
+    pub server_id: Option<i64>,
+    pub name: String,
+    pub fagent_url: String,
+    pub fagent_token_ref: String,
+    pub is_active: bool,
+    pub breaker_state: String,
+    pub consecutive_failures: i32,
+    pub opened_at: Option<DateTime<Utc>>,
+    pub probe_started_at: Option<DateTime<Utc>>,
+    pub last_sync_at: Option<DateTime<Utc>>,
+    pub last_sync_result: Option<String>,
+    pub last_sync_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl InstanceRow {
+    /// The breaker as the domain rules see it. An unknown state string
+    /// (impossible under the CHECK constraint) reads as open.
+    pub fn breaker(&self) -> BreakerView {
+        BreakerView {
+            state: self.breaker_state.parse().unwrap_or(BreakerState::Open),
+            consecutive_failures: self.consecutive_failures,
+            opened_at: self.opened_at,
+            probe_started_at: self.probe_started_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = t)]
+pub struct NewInstance {
+    pub server_id: Option<i64>,
+    pub name: String,
+    pub fagent_url: String,
+    pub fagent_token_ref: String,
+    pub is_active: bool,
+}
+
+/// Creates the instance, or updates URL, token and activity of the one with
+/// that name.
+pub fn upsert(conn: &mut PgConnection, new: &NewInstance) -> Result<InstanceRow, DbError> {
+    Ok(diesel::insert_into(t::table)
+        .values(new)
+        .on_conflict(t::name)
+        .do_update()
+        .set((
+            t::fagent_url.eq(&new.fagent_url),
+            t::fagent_token_ref.eq(&new.fagent_token_ref),
+            t::is_active.eq(new.is_active),
+            t::server_id.eq(new.server_id),
+            t::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(InstanceRow::as_returning())
+        .get_result(conn)?)
+}
+
+pub fn list(
+    conn: &mut PgConnection,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<InstanceRow>, DbError> {
+    Ok(t::table
+        .filter(t::id.gt(after_id))
+        .order(t::id)
+        .limit(limit)
+        .select(InstanceRow::as_select())
+        .load(conn)?)
+}
+
+pub fn get(conn: &mut PgConnection, id: i64) -> Result<Option<InstanceRow>, DbError> {
+    Ok(t::table
+        .find(id)
+        .select(InstanceRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_name(conn: &mut PgConnection, name: &str) -> Result<Option<InstanceRow>, DbError> {
+    Ok(t::table
+        .filter(t::name.eq(name))
+        .select(InstanceRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Makes the caller the one probe of an open breaker whose window has
+/// passed (or whose previous probe went silent). Exactly one concurrent
+/// caller wins, because the row is updated conditionally.
+pub fn claim_probe(
+    conn: &mut PgConnection,
+    id: i64,
+    open_for_secs: f64,
+    probe_timeout_secs: f64,
+) -> Result<bool, DbError> {
+    let claimed = diesel::sql_query(
+        "UPDATE haproxy_instances SET breaker_state = 'half_open', probe_started_at = now(), updated_at = now() \
+         WHERE id = $1 AND ( \
+           (breaker_state = 'open' AND (opened_at IS NULL OR opened_at <= now() - make_interval(secs => $2))) \
+           OR (breaker_state = 'half_open' AND (probe_started_at IS NULL OR probe_started_at <= now() - make_interval(secs => $3))))",
+    )
+    .bind::<BigInt, _>(id)
+    .bind::<diesel::sql_types::Double, _>(open_for_secs)
+    .bind::<diesel::sql_types::Double, _>(probe_timeout_secs)
+    .execute(conn)?;
+    Ok(claimed == 1)
+}
+
+#[derive(QueryableByName)]
+struct Previous {
+    #[diesel(sql_type = Text)]
+    previous: String,
+}
+
+/// Records a successful call: closes the breaker. Returns the state it had
+/// when that was not already closed with no failures (nothing is written
+/// then, which keeps the hot path cheap).
+pub fn record_success(conn: &mut PgConnection, id: i64) -> Result<Option<BreakerState>, DbError> {
+    let row: Option<Previous> = diesel::sql_query(
+        "WITH old AS (SELECT id, breaker_state FROM haproxy_instances \
+                      WHERE id = $1 AND (breaker_state <> 'closed' OR consecutive_failures <> 0) FOR UPDATE) \
+         UPDATE haproxy_instances i SET breaker_state = 'closed', consecutive_failures = 0, \
+                opened_at = NULL, probe_started_at = NULL, updated_at = now() \
+         FROM old WHERE i.id = old.id RETURNING old.breaker_state AS previous",
+    )
+    .bind::<BigInt, _>(id)
+    .get_result(conn)
+    .optional()?;
+    Ok(row.and_then(|r| r.previous.parse().ok()))
+}
+
+/// Locks the instance row and returns its breaker (for a failure update).
+pub fn lock_breaker(conn: &mut PgConnection, id: i64) -> Result<Option<BreakerView>, DbError> {
+    let row: Option<InstanceRow> = t::table
+        .find(id)
+        .select(InstanceRow::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?;
+    Ok(row.map(|r| r.breaker()))
+}
+
+/// Writes a failure: the new count, and `open` with `opened_at = now()` when
+/// the policy decided to open.
+pub fn write_failure(
+    conn: &mut PgConnection,
+    id: i64,
+    failures: i32,
+    open: bool,
+) -> Result<(), DbError> {
+    if open {
+        diesel::update(t::table.find(id))
+            .set((
+                t::consecutive_failures.eq(failures),
+                t::breaker_state.eq(BreakerState::Open.as_str()),
+                t::opened_at.eq(diesel::dsl::now),
+                t::probe_started_at.eq(None::<DateTime<Utc>>),
+                t::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)?;
+    } else {
+        diesel::update(t::table.find(id))
+            .set((
+                t::consecutive_failures.eq(failures),
+                t::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// `opened_at` of the instance, for the stable id of its `circuit_opened` event.
+pub fn opened_at(conn: &mut PgConnection, id: i64) -> Result<Option<DateTime<Utc>>, DbError> {
+    Ok(t::table
+        .find(id)
+        .select(t::opened_at)
+        .first::<Option<DateTime<Utc>>>(conn)
+        .optional()?
+        .flatten())
+}

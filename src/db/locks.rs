@@ -1,0 +1,99 @@
+//! Per-server serialisation (DESIGN.md rule 3): a session-level advisory lock
+//! held on a pooled connection for as long as one action for that server runs.
+
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, PooledConnection};
+use diesel::sql_types::BigInt;
+
+use super::{DbError, PgPool};
+use crate::domain::action::server_lock_key;
+
+type Pooled = PooledConnection<ConnectionManager<PgConnection>>;
+
+/// A pooled connection that holds a server's lock and releases it when
+/// dropped, whatever drops it (release, a panic, a cancelled task), so a
+/// connection never returns to the pool still holding a lock.
+struct LockedConn {
+    conn: Pooled,
+    key: i64,
+}
+
+impl Drop for LockedConn {
+    fn drop(&mut self) {
+        if let Err(e) = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+            .bind::<BigInt, _>(self.key)
+            .execute(&mut self.conn)
+        {
+            // The connection is then almost surely dead, the pool's check-out
+            // test discards it, and a dead session holds no lock.
+            tracing::warn!(error = %e, "could not release a server lock");
+        }
+    }
+}
+
+/// Holds the lock of one server; queries of the locked section run on its
+/// connection through [`ServerLock::run`].
+pub struct ServerLock {
+    inner: Option<LockedConn>,
+}
+
+impl ServerLock {
+    /// Waits for the lock of `server_id`.
+    ///
+    /// # Errors
+    /// [`DbError`] when no connection can be had or the lock query fails.
+    pub async fn acquire(pool: &PgPool, server_id: i64) -> Result<Self, DbError> {
+        let pool = pool.clone();
+        let key = server_lock_key(server_id);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            diesel::sql_query("SELECT pg_advisory_lock($1)")
+                .bind::<BigInt, _>(key)
+                .execute(&mut conn)?;
+            Ok(ServerLock {
+                inner: Some(LockedConn { conn, key }),
+            })
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` on the lock's own connection (an action in flight holds one
+    /// connection, not two).
+    ///
+    /// # Errors
+    /// [`DbError`] from `f`, or when the lock is gone.
+    pub async fn run<T, F>(&mut self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut PgConnection) -> Result<T, DbError> + Send + 'static,
+    {
+        let Some(mut locked) = self.inner.take() else {
+            return Err(DbError::Task("the server lock was already released".into()));
+        };
+        let span = tracing::Span::current();
+        let (locked, result) = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let result = f(&mut locked.conn);
+            (locked, result)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?;
+        self.inner = Some(locked);
+        result
+    }
+
+    /// Releases the lock.
+    pub async fn release(mut self) {
+        if let Some(locked) = self.inner.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(locked)).await;
+        }
+    }
+}
+
+impl Drop for ServerLock {
+    fn drop(&mut self) {
+        // Not released through `release` (a cancelled task): unlock here.
+        drop(self.inner.take());
+    }
+}

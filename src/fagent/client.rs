@@ -1,0 +1,215 @@
+//! The worker's side of the FAgent API. Errors are classified once here:
+//! what may succeed on retry (connect errors, timeouts, 5xx) and what may not.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::wire::{Backends, ErrorBody, Health, SetState, StateChanged};
+use crate::domain::action::FailureCode;
+use crate::domain::{AdminState, BackendName, ServerName};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No answer: refused, reset, timed out, DNS.
+    #[error("agent unreachable: {0}")]
+    Unreachable(String),
+    /// The agent answered 5xx (its HAProxy is down, or it failed).
+    #[error("agent error {status}: {message}")]
+    Server { status: u16, message: String },
+    /// The agent answered 4xx: retrying cannot help.
+    #[error("agent refused the call ({status} {code}): {message}")]
+    Client {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The agent answered 2xx with a body that is not the contract's.
+    #[error("agent answer could not be read: {0}")]
+    Decode(String),
+}
+
+impl CallError {
+    /// Whether another attempt may succeed (DESIGN.md rule 5).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CallError::Unreachable(_) | CallError::Server { .. })
+    }
+
+    /// Whether the call counts as a failure of the agent for its breaker:
+    /// every transient error does; a 4xx is an answer from a healthy agent.
+    pub fn counts_for_breaker(&self) -> bool {
+        self.is_transient() || matches!(self, CallError::Decode(_))
+    }
+
+    /// The `error` of `action.failed`.
+    pub fn failure_code(&self) -> FailureCode {
+        match self {
+            CallError::Unreachable(_) => FailureCode::AgentUnreachable,
+            CallError::Server { .. } | CallError::Decode(_) => FailureCode::AgentError,
+            CallError::Client { status: 404, .. } => FailureCode::NotFound,
+            CallError::Client { status: 400, .. } => FailureCode::Invalid,
+            CallError::Client { .. } => FailureCode::AgentError,
+        }
+    }
+}
+
+/// One HTTP client for every agent (connection pooling across calls).
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    http: reqwest::Client,
+}
+
+/// Where one agent is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct AgentEndpoint {
+    pub base_url: String,
+    pub token: String,
+}
+
+impl AgentClient {
+    /// # Errors
+    /// When the TLS backend cannot be set up.
+    pub fn new(timeout: Duration) -> Result<Self, String> {
+        let http = crate::http_client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build the agent HTTP client: {e}"))?;
+        Ok(Self { http })
+    }
+
+    fn url(endpoint: &AgentEndpoint, path: &str) -> String {
+        format!("{}{path}", endpoint.base_url.trim_end_matches('/'))
+    }
+
+    /// `GET /v1/health`.
+    ///
+    /// # Errors
+    /// [`CallError`], classified.
+    pub async fn health(&self, endpoint: &AgentEndpoint) -> Result<Health, CallError> {
+        let request = self
+            .http
+            .get(Self::url(endpoint, "/v1/health"))
+            .bearer_auth(&endpoint.token);
+        call(request).await
+    }
+
+    /// `GET /v1/backends`.
+    ///
+    /// # Errors
+    /// [`CallError`], classified.
+    pub async fn backends(&self, endpoint: &AgentEndpoint) -> Result<Backends, CallError> {
+        let request = self
+            .http
+            .get(Self::url(endpoint, "/v1/backends"))
+            .bearer_auth(&endpoint.token);
+        call(request).await
+    }
+
+    /// `PUT /v1/backends/{backend}/servers/{server}/state`. The names are
+    /// parsed types, so they are safe in the path as they are.
+    ///
+    /// # Errors
+    /// [`CallError`], classified.
+    pub async fn set_state(
+        &self,
+        endpoint: &AgentEndpoint,
+        backend: &BackendName,
+        server: &ServerName,
+        state: AdminState,
+        transaction_id: Uuid,
+    ) -> Result<StateChanged, CallError> {
+        let request = self
+            .http
+            .put(Self::url(
+                endpoint,
+                &format!("/v1/backends/{backend}/servers/{server}/state"),
+            ))
+            .bearer_auth(&endpoint.token)
+            .json(&SetState {
+                state,
+                transaction_id,
+            });
+        call(request).await
+    }
+}
+
+async fn call<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+) -> Result<T, CallError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+    let status = response.status();
+    if status.is_success() {
+        return response
+            .json::<T>()
+            .await
+            .map_err(|e| CallError::Decode(error_chain(&e)));
+    }
+    let text = response.text().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => (body.error.code, body.error.message),
+        Err(_) => (String::new(), text.chars().take(500).collect()),
+    };
+    if status.is_server_error() {
+        Err(CallError::Server {
+            status: status.as_u16(),
+            message: if code.is_empty() {
+                message
+            } else {
+                format!("{code}: {message}")
+            },
+        })
+    } else {
+        Err(CallError::Client {
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_retry_rule() {
+        let unreachable = CallError::Unreachable("refused".into());
+        let server = CallError::Server {
+            status: 503,
+            message: "down".into(),
+        };
+        let not_found = CallError::Client {
+            status: 404,
+            code: "no_such_server".into(),
+            message: String::new(),
+        };
+        let bad = CallError::Client {
+            status: 400,
+            code: "invalid_name".into(),
+            message: String::new(),
+        };
+        assert!(unreachable.is_transient() && server.is_transient());
+        assert!(!not_found.is_transient() && !bad.is_transient());
+        assert!(!not_found.counts_for_breaker());
+        assert_eq!(unreachable.failure_code(), FailureCode::AgentUnreachable);
+        assert_eq!(server.failure_code(), FailureCode::AgentError);
+        assert_eq!(not_found.failure_code(), FailureCode::NotFound);
+        assert_eq!(bad.failure_code(), FailureCode::Invalid);
+    }
+}

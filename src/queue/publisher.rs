@@ -1,0 +1,144 @@
+//! Publishing with publisher confirms. A publish interrupted by a broker
+//! outage is re-sent after lapin's recovery (lapin does not re-send it).
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+
+use super::topology::Topology;
+use crate::domain::event::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker error while publishing: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused (nacked) the message")]
+    Nacked,
+    #[error("cannot serialise the message: {0}")]
+    Serialize(String),
+}
+
+/// How many times one publish is re-sent across broker recoveries.
+const PUBLISH_ATTEMPTS: usize = 5;
+
+/// A channel in confirm mode. Cheap to clone; safe to share across tasks.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+/// One message to publish.
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub message_id: &'a str,
+    pub headers: FieldTable,
+}
+
+impl Publisher {
+    /// Opens a channel in confirm mode.
+    ///
+    /// # Errors
+    /// When the channel cannot be opened.
+    pub async fn new(conn: &Connection) -> Result<Self, lapin::Error> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes one persistent JSON message and waits for the broker's ack.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the broker nacks it or stays unreachable.
+    pub async fn publish(&self, m: Outgoing<'_>) -> Result<(), PublishError> {
+        let mut last = None;
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(m.message_id.into())
+                .with_headers(m.headers.clone());
+            let sent = self
+                .channel
+                .basic_publish(
+                    m.exchange.into(),
+                    m.routing_key.into(),
+                    BasicPublishOptions::default(),
+                    m.body,
+                    properties,
+                )
+                .await;
+            let confirmed = match sent {
+                Ok(confirm) => confirm.await,
+                Err(e) => Err(e),
+            };
+            match confirmed {
+                Ok(c) if c.is_ack() => return Ok(()),
+                Ok(_) => return Err(PublishError::Nacked),
+                Err(e) => {
+                    tracing::warn!(error = %e, exchange = m.exchange, "publish failed; waiting for broker recovery");
+                    if let Err(e2) = self.channel.wait_for_recovery(e.clone()).await {
+                        return Err(PublishError::Broker(e2));
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.map_or(PublishError::Nacked, PublishError::Broker))
+    }
+
+    /// Publishes a status event on the events exchange, routed by its type.
+    ///
+    /// # Errors
+    /// [`PublishError`].
+    pub async fn publish_event(
+        &self,
+        topology: &Topology,
+        event: &Event,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(event).map_err(|e| PublishError::Serialize(e.to_string()))?;
+        self.publish(Outgoing {
+            exchange: &topology.events_exchange,
+            routing_key: event.kind.routing_key(),
+            body: &body,
+            message_id: &event.event_id.to_string(),
+            headers: FieldTable::default(),
+        })
+        .await
+    }
+
+    /// Publishes stored events (a JSON array of event bodies) as they are.
+    ///
+    /// # Errors
+    /// [`PublishError`]; a stored value that is not an event is skipped with
+    /// a warning rather than blocking the action forever.
+    pub async fn publish_stored(
+        &self,
+        topology: &Topology,
+        events: &serde_json::Value,
+    ) -> Result<(), PublishError> {
+        for value in events.as_array().into_iter().flatten() {
+            match serde_json::from_value::<Event>(value.clone()) {
+                Ok(event) => self.publish_event(topology, &event).await?,
+                Err(e) => tracing::warn!(error = %e, "a stored event does not parse; skipped"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A header table with string values.
+pub fn string_headers(pairs: &[(&str, String)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), AMQPValue::LongString(v.as_str().into()));
+    }
+    t
+}

@@ -1,0 +1,189 @@
+//! CONTRACT.md's RabbitMQ topology, declared idempotently by every role.
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+/// Exchange and queue names (all configurable through one prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub commands_exchange: String,
+    pub actions_queue: String,
+    pub batches_queue: String,
+    pub sync_queue: String,
+    pub events_exchange: String,
+    pub dead_exchange: String,
+    pub dead_queue: String,
+    pub delivery_limit: u32,
+}
+
+/// Routing keys of commands.
+pub const ROUTE_ACTION: &str = "action";
+pub const ROUTE_BATCH: &str = "batch";
+pub const ROUTE_SYNC: &str = "sync";
+
+impl Topology {
+    /// The contract's names, each preceded by `prefix` (empty in production).
+    pub fn with_prefix(prefix: &str, delivery_limit: u32) -> Self {
+        let n = |name: &str| format!("{prefix}{name}");
+        Self {
+            commands_exchange: n("haproxy.commands"),
+            actions_queue: n("haproxy.actions"),
+            batches_queue: n("haproxy.batches"),
+            sync_queue: n("haproxy.sync"),
+            events_exchange: n("haproxy.events"),
+            dead_exchange: n("haproxy.dead"),
+            dead_queue: n("haproxy.dead-letter"),
+            delivery_limit,
+        }
+    }
+
+    fn command_queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_exchange.as_str().into()),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args
+    }
+
+    /// Declares every exchange, queue and binding. Safe to repeat.
+    ///
+    /// # Errors
+    /// When the broker refuses a declaration (e.g. a queue exists with other
+    /// arguments).
+    pub async fn declare(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        ch.exchange_declare(
+            self.commands_exchange.as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.events_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.dead_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+
+        let mut dead_args = FieldTable::default();
+        dead_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(self.dead_queue.as_str().into(), durable_queue, dead_args)
+            .await?;
+        ch.queue_bind(
+            self.dead_queue.as_str().into(),
+            self.dead_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+        for (queue, key) in [
+            (&self.actions_queue, ROUTE_ACTION),
+            (&self.batches_queue, ROUTE_BATCH),
+            (&self.sync_queue, ROUTE_SYNC),
+        ] {
+            ch.queue_declare(
+                queue.as_str().into(),
+                durable_queue,
+                self.command_queue_args(),
+            )
+            .await?;
+            ch.queue_bind(
+                queue.as_str().into(),
+                self.commands_exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every queue and exchange (tests clean up with it).
+    ///
+    /// # Errors
+    /// When the broker refuses.
+    pub async fn delete(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        for q in [
+            &self.actions_queue,
+            &self.batches_queue,
+            &self.sync_queue,
+            &self.dead_queue,
+        ] {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for e in [
+            &self.commands_exchange,
+            &self.events_exchange,
+            &self.dead_exchange,
+        ] {
+            ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Topology;
+
+    #[test]
+    fn default_names_are_the_contract_names() {
+        let t = Topology::with_prefix("", 5);
+        assert_eq!(t.commands_exchange, "haproxy.commands");
+        assert_eq!(t.actions_queue, "haproxy.actions");
+        assert_eq!(t.batches_queue, "haproxy.batches");
+        assert_eq!(t.sync_queue, "haproxy.sync");
+        assert_eq!(t.events_exchange, "haproxy.events");
+        assert_eq!(t.dead_exchange, "haproxy.dead");
+        assert_eq!(t.dead_queue, "haproxy.dead-letter");
+        assert_eq!(
+            Topology::with_prefix("t1.", 5).actions_queue,
+            "t1.haproxy.actions"
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! Building the events of an action from what the worker knows.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::db::inventory::ServerTarget;
+use crate::domain::action::FailureCode;
+use crate::domain::event::{Event, EventType, NamedRef, ServerRef, StatePair};
+use crate::domain::{AdminState, OpState};
+
+/// What every event of one action shares.
+pub struct ActionFacts<'a> {
+    pub transaction_id: Uuid,
+    pub action: AdminState,
+    pub actor: &'a str,
+    pub target: Option<&'a ServerTarget>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl ActionFacts<'_> {
+    fn event(&self, kind: EventType) -> Event {
+        let mut e = Event::new(
+            kind,
+            &self.transaction_id.to_string(),
+            self.occurred_at,
+            self.actor,
+            Some(self.transaction_id),
+        );
+        e.action = Some(self.action);
+        if let Some(t) = self.target {
+            e.instance = Some(NamedRef {
+                id: t.instance.id,
+                name: t.instance.name.clone(),
+            });
+            e.backend = Some(NamedRef {
+                id: t.server.backend_id,
+                name: t.backend_name.clone(),
+            });
+            e.server = Some(ServerRef {
+                id: t.server.id,
+                name: t.server.server_name.clone(),
+                address: t.server.address.clone(),
+                port: t.server.port,
+            });
+            e.application_id = t.server.application_id;
+        }
+        e
+    }
+
+    pub fn succeeded(&self, previous: StatePair, current: StatePair) -> Event {
+        let mut e = self.event(EventType::ActionSucceeded);
+        e.previous = Some(previous);
+        e.current = Some(current);
+        e
+    }
+
+    pub fn state_changed(&self, previous: StatePair, current: StatePair) -> Event {
+        let mut e = self.event(EventType::ServerStateChanged);
+        e.previous = Some(previous);
+        e.current = Some(current);
+        e
+    }
+
+    pub fn failed(&self, code: FailureCode, detail: &str) -> Event {
+        let mut e = self.event(EventType::ActionFailed);
+        e.error = Some(code.as_str().to_owned());
+        e.error_detail = Some(detail.chars().take(2000).collect());
+        e
+    }
+
+    pub fn superseded(&self, current: Option<StatePair>) -> Event {
+        let mut e = self.event(EventType::ActionSuperseded);
+        e.current = current;
+        e
+    }
+}
+
+/// A server row's state as a pair; an unknown string reads as ready/down.
+pub fn stored_pair(admin: &str, op: &str) -> StatePair {
+    StatePair {
+        admin_state: admin.parse().unwrap_or(AdminState::Ready),
+        op_state: op.parse().unwrap_or(OpState::Down),
+    }
+}
+
+/// `instance.circuit_opened` / `instance.circuit_closed`.
+pub fn circuit(kind: EventType, instance_id: i64, instance_name: &str, at: DateTime<Utc>) -> Event {
+    let fact = format!("{instance_id}|{}", at.timestamp_micros());
+    let mut e = Event::new(kind, &fact, at, "haproxy-control", None);
+    e.instance = Some(NamedRef {
+        id: instance_id,
+        name: instance_name.to_owned(),
+    });
+    e
+}

@@ -1,0 +1,247 @@
+//! A unix-socket proxy between a fagent and HAProxy's stats socket that
+//! records every runtime-API command, when it started and when its reply
+//! was fully sent back, and can hold chosen commands for a while.
+//!
+//! HAProxy's non-interactive mode is assumed: the client sends one line, the
+//! server answers and closes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// The longest command line the spy reads before forwarding anyway.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// One command that went through the spy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The command line, without its line ending.
+    pub line: String,
+    /// When the line had been read from the client.
+    pub started: Instant,
+    /// When the reply had been fully sent back (or the client connection was
+    /// closed because HAProxy could not be reached).
+    pub finished: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    line: String,
+    started: Instant,
+    finished: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Every command received, in the order the lines were read.
+    entries: Mutex<Vec<Entry>>,
+    /// Command prefixes to hold, and for how long.
+    delays: Mutex<Vec<(String, Duration)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn delay_for(&self, line: &str) -> Duration {
+        lock(&self.delays)
+            .iter()
+            .filter(|(prefix, _)| line.starts_with(prefix.as_str()))
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// A unix-socket proxy in front of HAProxy's stats socket. Point a fagent at
+/// [`SocketSpy::socket`]. Stops when dropped.
+pub struct SocketSpy {
+    /// Where the spy listens.
+    pub socket: PathBuf,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl SocketSpy {
+    /// Listens on a new socket in its own temp dir and forwards every
+    /// connection's command to `upstream`.
+    pub async fn start(upstream: &Path) -> SocketSpy {
+        let dir = tempfile::tempdir().expect("tempdir for the spy socket");
+        let socket = dir.path().join("spy.sock");
+        let listener = UnixListener::bind(&socket).expect("bind the spy socket");
+        let shared = Arc::new(Shared::default());
+        let task = tokio::spawn(accept_loop(
+            listener,
+            upstream.to_owned(),
+            Arc::clone(&shared),
+        ));
+        SocketSpy {
+            socket,
+            shared,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Holds commands starting with `prefix` for `d` before forwarding them.
+    /// `Duration::ZERO` removes the delay. Takes effect for lines read from
+    /// now on; when several prefixes match, the longest delay applies.
+    pub fn set_delay(&self, prefix: &str, d: Duration) {
+        let mut delays = lock(&self.shared.delays);
+        delays.retain(|(p, _)| p != prefix);
+        if !d.is_zero() {
+            delays.push((prefix.to_owned(), d));
+        }
+    }
+
+    /// Every finished command, in the order the lines were read. Commands
+    /// still in flight are left out (see [`SocketSpy::count`]).
+    pub fn records(&self) -> Vec<Record> {
+        lock(&self.shared.entries)
+            .iter()
+            .filter_map(|e| {
+                Some(Record {
+                    line: e.line.clone(),
+                    started: e.started,
+                    finished: e.finished?,
+                })
+            })
+            .collect()
+    }
+
+    /// How many commands starting with `prefix` were received, including
+    /// those still in flight.
+    pub fn count(&self, prefix: &str) -> usize {
+        lock(&self.shared.entries)
+            .iter()
+            .filter(|e| e.line.starts_with(prefix))
+            .count()
+    }
+
+    /// The received command lines starting with `prefix`, in order,
+    /// including those still in flight.
+    pub fn lines(&self, prefix: &str) -> Vec<String> {
+        lock(&self.shared.entries)
+            .iter()
+            .filter(|e| e.line.starts_with(prefix))
+            .map(|e| e.line.clone())
+            .collect()
+    }
+
+    /// The largest number of finished commands matching `filter` whose
+    /// `[started, finished]` intervals overlap at one instant.
+    pub fn max_concurrency(&self, filter: impl Fn(&str) -> bool) -> usize {
+        max_overlap(
+            self.records()
+                .iter()
+                .filter(|r| filter(&r.line))
+                .map(|r| (r.started, r.finished)),
+        )
+    }
+}
+
+impl Drop for SocketSpy {
+    fn drop(&mut self) {
+        // Dropping the accept loop drops its JoinSet, which aborts every
+        // connection task.
+        self.task.abort();
+    }
+}
+
+/// The most closed intervals covering one instant.
+fn max_overlap(intervals: impl Iterator<Item = (Instant, Instant)>) -> usize {
+    // (instant, 0 = start, 1 = end): at equal instants starts sort first, so
+    // touching closed intervals count as overlapping.
+    let mut events: Vec<(Instant, u8)> = intervals
+        .flat_map(|(s, f)| [(s, 0), (f.max(s), 1)])
+        .collect();
+    events.sort();
+    let (mut now, mut max) = (0usize, 0usize);
+    for (_, kind) in events {
+        if kind == 0 {
+            now += 1;
+            max = max.max(now);
+        } else {
+            now = now.saturating_sub(1);
+        }
+    }
+    max
+}
+
+async fn accept_loop(listener: UnixListener, upstream: PathBuf, shared: Arc<Shared>) {
+    let mut conns = JoinSet::new();
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        while conns.try_join_next().is_some() {}
+        conns.spawn(relay(client, upstream.clone(), Arc::clone(&shared)));
+    }
+}
+
+/// Reads the client's line, records it, forwards it and copies the reply back.
+async fn relay(mut client: UnixStream, upstream: PathBuf, shared: Arc<Shared>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut client_eof = false;
+    while !buf.contains(&b'\n') && buf.len() < MAX_LINE_BYTES {
+        match client.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                client_eof = true;
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    if buf.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = String::from_utf8_lossy(&buf[..end])
+        .trim_end_matches('\r')
+        .to_owned();
+    let index = {
+        let mut entries = lock(&shared.entries);
+        entries.push(Entry {
+            line: line.clone(),
+            started,
+            finished: None,
+        });
+        entries.len() - 1
+    };
+
+    let delay = shared.delay_for(&line);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    forward(&mut client, &upstream, &buf, client_eof).await;
+    let _ = client.shutdown().await;
+    drop(client);
+    if let Some(e) = lock(&shared.entries).get_mut(index) {
+        e.finished = Some(Instant::now());
+    }
+}
+
+/// Sends `request` upstream and copies the whole reply to `client`. Any
+/// failure (HAProxy down, reset) just ends the exchange.
+async fn forward(client: &mut UnixStream, upstream: &Path, request: &[u8], client_eof: bool) {
+    let Ok(mut server) = UnixStream::connect(upstream).await else {
+        return;
+    };
+    if server.write_all(request).await.is_err() {
+        return;
+    }
+    if client_eof {
+        // No line ending came: let HAProxy see the end of input.
+        let _ = server.shutdown().await;
+    }
+    let _ = tokio::io::copy(&mut server, client).await;
+}

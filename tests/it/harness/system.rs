@@ -1,0 +1,313 @@
+//! The server side of the system for one test: its own PostgreSQL database,
+//! its own RabbitMQ exchanges and queues (a unique name prefix), a capture of
+//! every event, and workers in-process or as child processes.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use haproxy_control::config::Config;
+use haproxy_control::db::actions::ActionRow;
+use haproxy_control::db::testing::TestDatabase;
+use haproxy_control::db::{self, PgPool};
+use haproxy_control::queue::Topology;
+use haproxy_control::queue::publisher::{Outgoing, Publisher};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, BasicAckOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{TestAgent, eventually};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub struct TestSystem {
+    pub db: TestDatabase,
+    pub pool: PgPool,
+    pub prefix: String,
+    pub topology: Topology,
+    conn: lapin::Connection,
+    publisher: Publisher,
+    events: Arc<Mutex<Vec<Value>>>,
+    capture: JoinHandle<()>,
+    workers: Vec<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// A dead-lettered message.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub error: String,
+    pub routing_key: String,
+}
+
+impl TestSystem {
+    pub async fn start() -> Self {
+        let db = TestDatabase::create().expect("test database");
+        let pool = db.pool(24).expect("pool");
+        let prefix = format!("t{}.", &Uuid::new_v4().simple().to_string()[..12]);
+        let topology = Topology::with_prefix(&prefix, 5);
+        let conn = haproxy_control::queue::connect(AMQP_URL, "test")
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672");
+        let ch = conn.create_channel().await.expect("channel");
+        topology.declare(&ch).await.expect("topology");
+        let capture_queue = format!("{prefix}events-capture");
+        ch.queue_declare(
+            capture_queue.as_str().into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("capture queue");
+        ch.queue_bind(
+            capture_queue.as_str().into(),
+            topology.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind capture");
+        let mut consumer = ch
+            .basic_consume(
+                capture_queue.as_str().into(),
+                "capture".into(),
+                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume capture");
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = events.clone();
+        let capture = tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                if let Ok(v) = serde_json::from_slice::<Value>(&d.data) {
+                    sink.lock().expect("events").push(v);
+                }
+            }
+        });
+        let publisher = Publisher::new(&conn).await.expect("publisher");
+        Self { db, pool, prefix, topology, conn, publisher, events, capture, workers: Vec::new() }
+    }
+
+    /// A worker configuration for this system, with fast retries.
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.database.url = self.db.url.clone();
+        c.database.pool_size = 8;
+        c.amqp.url = AMQP_URL.into();
+        c.amqp.prefix = self.prefix.clone();
+        c.worker.prefetch = 16;
+        c.worker.retry_backoff_ms = vec![100, 200, 400];
+        c.worker.agent_timeout_ms = 2_000;
+        c
+    }
+
+    /// Starts a worker in this process.
+    pub fn start_worker(&mut self, config: Config) {
+        let (tx, rx) = watch::channel(false);
+        let handle = tokio::spawn(async move { haproxy_control::worker::run(&config, rx).await });
+        self.workers.push((tx, handle));
+    }
+
+    /// Starts a worker as a child process of the real binary.
+    pub fn spawn_worker_process(&self, config: &Config, log: &std::path::Path) -> Child {
+        let log = std::fs::File::create(log).expect("worker log");
+        Command::new(env!("CARGO_BIN_EXE_haproxy-control"))
+            .args(["--log-format", "text", "worker"])
+            .env("DATABASE_URL", &config.database.url)
+            .env("AMQP_URL", &config.amqp.url)
+            .env("AMQP_PREFIX", &config.amqp.prefix)
+            .env("WORKER_PREFETCH", config.worker.prefetch.to_string())
+            .env("WORKER_RETRY_BACKOFF_MS", config.worker.retry_backoff_ms.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker process")
+    }
+
+    /// Registers an instance whose agent is `agent` (or any URL) and loads
+    /// its servers. Returns its id.
+    pub async fn register(&self, name: &str, url: &str, token: &str) -> i64 {
+        let args = haproxy_control::cli::InstanceAddArgs {
+            name: name.into(),
+            fagent_url: url.into(),
+            token_file: None,
+            token_env: None,
+            token: Some(token.into()),
+            server_id: None,
+            inactive: false,
+        };
+        let said = haproxy_control::admin::add_instance(&self.config(), &args)
+            .await
+            .expect("instance registered");
+        assert!(said.contains("registered"), "{said}");
+        let n = name.to_owned();
+        db::run(&self.pool, move |c| db::instances::find_by_name(c, &n))
+            .await
+            .expect("query")
+            .expect("instance row")
+            .id
+    }
+
+    pub async fn register_agent(&self, name: &str, agent: &TestAgent) -> i64 {
+        self.register(name, &agent.url, &agent.token).await
+    }
+
+    /// The id of a server by instance, backend and server name.
+    pub async fn server_id(&self, instance: &str, backend: &str, server: &str) -> i64 {
+        let (i, b, s) = (instance.to_owned(), backend.to_owned(), server.to_owned());
+        db::run(&self.pool, move |c| db::inventory::find_server_by_names(c, &i, &b, &s))
+            .await
+            .expect("query")
+            .unwrap_or_else(|| panic!("{instance}/{backend}/{server} not in the database"))
+            .server
+            .id
+    }
+
+    /// Publishes raw bytes as an `action` command.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        self.publisher
+            .publish(Outgoing {
+                exchange: &self.topology.commands_exchange,
+                routing_key,
+                body,
+                message_id: &Uuid::new_v4().to_string(),
+                headers: FieldTable::default(),
+            })
+            .await
+            .expect("published");
+    }
+
+    pub async fn publish_action(&self, body: &Value) {
+        self.publish_raw("action", &serde_json::to_vec(body).expect("json")).await;
+    }
+
+    /// Every event seen so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().expect("events").clone()
+    }
+
+    /// Events of one type for one transaction id.
+    pub fn events_for(&self, kind: &str, transaction_id: Uuid) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["type"] == kind && e["transaction_id"] == transaction_id.to_string())
+            .collect()
+    }
+
+    /// Waits for an event of `kind` for `transaction_id`.
+    pub async fn wait_event(&self, kind: &str, transaction_id: Uuid, within: Duration) -> Value {
+        eventually(within, &format!("{kind} for {transaction_id}"), || async {
+            self.events_for(kind, transaction_id).into_iter().next()
+        })
+        .await
+    }
+
+    /// Waits until the action is final and returns its row.
+    pub async fn wait_final(&self, transaction_id: Uuid, within: Duration) -> ActionRow {
+        eventually(within, &format!("action {transaction_id} to finish"), || async {
+            self.action(transaction_id).await.filter(|a| a.status().is_final())
+        })
+        .await
+    }
+
+    pub async fn action(&self, transaction_id: Uuid) -> Option<ActionRow> {
+        db::run(&self.pool, move |c| db::actions::get_by_transaction(c, transaction_id))
+            .await
+            .expect("query")
+    }
+
+    /// A SQL count.
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let sql = sql.to_owned();
+        db::run(&self.pool, move |c| {
+            use diesel::RunQueryDsl;
+            Ok(diesel::sql_query(sql).get_result::<N>(c)?.n)
+        })
+        .await
+        .expect("count query")
+    }
+
+    /// Takes every message from the dead-letter queue.
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(self.topology.dead_queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic_get")
+        {
+            let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+            let error = match headers.inner().get("x-error") {
+                Some(AMQPValue::LongString(s)) => s.to_string(),
+                other => format!("{other:?}"),
+            };
+            out.push(DeadLetter {
+                body: m.delivery.data.clone(),
+                error,
+                routing_key: m.delivery.routing_key.to_string(),
+            });
+            m.delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        out
+    }
+
+    /// Messages waiting in a queue.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.expect("channel");
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0)
+    }
+
+    /// Stops the in-process workers and waits for them.
+    pub async fn stop_workers(&mut self) {
+        for (tx, handle) in self.workers.drain(..) {
+            let _ = tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(15), handle).await;
+        }
+    }
+}
+
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        for (tx, handle) in self.workers.drain(..) {
+            let _ = tx.send(true);
+            handle.abort();
+        }
+        self.capture.abort();
+        let topology = self.topology.clone();
+        // Delete this test's exchanges and queues from a thread of its own
+        // (Drop cannot await).
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(conn) = haproxy_control::queue::connect(AMQP_URL, "test-cleanup").await
+                    && let Ok(ch) = conn.create_channel().await
+                {
+                    let _ = topology.delete(&ch).await;
+                    let _ = conn.close(200, "".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
