@@ -206,6 +206,11 @@ pub struct FagentArgs {
     #[arg(long, env = "FAGENT_SOCKET_TIMEOUT_MS")]
     pub socket_timeout_ms: Option<u64>,
 
+    /// Runtime-API connections open at once; keep it under HAProxy's
+    /// `stats maxconn` (10 by default) [default: 8].
+    #[arg(long, env = "FAGENT_SOCKET_CONCURRENCY")]
+    pub socket_concurrency: Option<usize>,
+
     /// How many transaction ids are remembered so a repeat gets the first
     /// answer [default: 10000].
     #[arg(long, env = "FAGENT_IDEMPOTENCY_CAPACITY")]
@@ -249,6 +254,7 @@ impl FagentArgs {
                 socket_timeout: Duration::from_millis(
                     self.socket_timeout_ms.unwrap_or(c.socket_timeout_ms),
                 ),
+                socket_concurrency: self.socket_concurrency.unwrap_or(c.socket_concurrency),
                 token,
                 idempotency_capacity: self.idempotency_capacity.unwrap_or(c.idempotency_capacity),
             },

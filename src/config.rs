@@ -98,6 +98,9 @@ pub struct FagentConfig {
     pub token_file: Option<PathBuf>,
     /// How long one runtime-API command may take.
     pub socket_timeout_ms: u64,
+    /// Runtime-API connections open at once; keep it under HAProxy's
+    /// `stats maxconn` (10 by default).
+    pub socket_concurrency: usize,
     /// How many transaction ids are remembered for replays.
     pub idempotency_capacity: usize,
 }
@@ -109,6 +112,7 @@ impl Default for FagentConfig {
             socket: "/run/haproxy/admin.sock".into(),
             token_file: None,
             socket_timeout_ms: 5_000,
+            socket_concurrency: 8,
             idempotency_capacity: 10_000,
         }
     }

@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use chrono::{Duration as Age, Utc};
+use futures::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::harness::proxy::Mode;
-use crate::harness::{HttpBackends, SocketSpy, TcpProxy, TestAgent, TestHaproxy, TestSystem, eventually};
+use crate::harness::{
+    HttpBackends, SocketSpy, TcpProxy, TestAgent, TestHaproxy, TestSystem, eventually,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -28,7 +31,12 @@ async fn lb(n: usize) -> Lb {
     let haproxy = TestHaproxy::start(&format!("backend web\n{servers}")).await;
     let spy = SocketSpy::start(&haproxy.socket).await;
     let agent = TestAgent::start(&spy.socket).await;
-    Lb { _backends: backends, haproxy, spy, agent }
+    Lb {
+        _backends: backends,
+        haproxy,
+        spy,
+        agent,
+    }
 }
 
 fn action(txn: Uuid, action: &str, target: Value) -> Value {
@@ -63,7 +71,8 @@ async fn an_action_command_changes_haproxy_and_is_recorded_and_announced() {
     sys.start_worker(sys.config());
 
     let txn = Uuid::new_v4();
-    sys.publish_action(&action(txn, "drain", by_names("s1"))).await;
+    sys.publish_action(&action(txn, "drain", by_names("s1")))
+        .await;
     let succeeded = sys.wait_event("action.succeeded", txn, WAIT).await;
     assert_eq!(bits(&lb, "s1").await, 8, "HAProxy shows FDRAIN");
     assert_eq!(succeeded["current"]["admin_state"], "drain");
@@ -97,10 +106,377 @@ async fn an_action_command_changes_haproxy_and_is_recorded_and_announced() {
 
     // The same by server id, back to ready.
     let txn2 = Uuid::new_v4();
-    sys.publish_action(&action(txn2, "ready", json!({"server_id": server_id}))).await;
+    sys.publish_action(&action(txn2, "ready", json!({"server_id": server_id})))
+        .await;
     let ev = sys.wait_event("action.succeeded", txn2, WAIT).await;
     assert_eq!(ev["current"]["admin_state"], "ready");
     assert_eq!(bits(&lb, "s1").await, 0);
     assert_eq!(lb.spy.count("set server"), 2);
     sys.stop_workers().await;
+}
+
+#[tokio::test]
+async fn the_same_transaction_five_times_at_once_reaches_haproxy_once() {
+    let lb = lb(1).await;
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    // Slow HAProxy down so the five copies really are in flight together.
+    lb.spy.set_delay("set server", Duration::from_millis(200));
+    let mut config = sys.config();
+    config.worker.prefetch = 8;
+    sys.start_worker(config.clone());
+    sys.start_worker(config);
+
+    let txn = Uuid::new_v4();
+    let body = action(txn, "maint", by_names("s1"));
+    join_all((0..5).map(|_| sys.publish_action(&body))).await;
+
+    let ids = eventually(WAIT, "five action.succeeded events", || async {
+        let evs = sys.events_for("action.succeeded", txn);
+        (evs.len() >= 5).then_some(evs)
+    })
+    .await;
+    assert!(
+        ids.iter().all(|e| e["event_id"] == ids[0]["event_id"]),
+        "one stable event_id: {ids:?}"
+    );
+    assert_eq!(
+        lb.spy.count("set server"),
+        1,
+        "{:?}",
+        lb.spy.lines("set server")
+    );
+    assert_eq!(
+        sys.count(&format!(
+            "SELECT count(*) AS n FROM haproxy_actions WHERE transaction_id = '{txn}'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
+            .await,
+        1
+    );
+    assert_eq!(bits(&lb, "s1").await, 1);
+    assert_eq!(sys.depth(&sys.topology.actions_queue).await, 0);
+}
+
+#[tokio::test]
+async fn an_older_command_after_a_newer_one_is_superseded_and_never_sent() {
+    let lb = lb(1).await;
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    sys.start_worker(sys.config());
+
+    let now = Utc::now();
+    let newer = Uuid::new_v4();
+    let mut body = action(newer, "drain", by_names("s1"));
+    body["requested_at"] = json!(now.to_rfc3339());
+    sys.publish_action(&body).await;
+    sys.wait_event("action.succeeded", newer, WAIT).await;
+
+    let older = Uuid::new_v4();
+    let mut body = action(older, "ready", by_names("s1"));
+    body["requested_at"] = json!((now - Age::seconds(5)).to_rfc3339());
+    sys.publish_action(&body).await;
+    let ev = sys.wait_event("action.superseded", older, WAIT).await;
+    assert_eq!(ev["server"]["name"], "s1");
+    let row = sys.wait_final(older, WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("superseded", 0));
+    assert_eq!(
+        lb.spy.count("set server"),
+        1,
+        "the older command must not reach HAProxy"
+    );
+    assert_eq!(bits(&lb, "s1").await, 8, "still drained");
+}
+
+#[tokio::test]
+async fn commands_for_one_server_are_serialised_and_for_different_servers_run_in_parallel() {
+    let lb = lb(4).await;
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    lb.spy.set_delay("set server", Duration::from_millis(300));
+    sys.start_worker(sys.config());
+
+    // Four commands for s1 and one each for s2..s4, all at once. The same
+    // requested_at for all, so none supersedes another: all four for s1
+    // must be applied, one after the other.
+    let at = Utc::now().to_rfc3339();
+    let mut txns = Vec::new();
+    let mut bodies = Vec::new();
+    for (i, server) in ["s1", "s1", "s1", "s1", "s2", "s3", "s4"]
+        .iter()
+        .enumerate()
+    {
+        let txn = Uuid::new_v4();
+        let state = if i % 2 == 0 { "drain" } else { "ready" };
+        let mut body = action(txn, state, by_names(server));
+        body["requested_at"] = json!(at);
+        bodies.push(body);
+        txns.push(txn);
+    }
+    join_all(bodies.iter().map(|b| sys.publish_action(b))).await;
+    for txn in &txns {
+        let row = sys.wait_final(*txn, WAIT).await;
+        assert_eq!(row.status, "success");
+    }
+    let on_s1 = lb
+        .spy
+        .max_concurrency(|l| l.starts_with("set server web/s1 "));
+    let overall = lb.spy.max_concurrency(|l| l.starts_with("set server"));
+    assert_eq!(on_s1, 1, "commands for one server overlapped");
+    assert!(
+        overall >= 2,
+        "commands for different servers never overlapped ({overall})"
+    );
+    assert_eq!(lb.spy.count("set server web/s1 "), 4);
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_is_retried_then_the_breaker_opens_and_later_closes() {
+    let lb1 = lb(1).await;
+    let lb2 = lb(1).await;
+    let agent_addr = lb1
+        .agent
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("agent address");
+    let proxy = TcpProxy::start(agent_addr).await;
+    let mut sys = TestSystem::start().await;
+    let lb1_id = sys
+        .register("lb-1", &format!("http://{}", proxy.addr), &lb1.agent.token)
+        .await;
+    sys.register("lb-2", &lb2.agent.url, &lb2.agent.token).await;
+    let mut config = sys.config();
+    config.worker.breaker_open_secs = 2;
+    sys.start_worker(config);
+    let breaker = |state: &str| {
+        format!(
+            "SELECT count(*) AS n FROM haproxy_instances WHERE id = {lb1_id} AND breaker_state = '{state}'"
+        )
+    };
+
+    proxy.set_mode(Mode::Reset);
+    proxy.reset_counter();
+    let first = Uuid::new_v4();
+    let started = std::time::Instant::now();
+    sys.publish_action(&action(first, "drain", by_names("s1")))
+        .await;
+    let failed = sys.wait_event("action.failed", first, WAIT).await;
+    assert_eq!(failed["error"], "agent_unreachable");
+    let row = sys.wait_final(first, WAIT).await;
+    assert_eq!(row.attempts, 3);
+    assert_eq!(proxy.accepted(), 3, "three calls");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "retries wait 100 + 200 ms"
+    );
+    assert_eq!(
+        sys.count(&breaker("open")).await,
+        1,
+        "three failed calls open the breaker"
+    );
+    let opened = sys
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "instance.circuit_opened")
+        .count();
+    assert_eq!(opened, 1);
+
+    // Open: fails at once, without a connection.
+    let second = Uuid::new_v4();
+    sys.publish_action(&action(second, "drain", by_names("s1")))
+        .await;
+    let failed = sys.wait_event("action.failed", second, WAIT).await;
+    assert_eq!(failed["error"], "circuit_open");
+    assert_eq!(sys.wait_final(second, WAIT).await.attempts, 0);
+    assert_eq!(proxy.accepted(), 3, "no connection while open");
+
+    // Another instance is unaffected.
+    let other = Uuid::new_v4();
+    sys.publish_action(&action(
+        other,
+        "drain",
+        json!({"instance": "lb-2", "backend": "web", "server": "s1"}),
+    ))
+    .await;
+    sys.wait_event("action.succeeded", other, WAIT).await;
+
+    // After the window one probe goes through; its success closes the breaker.
+    proxy.set_mode(Mode::Forward);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let third = Uuid::new_v4();
+    sys.publish_action(&action(third, "drain", by_names("s1")))
+        .await;
+    let ok = sys.wait_event("action.succeeded", third, WAIT).await;
+    assert_eq!(ok["current"]["admin_state"], "drain");
+    assert_eq!(sys.count(&breaker("closed")).await, 1);
+    eventually(WAIT, "instance.circuit_closed", || async {
+        sys.events()
+            .into_iter()
+            .find(|e| e["type"] == "instance.circuit_closed")
+    })
+    .await;
+    assert_eq!(bits(&lb1, "s1").await, 8);
+}
+
+#[tokio::test]
+async fn an_agent_answering_4xx_fails_at_once_without_retry() {
+    let lb = lb(1).await;
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    sys.start_worker(sys.config());
+    // The server vanishes from HAProxy behind the module's back.
+    assert_eq!(
+        lb.haproxy.cmd("set server web/s1 state maint").await.trim(),
+        ""
+    );
+    assert!(
+        lb.haproxy
+            .cmd("del server web/s1")
+            .await
+            .contains("Server deleted")
+    );
+    let txn = Uuid::new_v4();
+    sys.publish_action(&action(txn, "ready", by_names("s1")))
+        .await;
+    let failed = sys.wait_event("action.failed", txn, WAIT).await;
+    assert_eq!(failed["error"], "not_found");
+    assert_eq!(sys.wait_final(txn, WAIT).await.attempts, 1);
+}
+
+#[tokio::test]
+async fn bad_messages_are_dead_lettered_with_a_reason_and_the_worker_keeps_going() {
+    let lb = lb(1).await;
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    sys.start_worker(sys.config());
+
+    let txn = Uuid::new_v4();
+    sys.publish_raw("action", b"{this is not json").await;
+    sys.publish_action(&action(txn, "explode", by_names("s1")))
+        .await;
+    sys.publish_action(&action(
+        Uuid::new_v4(),
+        "drain",
+        json!({"instance": "lb-1", "backend": "web", "server": "s1;show info"}),
+    ))
+    .await;
+    sys.publish_action(&action(
+        Uuid::new_v4(),
+        "drain",
+        json!({"instance": "lb-1", "backend": "web\nshow info", "server": "s1"}),
+    ))
+    .await;
+    sys.publish_action(&action(Uuid::new_v4(), "drain", json!({"instance": "lb-1", "backend": "web", "server": "s1\nset server web/s1 state maint"}))).await;
+
+    let dead = eventually(WAIT, "five dead letters", || async {
+        let mut all = Vec::new();
+        all.extend(sys.dead_letters().await);
+        (all.len() == 5).then_some(all)
+    })
+    .await;
+    let reasons: Vec<&str> = dead.iter().map(|d| d.error.as_str()).collect();
+    assert!(
+        reasons[0].contains("not a valid action command"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("\"explode\""), "{reasons:?}");
+    assert!(
+        reasons[2].contains("target.server") && reasons[2].contains("';'"),
+        "{reasons:?}"
+    );
+    assert!(reasons[3].contains("target.backend"), "{reasons:?}");
+    assert!(reasons[4].contains("target.server"), "{reasons:?}");
+    assert_eq!(dead[0].body, b"{this is not json");
+    assert!(dead.iter().all(|d| d.routing_key == "action"));
+    assert_eq!(lb.spy.count("set server"), 0, "nothing reached HAProxy");
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
+        0
+    );
+
+    let good = Uuid::new_v4();
+    sys.publish_action(&action(good, "drain", by_names("s1")))
+        .await;
+    sys.wait_event("action.succeeded", good, WAIT).await;
+    assert_eq!(sys.depth(&sys.topology.actions_queue).await, 0);
+}
+
+#[tokio::test]
+async fn a_worker_killed_with_100_actions_in_flight_is_finished_by_its_successor_exactly_once() {
+    let lb = lb(100).await;
+    let sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    lb.spy.set_delay("set server", Duration::from_millis(40));
+    let mut config = sys.config();
+    config.worker.prefetch = 32;
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let mut first = sys.spawn_worker_process(&config, &log_dir.path().join("first.log"));
+
+    let txns: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+    let bodies: Vec<Value> = txns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| action(*t, "drain", by_names(&format!("s{}", i + 1))))
+        .collect();
+    join_all(bodies.iter().map(|b| sys.publish_action(b))).await;
+
+    // Kill it while some are done and many are in flight.
+    eventually(WAIT, "some actions done", || async {
+        let done = sys
+            .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
+            .await;
+        (done >= 10).then_some(())
+    })
+    .await;
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    let done_at_kill = sys
+        .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
+        .await;
+    assert!(
+        done_at_kill < 100,
+        "the kill came too late to prove anything"
+    );
+
+    let mut second = sys.spawn_worker_process(&config, &log_dir.path().join("second.log"));
+    for txn in &txns {
+        let row = sys.wait_final(*txn, Duration::from_secs(60)).await;
+        assert_eq!(
+            row.status, "success",
+            "{txn}: {:?} {:?}",
+            row.error, row.error_detail
+        );
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
+        100
+    );
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM (SELECT server_id FROM haproxy_server_status_history GROUP BY server_id HAVING count(*) = 1) x").await,
+        100,
+        "one history row per server"
+    );
+    assert_eq!(lb.spy.count("set server"), 100, "each reached HAProxy once");
+    for txn in &txns {
+        assert!(
+            !sys.events_for("action.succeeded", *txn).is_empty(),
+            "no event for {txn}"
+        );
+    }
+    let drained = lb
+        .haproxy
+        .admin_bits()
+        .await
+        .into_iter()
+        .filter(|(_, b)| *b == 8)
+        .count();
+    assert_eq!(drained, 100);
 }

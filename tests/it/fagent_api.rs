@@ -338,3 +338,36 @@ async fn haproxy_down_is_503_and_the_agent_recovers_when_it_returns() {
     let answer = s.agent.set("web", "s1", "drain").await;
     assert_eq!(answer["server"]["admin_state"], "drain");
 }
+
+#[tokio::test]
+async fn many_concurrent_calls_stay_within_haproxys_socket_connection_limit() {
+    // HAProxy's stats socket takes 10 connections at once by default; 60
+    // calls at once must all succeed, not fail on refused connections.
+    let backends = HttpBackends::start(&["app"]).await;
+    let addr = backends.addr("app");
+    let servers: String = (1..=60)
+        .map(|i| format!("  server s{i} {addr}\n"))
+        .collect();
+    let haproxy = TestHaproxy::start(&format!("backend web\n{servers}")).await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let calls = (1..=60).map(|i| {
+        let agent = &agent;
+        async move {
+            agent
+                .put_state("web", &format!("s{i}"), "drain")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let drained = haproxy
+        .admin_bits()
+        .await
+        .into_iter()
+        .filter(|(_, b)| *b == 8)
+        .count();
+    assert_eq!(drained, 60);
+}

@@ -7,3 +7,4 @@ mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;
 mod harness_selftest;
+mod message_schemas;

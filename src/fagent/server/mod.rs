@@ -20,6 +20,9 @@ pub use runtime::{Haproxy, RuntimeError, SocketTarget};
 pub struct AgentSettings {
     pub socket: SocketTarget,
     pub socket_timeout: Duration,
+    /// Runtime-API connections open at once (HAProxy's `stats maxconn` is
+    /// 10 by default).
+    pub socket_concurrency: usize,
     pub token: BearerToken,
     /// How many finished transaction ids are remembered for replays.
     pub idempotency_capacity: usize,
@@ -35,7 +38,11 @@ pub(crate) struct AgentState {
 /// The agent's HTTP application, ready to serve.
 pub fn router(settings: AgentSettings) -> axum::Router {
     let state = AgentState {
-        haproxy: Haproxy::new(settings.socket, settings.socket_timeout),
+        haproxy: Haproxy::new(
+            settings.socket,
+            settings.socket_timeout,
+            settings.socket_concurrency,
+        ),
         token: settings.token,
         idempotency: Arc::new(Idempotency::new(settings.idempotency_capacity)),
     };

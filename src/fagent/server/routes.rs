@@ -115,17 +115,30 @@ async fn set_state(
                 ),
             )
         })?;
-    let mut replay = true;
-    let answer = slot
-        .get_or_try_init(|| async {
-            replay = false;
-            apply(&state, &backend, &server, target, transaction_id).await
-        })
-        .await?;
-    if replay {
-        tracing::info!(%transaction_id, %backend, %server, state = %target, "replayed first answer");
-    }
-    Ok(Json(answer.clone()))
+    // The change runs in a task of its own: a caller that goes away (a
+    // worker killed mid-call) does not cancel it half-way, and its retry then
+    // gets this first answer instead of a second command to HAProxy.
+    let task = tokio::spawn(async move {
+        let mut replay = true;
+        let answer = slot
+            .get_or_try_init(|| async {
+                replay = false;
+                apply(&state, &backend, &server, target, transaction_id).await
+            })
+            .await?;
+        if replay {
+            tracing::info!(%transaction_id, %backend, %server, state = %target, "replayed first answer");
+        }
+        Ok::<_, AgentError>(answer.clone())
+    });
+    let answer = task.await.map_err(|e| {
+        AgentError::new(
+            StatusCode::BAD_GATEWAY,
+            "agent_task_failed",
+            format!("the state change task failed: {e}"),
+        )
+    })??;
+    Ok(Json(answer))
 }
 
 async fn apply(

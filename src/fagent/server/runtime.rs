@@ -85,19 +85,28 @@ pub struct ServerReading {
     pub admin_bits: u32,
 }
 
+/// HAProxy serves at most `stats maxconn` (10 by default) CLI connections
+/// at once and refuses or drops the rest; the agent stays below that.
+pub const DEFAULT_SOCKET_CONCURRENCY: usize = 8;
+
 /// A handle on one HAProxy's runtime API.
 #[derive(Debug, Clone)]
 pub struct Haproxy {
     target: SocketTarget,
     timeout: Duration,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Haproxy {
-    pub fn new(target: SocketTarget, timeout: Duration) -> Self {
-        Self { target, timeout }
+    pub fn new(target: SocketTarget, timeout: Duration, concurrency: usize) -> Self {
+        Self {
+            target,
+            timeout,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+        }
     }
 
     pub fn target(&self) -> &SocketTarget {
@@ -122,6 +131,9 @@ impl Haproxy {
     async fn command(&self, line: &str) -> Result<String, RuntimeError> {
         debug_assert!(!line.contains(['\n', ';']));
         let exchange = async {
+            let _permit = self.permits.acquire().await.map_err(|_| {
+                RuntimeError::Unreadable("the socket connection limit was closed".into())
+            })?;
             let mut stream = self
                 .connect()
                 .await

@@ -18,6 +18,7 @@ impl TestAgent {
         let settings = AgentSettings {
             socket: SocketTarget::Unix(socket.to_owned()),
             socket_timeout: Duration::from_secs(2),
+            socket_concurrency: 8,
             token: BearerToken::new(&token).expect("token"),
             idempotency_capacity: 1000,
         };

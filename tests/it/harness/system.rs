@@ -13,7 +13,9 @@ use haproxy_control::db::testing::TestDatabase;
 use haproxy_control::db::{self, PgPool};
 use haproxy_control::queue::Topology;
 use haproxy_control::queue::publisher::{Outgoing, Publisher};
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, BasicAckOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -58,7 +60,11 @@ impl TestSystem {
         let capture_queue = format!("{prefix}events-capture");
         ch.queue_declare(
             capture_queue.as_str().into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -76,7 +82,10 @@ impl TestSystem {
             .basic_consume(
                 capture_queue.as_str().into(),
                 "capture".into(),
-                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -91,7 +100,17 @@ impl TestSystem {
             }
         });
         let publisher = Publisher::new(&conn).await.expect("publisher");
-        Self { db, pool, prefix, topology, conn, publisher, events, capture, workers: Vec::new() }
+        Self {
+            db,
+            pool,
+            prefix,
+            topology,
+            conn,
+            publisher,
+            events,
+            capture,
+            workers: Vec::new(),
+        }
     }
 
     /// A worker configuration for this system, with fast retries.
@@ -123,7 +142,16 @@ impl TestSystem {
             .env("AMQP_URL", &config.amqp.url)
             .env("AMQP_PREFIX", &config.amqp.prefix)
             .env("WORKER_PREFETCH", config.worker.prefetch.to_string())
-            .env("WORKER_RETRY_BACKOFF_MS", config.worker.retry_backoff_ms.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
+            .env(
+                "WORKER_RETRY_BACKOFF_MS",
+                config
+                    .worker
+                    .retry_backoff_ms
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -162,12 +190,14 @@ impl TestSystem {
     /// The id of a server by instance, backend and server name.
     pub async fn server_id(&self, instance: &str, backend: &str, server: &str) -> i64 {
         let (i, b, s) = (instance.to_owned(), backend.to_owned(), server.to_owned());
-        db::run(&self.pool, move |c| db::inventory::find_server_by_names(c, &i, &b, &s))
-            .await
-            .expect("query")
-            .unwrap_or_else(|| panic!("{instance}/{backend}/{server} not in the database"))
-            .server
-            .id
+        db::run(&self.pool, move |c| {
+            db::inventory::find_server_by_names(c, &i, &b, &s)
+        })
+        .await
+        .expect("query")
+        .unwrap_or_else(|| panic!("{instance}/{backend}/{server} not in the database"))
+        .server
+        .id
     }
 
     /// Publishes raw bytes as an `action` command.
@@ -185,7 +215,8 @@ impl TestSystem {
     }
 
     pub async fn publish_action(&self, body: &Value) {
-        self.publish_raw("action", &serde_json::to_vec(body).expect("json")).await;
+        self.publish_raw("action", &serde_json::to_vec(body).expect("json"))
+            .await;
     }
 
     /// Every event seen so far.
@@ -211,16 +242,24 @@ impl TestSystem {
 
     /// Waits until the action is final and returns its row.
     pub async fn wait_final(&self, transaction_id: Uuid, within: Duration) -> ActionRow {
-        eventually(within, &format!("action {transaction_id} to finish"), || async {
-            self.action(transaction_id).await.filter(|a| a.status().is_final())
-        })
+        eventually(
+            within,
+            &format!("action {transaction_id} to finish"),
+            || async {
+                self.action(transaction_id)
+                    .await
+                    .filter(|a| a.status().is_final())
+            },
+        )
         .await
     }
 
     pub async fn action(&self, transaction_id: Uuid) -> Option<ActionRow> {
-        db::run(&self.pool, move |c| db::actions::get_by_transaction(c, transaction_id))
-            .await
-            .expect("query")
+        db::run(&self.pool, move |c| {
+            db::actions::get_by_transaction(c, transaction_id)
+        })
+        .await
+        .expect("query")
     }
 
     /// A SQL count.
@@ -244,7 +283,10 @@ impl TestSystem {
         let ch = self.conn.create_channel().await.expect("channel");
         let mut out = Vec::new();
         while let Some(m) = ch
-            .basic_get(self.topology.dead_queue.as_str().into(), BasicGetOptions::default())
+            .basic_get(
+                self.topology.dead_queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
             .await
             .expect("basic_get")
         {
@@ -258,7 +300,10 @@ impl TestSystem {
                 error,
                 routing_key: m.delivery.routing_key.to_string(),
             });
-            m.delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            m.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
         }
         out
     }
@@ -268,7 +313,10 @@ impl TestSystem {
         let ch = self.conn.create_channel().await.expect("channel");
         ch.queue_declare(
             queue.into(),
-            QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -296,7 +344,10 @@ impl Drop for TestSystem {
         // Delete this test's exchanges and queues from a thread of its own
         // (Drop cannot await).
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
