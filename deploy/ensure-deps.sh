@@ -8,6 +8,9 @@ need_apt=()
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 dpkg -s libpq-dev >/dev/null 2>&1 || need_apt+=(libpq-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq

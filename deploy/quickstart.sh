@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs haproxy-control locally: a demo HAProxy in front of three
-# real HTTP backends, and the reference fagent in front of that HAProxy.
+# real HTTP backends, the reference fagent in front of that HAProxy, the
+# database (created and migrated), and the worker (`serve`), with the demo
+# HAProxy registered as instance `demo-lb`.
 #   deploy/quickstart.sh         start (stops a previous demo first)
 #   deploy/quickstart.sh stop    stop everything it started
 # Everything lives in $DEMO_DIR (default: .demo in the repository).
@@ -11,6 +13,8 @@ DEMO_DIR=${DEMO_DIR:-$ROOT/.demo}
 FRONTEND_PORT=${DEMO_FRONTEND_PORT:-8080}
 FAGENT_PORT=${DEMO_FAGENT_PORT:-9100}
 BACKEND_PORTS=(${DEMO_BACKEND_PORTS:-18081 18082 18083})
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/haproxy_control}
+export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
 stop_all() {
   for pidfile in "$DEMO_DIR"/*.pid; do
@@ -94,24 +98,45 @@ for _ in $(seq 1 100); do
 done
 curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$FAGENT_PORT/v1/health" >/dev/null
 
+# The database, its schema, the demo instance, and the worker.
+DB_NAME=${DATABASE_URL##*/}
+DB_NAME=${DB_NAME%%\?*}
+ADMIN_URL=${DATABASE_URL%/*}/postgres
+if [ "$(psql "$ADMIN_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != "1" ]; then
+  psql "$ADMIN_URL" -qc "CREATE DATABASE \"$DB_NAME\""
+fi
+"$BIN" --log-format text migrate
+"$BIN" --log-format text instance add --name demo-lb --fagent-url "http://127.0.0.1:$FAGENT_PORT" --token-file "$TOKEN_FILE"
+nohup "$BIN" --log-format text serve > "$DEMO_DIR/worker.log" 2>&1 &
+echo $! > "$DEMO_DIR/worker.pid"
+for _ in $(seq 1 100); do grep -q "consuming" "$DEMO_DIR/worker.log" && break; sleep 0.1; done
+grep -q "consuming" "$DEMO_DIR/worker.log" || { echo "the worker did not start:"; tail "$DEMO_DIR/worker.log"; exit 1; }
+
 cat <<MSG
 
 haproxy-control demo is running (logs and pids in $DEMO_DIR):
   HAProxy frontend   http://127.0.0.1:$FRONTEND_PORT/  (backends web, api; socket $DEMO_DIR/admin.sock)
   demo apps          127.0.0.1:${BACKEND_PORTS[*]}
   fagent             http://127.0.0.1:$FAGENT_PORT  (token in $TOKEN_FILE)
+  worker             haproxy-control serve  (log $DEMO_DIR/worker.log)
+  database           $DATABASE_URL  (instance demo-lb registered)
 
-Try:
+Try (as AC would, through RabbitMQ):
+  export DATABASE_URL=$DATABASE_URL
+  $BIN events &          # status events as JSON lines
+  $BIN action --instance demo-lb --backend web --server web2_shop_1 --state drain --reason demo
+  for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:$FRONTEND_PORT/; done   # no app2 while drained
+  echo "show servers state web" | socat - $DEMO_DIR/admin.sock      # or: curl the fagent below
+  psql $DATABASE_URL -c "SELECT transaction_id, action, status, actor, attempts FROM haproxy_actions"
+  psql $DATABASE_URL -c "SELECT server_id, previous_admin_state, new_admin_state, source, actor, changed_at FROM haproxy_server_status_history"
+  $BIN action --instance demo-lb --backend web --server web2_shop_1 --state ready
+
+Or straight to the fagent:
   TOKEN=\$(cat $TOKEN_FILE)
-  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$FAGENT_PORT/v1/health
   curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$FAGENT_PORT/v1/backends
   curl -s -X PUT -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
        -d "{\"state\":\"drain\",\"transaction_id\":\"\$(cat /proc/sys/kernel/random/uuid)\"}" \\
-       http://127.0.0.1:$FAGENT_PORT/v1/backends/web/servers/web2_shop_1/state
-  for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:$FRONTEND_PORT/; done   # no app2 while drained
-  curl -s -X PUT -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
-       -d "{\"state\":\"ready\",\"transaction_id\":\"\$(cat /proc/sys/kernel/random/uuid)\"}" \\
-       http://127.0.0.1:$FAGENT_PORT/v1/backends/web/servers/web2_shop_1/state
+       http://127.0.0.1:$FAGENT_PORT/v1/backends/web/servers/web3_shop_1/state
 
 Stop it all with: deploy/quickstart.sh stop
 MSG

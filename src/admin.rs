@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::cli::InstanceAddArgs;
+use crate::cli::{ActionArgs, EventsArgs, InstanceAddArgs};
 use crate::config::Config;
 use crate::db::{self, instances};
 use crate::fagent::client::AgentClient;
@@ -45,14 +45,43 @@ pub async fn add_instance(config: &Config, args: &InstanceAddArgs) -> anyhow::Re
         config.worker.agent_timeout_ms,
     ))
     .map_err(anyhow::Error::msg)?;
-    let loaded = match worker::inventory::refresh(&pool, &agents, &row).await {
-        Ok(n) => format!("loaded {n} servers from its agent"),
-        Err(e) => format!("could not load its servers yet: {e}"),
+    let template = crate::domain::mapping::NameTemplate::parse(&config.sync.name_template)
+        .map_err(|e| anyhow::anyhow!("sync.name_template: {e}"))?;
+    let loaded = match worker::inventory::refresh(&pool, &agents, &row, &template).await {
+        Ok(r) => {
+            let published = publish_events(config, &r.events).await;
+            format!("synced from its agent: {}{published}", r.counts)
+        }
+        Err(e) => format!("could not sync it yet (the scheduler will retry): {e}"),
     };
     Ok(format!(
         "instance {} registered with id {}; {loaded}",
         row.name, row.id
     ))
+}
+
+/// Publishes events; says in a sentence when the broker could not be reached.
+async fn publish_events(config: &Config, events: &[crate::domain::event::Event]) -> String {
+    if events.is_empty() {
+        return String::new();
+    }
+    let result = async {
+        let topology =
+            crate::queue::Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
+        let conn = crate::queue::connect_with(&config.amqp.url, "haproxy-control cli", 0).await?;
+        topology.declare(&conn.create_channel().await?).await?;
+        let publisher = crate::queue::Publisher::new(&conn).await?;
+        for e in events {
+            publisher.publish_event(&topology, e).await?;
+        }
+        let _ = conn.close(200, "done".into()).await;
+        anyhow::Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => format!("; {} events published", events.len()),
+        Err(e) => format!("; its {} events could not be published: {e}", events.len()),
+    }
 }
 
 /// A table of every instance.
@@ -87,4 +116,145 @@ pub async fn list_instances(config: &Config) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// Publishes an `action` command built from the flags (validated by the
+/// same parser the worker uses) and waits for its outcome.
+///
+/// # Errors
+/// When the flags do not make a valid command, or the broker or database
+/// cannot be reached.
+pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<String> {
+    let transaction_id = uuid::Uuid::new_v4();
+    let target = match (&args.server_id, &args.instance, &args.backend, &args.server) {
+        (Some(id), None, None, None) => serde_json::json!({ "server_id": id }),
+        (None, Some(i), Some(b), Some(s)) => {
+            serde_json::json!({ "instance": i, "backend": b, "server": s })
+        }
+        _ => anyhow::bail!("give --server-id, or --instance with --backend and --server"),
+    };
+    let actor = args.actor.clone().unwrap_or_else(|| {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        format!("cli:{user}")
+    });
+    let mut body = serde_json::json!({
+        "transaction_id": transaction_id,
+        "action": args.state,
+        "target": target,
+        "actor": actor,
+        "requested_at": chrono::Utc::now().to_rfc3339(),
+        "force": args.force,
+    });
+    if let Some(r) = &args.reason {
+        body["reason"] = serde_json::json!(r);
+    }
+    let bytes = serde_json::to_vec(&body)?;
+    crate::queue::message::parse_action(&bytes).map_err(|e| anyhow::anyhow!(e.0))?;
+
+    let topology =
+        crate::queue::Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
+    let conn = crate::queue::connect(&config.amqp.url, "haproxy-control cli").await?;
+    topology.declare(&conn.create_channel().await?).await?;
+    let publisher = crate::queue::Publisher::new(&conn).await?;
+    publisher
+        .publish(crate::queue::publisher::Outgoing {
+            exchange: &topology.commands_exchange,
+            routing_key: crate::queue::topology::ROUTE_ACTION,
+            body: &bytes,
+            message_id: &transaction_id.to_string(),
+            headers: lapin::types::FieldTable::default(),
+        })
+        .await?;
+    let _ = conn.close(200, "done".into()).await;
+    if args.wait == 0 {
+        return Ok(format!("published {transaction_id}"));
+    }
+    let pool = db::pool(&config.database.url, 1)?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.wait);
+    loop {
+        let row = db::run(&pool, move |c| {
+            db::actions::get_by_transaction(c, transaction_id)
+        })
+        .await?;
+        if let Some(row) = row.filter(|r| r.status().is_final()) {
+            return Ok(serde_json::to_string_pretty(&serde_json::json!({
+                "transaction_id": transaction_id,
+                "status": row.status,
+                "attempts": row.attempts,
+                "error": row.error,
+                "error_detail": row.error_detail,
+                "events": row.events,
+            }))?);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "published {transaction_id}, but it had not finished after {} s",
+                args.wait
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Prints events as JSON lines until `count` have been printed or the
+/// process is interrupted.
+///
+/// # Errors
+/// When the broker cannot be reached.
+pub async fn tail_events(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let topology =
+        crate::queue::Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
+    let conn = crate::queue::connect(&config.amqp.url, "haproxy-control events").await?;
+    let ch = conn.create_channel().await?;
+    topology.declare(&ch).await?;
+    let queue = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        queue.name().clone(),
+        topology.events_exchange.as_str().into(),
+        args.pattern.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.name().clone(),
+            "events-cli".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    eprintln!(
+        "listening on {} for {}",
+        topology.events_exchange, args.pattern
+    );
+    let mut seen = 0;
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        println!("{}", String::from_utf8_lossy(&delivery.data));
+        seen += 1;
+        if args.count > 0 && seen >= args.count {
+            break;
+        }
+    }
+    Ok(())
 }

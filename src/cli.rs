@@ -39,6 +39,10 @@ pub struct Cli {
     #[arg(long, env = "AMQP_PREFIX", global = true)]
     pub amqp_prefix: Option<String>,
 
+    /// Reconnection attempts after losing RabbitMQ before exiting non-zero [default: 12].
+    #[arg(long, env = "AMQP_RECONNECT_ATTEMPTS", global = true)]
+    pub amqp_reconnect_attempts: Option<usize>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -51,6 +55,10 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Every server-side role in one process (today: the worker).
     Serve(WorkerArgs),
+    /// Publish an `action` command (as AC does) and optionally wait for its outcome.
+    Action(ActionArgs),
+    /// Print status events from haproxy.events as JSON lines (a temporary queue bound with `#`).
+    Events(EventsArgs),
     /// Register and list HAProxy instances.
     #[command(subcommand)]
     Instance(InstanceCommand),
@@ -108,6 +116,47 @@ impl WorkerArgs {
             c.database.pool_size = v;
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    /// `ready`, `drain` or `maint`.
+    #[arg(long)]
+    pub state: String,
+    /// The server's id (`haproxy_servers.id`).
+    #[arg(long, conflicts_with_all = ["instance", "backend", "server"])]
+    pub server_id: Option<i64>,
+    /// Instance name (with --backend and --server).
+    #[arg(long, requires_all = ["backend", "server"])]
+    pub instance: Option<String>,
+    /// Backend name.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Server name.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Who asks [default: cli:$USER].
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Why.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Take the last ready server of a backend out anyway.
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds to wait for the outcome (read from PostgreSQL); 0 to return at once.
+    #[arg(long, default_value_t = 30)]
+    pub wait: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Routing-key pattern, e.g. `action.*` or `server.#`.
+    #[arg(long, default_value = "#")]
+    pub pattern: String,
+    /// Stop after this many events (0: run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub count: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +221,9 @@ impl Cli {
         }
         if let Some(v) = &self.amqp_prefix {
             config.amqp.prefix = v.clone();
+        }
+        if let Some(v) = self.amqp_reconnect_attempts {
+            config.amqp.reconnect_attempts = v;
         }
     }
 }

@@ -13,6 +13,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
+    pub sync: SyncConfig,
     pub fagent: FagentConfig,
 }
 
@@ -43,6 +44,9 @@ pub struct AmqpConfig {
     pub prefix: String,
     /// Deliveries of one message before RabbitMQ dead-letters it.
     pub delivery_limit: u32,
+    /// Reconnection attempts after the broker connection is lost (backoff
+    /// 0.5 s doubling to 5 s); when they are used up the role exits non-zero.
+    pub reconnect_attempts: usize,
 }
 
 impl Default for AmqpConfig {
@@ -51,6 +55,7 @@ impl Default for AmqpConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefix: String::new(),
             delivery_limit: 5,
+            reconnect_attempts: 12,
         }
     }
 }
@@ -82,6 +87,32 @@ impl Default for WorkerConfig {
             agent_timeout_ms: 5_000,
             breaker_failures: 3,
             breaker_open_secs: 60,
+        }
+    }
+}
+
+/// Sync, scheduler, history retention and application mapping.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Seconds between scheduled syncs of each active instance.
+    pub interval_secs: u64,
+    /// Days of status history kept; older rows are deleted by the scheduler.
+    pub history_retention_days: u64,
+    /// Rows deleted per statement when pruning history.
+    pub retention_batch: i64,
+    /// How a server's name is built from its application, for linking:
+    /// placeholders `{hostname}`, `{app_name}`, `{instance}`.
+    pub name_template: String,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 60,
+            history_retention_days: 30,
+            retention_batch: 1_000,
+            name_template: "{hostname}_{app_name}_{instance}".into(),
         }
     }
 }

@@ -9,5 +9,6 @@ pub mod domain;
 pub mod fagent;
 pub mod http_client;
 pub mod queue;
+pub mod scheduler;
 pub mod telemetry;
 pub mod worker;

@@ -41,6 +41,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             worker::run(&config, rx).await?;
         }
+        Command::Events(args) => {
+            admin::tail_events(&config, args).await?;
+        }
+        Command::Action(args) => {
+            println!("{}", admin::send_action(&config, args).await?);
+        }
         Command::Instance(InstanceCommand::Add(args)) => {
             println!("{}", admin::add_instance(&config, args).await?);
         }

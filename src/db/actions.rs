@@ -150,6 +150,7 @@ pub fn finish(
     history: Option<&HistoryWrite>,
 ) -> Result<(), DbError> {
     conn.transaction(|conn| {
+        super::durable(conn)?;
         diesel::update(a::table.find(action_id))
             .set((
                 a::status.eq(outcome.status.as_str()),

@@ -3,12 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Int4, Int8, Nullable, Text, Timestamptz};
 
 use super::DbError;
 use super::instances::InstanceRow;
 use super::schema::{haproxy_backends as b, haproxy_instances as i, haproxy_servers as s};
-use crate::domain::snapshot::BackendSnapshot;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = s)]
@@ -96,101 +94,6 @@ pub fn find_server_by_names(
         .first(conn)
         .optional()?;
     Ok(row.map(to_target))
-}
-
-#[derive(QueryableByName)]
-struct BackendId {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    backend_name: String,
-}
-
-/// Plain upsert of an agent's listing: backends and servers are created or
-/// refreshed (and marked live again). A server's state is overwritten only
-/// when nothing wrote it after `fetched_at` (DESIGN.md rule 6). Nothing is
-/// marked removed and no history is written: that is the sync's job.
-/// One statement per table, with arrays, so no bind-parameter limit applies.
-pub fn upsert_listing(
-    conn: &mut PgConnection,
-    instance_id: i64,
-    fetched_at: DateTime<Utc>,
-    backends: &[BackendSnapshot],
-) -> Result<usize, DbError> {
-    conn.transaction(|conn| {
-        let names: Vec<String> = backends.iter().map(|x| x.name.clone()).collect();
-        let ids: Vec<BackendId> = diesel::sql_query(
-            "INSERT INTO haproxy_backends (haproxy_id, backend_name, last_seen_at) \
-             SELECT $1, n, $3 FROM UNNEST($2::text[]) AS n \
-             ON CONFLICT (haproxy_id, backend_name) DO UPDATE \
-               SET last_seen_at = EXCLUDED.last_seen_at, removed_at = NULL \
-             RETURNING id, backend_name",
-        )
-        .bind::<BigInt, _>(instance_id)
-        .bind::<Array<Text>, _>(&names)
-        .bind::<Timestamptz, _>(fetched_at)
-        .load(conn)?;
-        let id_of: std::collections::HashMap<&str, i64> =
-            ids.iter().map(|r| (r.backend_name.as_str(), r.id)).collect();
-
-        let mut cols = ServerColumns::default();
-        for backend in backends {
-            let Some(&backend_id) = id_of.get(backend.name.as_str()) else {
-                continue;
-            };
-            for srv in &backend.servers {
-                cols.backend_id.push(backend_id);
-                cols.name.push(srv.name.clone());
-                cols.address.push(srv.address.clone());
-                cols.port.push(srv.port.map(i32::from));
-                cols.admin.push(srv.admin_state.as_str().to_owned());
-                cols.op.push(srv.op_state.as_str().to_owned());
-                cols.weight.push(i32::try_from(srv.weight).unwrap_or(i32::MAX));
-                cols.sessions.push(i64::try_from(srv.current_sessions).unwrap_or(i64::MAX));
-                cols.check.push(srv.check_status.clone());
-            }
-        }
-        let count = cols.name.len();
-        diesel::sql_query(
-            "INSERT INTO haproxy_servers (backend_id, server_name, address, port, admin_state, op_state, \
-                 weight, current_sessions, check_status, last_seen_at, state_written_at, state_changed_at) \
-             SELECT u.*, $10, $10, $10 FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int4[], $5::text[], \
-                 $6::text[], $7::int4[], $8::int8[], $9::text[]) AS u \
-             ON CONFLICT (backend_id, server_name) DO UPDATE SET \
-               address = EXCLUDED.address, port = EXCLUDED.port, weight = EXCLUDED.weight, \
-               current_sessions = EXCLUDED.current_sessions, check_status = EXCLUDED.check_status, \
-               last_seen_at = EXCLUDED.last_seen_at, removed_at = NULL, \
-               admin_state = CASE WHEN haproxy_servers.state_written_at IS NULL OR haproxy_servers.state_written_at <= EXCLUDED.last_seen_at \
-                                  THEN EXCLUDED.admin_state ELSE haproxy_servers.admin_state END, \
-               op_state = CASE WHEN haproxy_servers.state_written_at IS NULL OR haproxy_servers.state_written_at <= EXCLUDED.last_seen_at \
-                               THEN EXCLUDED.op_state ELSE haproxy_servers.op_state END",
-        )
-        .bind::<Array<Int8>, _>(&cols.backend_id)
-        .bind::<Array<Text>, _>(&cols.name)
-        .bind::<Array<Text>, _>(&cols.address)
-        .bind::<Array<Nullable<Int4>>, _>(&cols.port)
-        .bind::<Array<Text>, _>(&cols.admin)
-        .bind::<Array<Text>, _>(&cols.op)
-        .bind::<Array<Int4>, _>(&cols.weight)
-        .bind::<Array<Int8>, _>(&cols.sessions)
-        .bind::<Array<Nullable<Text>>, _>(&cols.check)
-        .bind::<Timestamptz, _>(fetched_at)
-        .execute(conn)?;
-        Ok(count)
-    })
-}
-
-#[derive(Default)]
-struct ServerColumns {
-    backend_id: Vec<i64>,
-    name: Vec<String>,
-    address: Vec<String>,
-    port: Vec<Option<i32>>,
-    admin: Vec<String>,
-    op: Vec<String>,
-    weight: Vec<i32>,
-    sessions: Vec<i64>,
-    check: Vec<Option<String>>,
 }
 
 /// The current row of one server (under its lock, for ordering decisions).

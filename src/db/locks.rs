@@ -6,7 +6,13 @@ use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sql_types::BigInt;
 
 use super::{DbError, PgPool};
-use crate::domain::action::server_lock_key;
+use crate::domain::action::{instance_sync_lock_key, server_lock_key};
+
+#[derive(QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
+}
 
 type Pooled = PooledConnection<ConnectionManager<PgConnection>>;
 
@@ -31,7 +37,7 @@ impl Drop for LockedConn {
     }
 }
 
-/// Holds the lock of one server; queries of the locked section run on its
+/// Holds the lock of one server (or one instance's sync); queries of the locked section run on its
 /// connection through [`ServerLock::run`].
 pub struct ServerLock {
     inner: Option<LockedConn>,
@@ -53,6 +59,47 @@ impl ServerLock {
             Ok(ServerLock {
                 inner: Some(LockedConn { conn, key }),
             })
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Waits for the sync lock of an instance.
+    ///
+    /// # Errors
+    /// [`DbError`] when no connection can be had or the lock query fails.
+    pub async fn instance(pool: &PgPool, instance_id: i64) -> Result<Self, DbError> {
+        let pool = pool.clone();
+        let key = instance_sync_lock_key(instance_id);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            diesel::sql_query("SELECT pg_advisory_lock($1)")
+                .bind::<BigInt, _>(key)
+                .execute(&mut conn)?;
+            Ok(ServerLock {
+                inner: Some(LockedConn { conn, key }),
+            })
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Takes the sync lock of an instance if nobody holds it (rule 7: one
+    /// sync per instance at a time).
+    ///
+    /// # Errors
+    /// [`DbError`] when no connection can be had or the query fails.
+    pub async fn try_instance(pool: &PgPool, instance_id: i64) -> Result<Option<Self>, DbError> {
+        let pool = pool.clone();
+        let key = instance_sync_lock_key(instance_id);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+                .bind::<BigInt, _>(key)
+                .get_result(&mut conn)?;
+            Ok(got.locked.then(|| ServerLock {
+                inner: Some(LockedConn { conn, key }),
+            }))
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?

@@ -4,11 +4,13 @@
 //! concurrent runners (several replicas starting at once) with a PostgreSQL advisory lock.
 
 pub mod actions;
+pub mod history;
 pub mod instances;
 pub mod inventory;
 pub mod locks;
 pub mod pool;
 pub mod schema;
+pub mod sync;
 pub mod testing;
 
 #[cfg(test)]
@@ -20,7 +22,7 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
 
-pub use pool::{PgPool, pool};
+pub use pool::{PgPool, durable, pool, pool_async_commit};
 
 /// Every migration in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

@@ -171,6 +171,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    haproxy_sync_runs (id) {
+        id -> Int8,
+        transaction_id -> Uuid,
+        instance_id -> Int8,
+        /// `schedule` or `force`.
+        reason -> Text,
+        actor -> Text,
+        /// `running`, `success`, `failed` or `skipped`.
+        status -> Text,
+        error -> Nullable<Text>,
+        counts -> Jsonb,
+        events -> Jsonb,
+        requested_at -> Timestamptz,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(applications -> servers (server_id));
 diesel::joinable!(application_group_members -> application_groups (group_id));
 diesel::joinable!(application_group_members -> applications (application_id));
@@ -184,6 +203,7 @@ diesel::joinable!(haproxy_server_status_history -> haproxy_servers (server_id));
 diesel::joinable!(haproxy_server_status_history -> haproxy_actions (action_id));
 diesel::joinable!(haproxy_application_links -> haproxy_instances (haproxy_id));
 diesel::joinable!(haproxy_application_links -> applications (application_id));
+diesel::joinable!(haproxy_sync_runs -> haproxy_instances (instance_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     servers,
@@ -197,4 +217,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     haproxy_actions,
     haproxy_server_status_history,
     haproxy_application_links,
+    haproxy_sync_runs,
 );

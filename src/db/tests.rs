@@ -16,12 +16,13 @@ use super::schema;
 use super::testing::{TestDatabase, with_database};
 use super::{MIGRATIONS, run_migrations};
 
-const ALL_MIGRATIONS: [&str; 2] = [
+const ALL_MIGRATIONS: [&str; 3] = [
     "2026-11-28-000001_ac_tables",
     "2026-11-28-000002_haproxy_tables",
+    "2026-11-28-000003_sync_runs",
 ];
 
-const MODULE_TABLES: [&str; 7] = [
+const MODULE_TABLES: [&str; 8] = [
     "haproxy_instances",
     "haproxy_backends",
     "haproxy_servers",
@@ -29,6 +30,7 @@ const MODULE_TABLES: [&str; 7] = [
     "haproxy_actions",
     "haproxy_server_status_history",
     "haproxy_application_links",
+    "haproxy_sync_runs",
 ];
 
 const AC_TABLES: [&str; 4] = [
@@ -522,6 +524,7 @@ fn describe_schema(
         haproxy_actions,
         haproxy_server_status_history,
         haproxy_application_links,
+        haproxy_sync_runs,
     )
 }
 

@@ -33,6 +33,52 @@ pub struct ActionRequest {
     pub force: bool,
 }
 
+/// Why a sync runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncReason {
+    Schedule,
+    Force,
+}
+
+impl SyncReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncReason::Schedule => "schedule",
+            SyncReason::Force => "force",
+        }
+    }
+}
+
+/// A validated `sync` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRequest {
+    pub transaction_id: Uuid,
+    /// None: every active instance.
+    pub instance_id: Option<i64>,
+    pub reason: SyncReason,
+    pub actor: String,
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// The transaction id of one instance's part of a sync for every instance.
+pub fn instance_sync_id(fleet_transaction_id: Uuid, instance_id: i64) -> Uuid {
+    Uuid::new_v5(
+        &fleet_transaction_id,
+        format!("instance:{instance_id}").as_bytes(),
+    )
+}
+
+/// The scheduler's transaction id of one instance's sync for one time
+/// bucket: several schedulers produce the same id, so duplicates dedupe.
+pub fn scheduled_sync_id(instance_id: i64, bucket: i64) -> Uuid {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x2b8e_61f4_7c3d_4a09_9e15_b6d2_0c7a_f348);
+    Uuid::new_v5(
+        &NAMESPACE,
+        format!("sync:{instance_id}:{bucket}").as_bytes(),
+    )
+}
+
 /// `haproxy_actions.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +178,12 @@ pub fn server_lock_key(server_id: i64) -> i64 {
     NAMESPACE ^ (server_id & 0x0000_FFFF_FFFF_FFFF)
 }
 
+/// The key of an instance's sync lock, in a namespace of its own.
+pub fn instance_sync_lock_key(instance_id: i64) -> i64 {
+    const NAMESPACE: i64 = 0x5359_0000_0000_0000; // "SY"
+    NAMESPACE ^ (instance_id & 0x0000_FFFF_FFFF_FFFF)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +207,15 @@ mod tests {
         assert!(!ActionStatus::Running.is_final());
         assert!(ActionStatus::Superseded.is_final());
         assert!("done".parse::<ActionStatus>().is_err());
+    }
+
+    #[test]
+    fn scheduled_ids_are_the_same_for_the_same_instance_and_bucket() {
+        assert_eq!(scheduled_sync_id(1, 100), scheduled_sync_id(1, 100));
+        assert_ne!(scheduled_sync_id(1, 100), scheduled_sync_id(1, 101));
+        assert_ne!(scheduled_sync_id(1, 100), scheduled_sync_id(2, 100));
+        let fleet = Uuid::new_v4();
+        assert_ne!(instance_sync_id(fleet, 1), instance_sync_id(fleet, 2));
     }
 
     #[test]

@@ -49,9 +49,25 @@ pub enum ConsumeError {
     Broker(#[from] lapin::Error),
     #[error("the broker cancelled the consumer of {0}")]
     Cancelled(String),
+    #[error("the broker connection is {0}, and recovery gave up")]
+    Lost(&'static str),
+    #[error("the broker connection has been down for {0:?}")]
+    Outage(std::time::Duration),
 }
 
-/// Consumes `queue` until `shutdown` turns true, then waits for the
+/// What one consumer consumes and how.
+pub struct ConsumerSpec {
+    pub queue: String,
+    /// Unacknowledged messages at once (and so handlers in flight).
+    pub prefetch: u16,
+    pub publisher: Publisher,
+    pub topology: Arc<Topology>,
+    pub handler: Arc<dyn HandlerDyn>,
+    /// How long the connection may be down before the consumer gives up.
+    pub max_outage: std::time::Duration,
+}
+
+/// Consumes `spec.queue` until `shutdown` turns true, then waits for the
 /// messages in flight.
 ///
 /// # Errors
@@ -60,13 +76,18 @@ pub enum ConsumeError {
 /// non-zero so a supervisor restarts it.
 pub async fn consume(
     conn: &Connection,
-    queue: &str,
-    prefetch: u16,
-    publisher: Publisher,
-    topology: Arc<Topology>,
-    handler: Arc<dyn HandlerDyn>,
+    spec: ConsumerSpec,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConsumeError> {
+    let ConsumerSpec {
+        queue,
+        prefetch,
+        publisher,
+        topology,
+        handler,
+        max_outage,
+    } = spec;
+    let queue = queue.as_str();
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -82,8 +103,29 @@ pub async fn consume(
         .await?;
     tracing::info!(queue, prefetch, "consuming");
     let mut tasks = JoinSet::new();
+    // lapin's recovery may leave a consumer waiting forever once it gives up;
+    // the watchdog turns a dead or long-lost connection into an error.
+    let mut watchdog = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut down_since: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
+            _ = watchdog.tick() => {
+                let status = conn.status();
+                if status.errored() {
+                    break Err(ConsumeError::Lost("in error"));
+                }
+                if status.closed() {
+                    break Err(ConsumeError::Lost("closed"));
+                }
+                if status.connected() {
+                    down_since = None;
+                } else {
+                    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > max_outage {
+                        break Err(ConsumeError::Outage(since.elapsed()));
+                    }
+                }
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     break Ok(());

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::domain::action::{ActionRequest, Target};
+use crate::domain::action::{ActionRequest, SyncReason, SyncRequest, Target};
 use crate::domain::{AdminState, BackendName, ServerName};
 
 /// Largest message body accepted.
@@ -47,6 +47,65 @@ struct TargetWire {
     instance: Option<String>,
     backend: Option<String>,
     server: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncWire {
+    transaction_id: String,
+    #[serde(default)]
+    instance_id: Option<i64>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    requested_at: Option<String>,
+}
+
+/// Parses the body of a `sync` command. `reason` defaults to `force`,
+/// `actor` to `haproxy-control:scheduler` for scheduled syncs and
+/// `unknown` otherwise.
+///
+/// # Errors
+/// [`InvalidMessage`] naming the first thing that is wrong.
+pub fn parse_sync(body: &[u8]) -> Result<SyncRequest, InvalidMessage> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(invalid(format!(
+            "message is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
+            body.len()
+        )));
+    }
+    let wire: SyncWire = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("not a valid sync command: {e}")))?;
+    let reason = match wire.reason.as_deref() {
+        None | Some("force") => SyncReason::Force,
+        Some("schedule") => SyncReason::Schedule,
+        Some(other) => {
+            return Err(invalid(format!(
+                "reason {other:?} is not one of schedule, force"
+            )));
+        }
+    };
+    if let Some(id) = wire.instance_id
+        && id <= 0
+    {
+        return Err(invalid(format!(
+            "instance_id must be a positive integer, not {id}"
+        )));
+    }
+    let actor = match wire.actor.as_deref() {
+        Some(a) => parse_actor(a)?,
+        None if reason == SyncReason::Schedule => "haproxy-control:scheduler".to_owned(),
+        None => "unknown".to_owned(),
+    };
+    Ok(SyncRequest {
+        transaction_id: parse_transaction_id(&wire.transaction_id)?,
+        instance_id: wire.instance_id,
+        reason,
+        actor,
+        requested_at: wire.requested_at.as_deref().map(parse_time).transpose()?,
+    })
 }
 
 /// Parses the body of an `action` command.
@@ -168,6 +227,34 @@ mod tests {
         assert_eq!(r.actor, "user:alice");
         assert!(r.requested_at.is_some());
         assert!(!r.force);
+    }
+
+    #[test]
+    fn sync_commands_parse_with_defaults_and_refuse_garbage() {
+        let r = parse_sync(br#"{"transaction_id": "5f0c6f4e-1b7e-4a52-9d0e-2f4f2a8f3c11", "instance_id": 1, "reason": "force", "actor": "user:alice"}"#)
+            .expect("valid");
+        assert_eq!(
+            (r.instance_id, r.reason, r.actor.as_str()),
+            (Some(1), SyncReason::Force, "user:alice")
+        );
+        let r = parse_sync(
+            br#"{"transaction_id": "5f0c6f4e-1b7e-4a52-9d0e-2f4f2a8f3c11", "reason": "schedule"}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            (r.instance_id, r.actor.as_str()),
+            (None, "haproxy-control:scheduler")
+        );
+        for bad in [
+            &br#"{"instance_id": 1}"#[..],
+            br#"{"transaction_id": "x"}"#,
+            br#"{"transaction_id": "5f0c6f4e-1b7e-4a52-9d0e-2f4f2a8f3c11", "reason": "now"}"#,
+            br#"{"transaction_id": "5f0c6f4e-1b7e-4a52-9d0e-2f4f2a8f3c11", "instance_id": 0}"#,
+            br#"{"transaction_id": "5f0c6f4e-1b7e-4a52-9d0e-2f4f2a8f3c11", "extra": 1}"#,
+            b"[]",
+        ] {
+            assert!(parse_sync(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

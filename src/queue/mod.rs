@@ -10,14 +10,36 @@ pub use consumer::{Disposition, Handler, Incoming};
 pub use publisher::Publisher;
 pub use topology::Topology;
 
+/// Reconnection attempts when none are configured.
+pub const DEFAULT_RECONNECT_ATTEMPTS: usize = 12;
+
 /// Connects with lapin's automatic recovery on (topology, consumers and
 /// confirms are restored after a connection loss).
 ///
 /// # Errors
 /// When the broker cannot be reached.
 pub async fn connect(url: &str, name: &str) -> Result<lapin::Connection, lapin::Error> {
+    connect_with(url, name, DEFAULT_RECONNECT_ATTEMPTS).await
+}
+
+/// [`connect`] with a bound on reconnection attempts: 0.5 s doubling up to
+/// 5 s between them (12 attempts ≈ 45 s), after which consumers fail and
+/// the role exits instead of hanging.
+///
+/// # Errors
+/// When the broker cannot be reached.
+pub async fn connect_with(
+    url: &str,
+    name: &str,
+    reconnect_attempts: usize,
+) -> Result<lapin::Connection, lapin::Error> {
     let props = lapin::ConnectionProperties::default()
         .enable_auto_recover()
+        .configure_backoff(move |b| {
+            b.with_min_delay(std::time::Duration::from_millis(500))
+                .with_max_delay(std::time::Duration::from_secs(5))
+                .with_max_times(reconnect_attempts)
+        })
         .with_connection_name(name.into());
     lapin::Connection::connect(url, props).await
 }

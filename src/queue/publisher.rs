@@ -124,13 +124,17 @@ impl Publisher {
         topology: &Topology,
         events: &serde_json::Value,
     ) -> Result<(), PublishError> {
+        let mut parsed = Vec::new();
         for value in events.as_array().into_iter().flatten() {
             match serde_json::from_value::<Event>(value.clone()) {
-                Ok(event) => self.publish_event(topology, &event).await?,
+                Ok(event) => parsed.push(event),
                 Err(e) => tracing::warn!(error = %e, "a stored event does not parse; skipped"),
             }
         }
-        Ok(())
+        // All are sent before any confirm is awaited.
+        let results =
+            futures::future::join_all(parsed.iter().map(|e| self.publish_event(topology, e))).await;
+        results.into_iter().collect()
     }
 }
 

@@ -99,16 +99,6 @@ async fn process(
     received_at: DateTime<Utc>,
 ) -> Result<Disposition, Trouble> {
     let txn = req.transaction_id;
-    // A duplicate of a finished action: its final events again, nothing else.
-    if let Some(row) = db::run(&ctx.pool, move |c| actions::get_by_transaction(c, txn)).await?
-        && row.status().is_final()
-    {
-        tracing::info!(status = %row.status, "duplicate of a finished action; re-publishing its events");
-        ctx.publisher
-            .publish_stored(&ctx.topology, &row.events)
-            .await?;
-        return Ok(Disposition::Ack);
-    }
     let requested_at = req.requested_at.unwrap_or(received_at);
     let target = resolve(ctx, &req.target).await?;
     let new = NewAction {
@@ -122,13 +112,28 @@ async fn process(
         force: req.force,
         requested_at,
     };
-    let row = match db::run(&ctx.pool, move |c| actions::claim(c, &new)).await? {
-        Claim::New(row) | Claim::Existing(row) => row,
+    let (row, existing) = match db::run(&ctx.pool, move |c| actions::claim(c, &new)).await? {
+        Claim::New(row) => (row, false),
+        Claim::Existing(row) => (row, true),
     };
-    if row.server_id != target.as_ref().map(|t| t.server.id) || row.action != req.action.as_str() {
+    if existing && row.action != req.action.as_str() {
         return Ok(Disposition::DeadLetter(format!(
             "transaction_id {txn} was already used for another command ({} on server {:?})",
             row.action, row.server_id
+        )));
+    }
+    // A duplicate of a finished action: its final events again, nothing else.
+    if row.status().is_final() {
+        tracing::info!(status = %row.status, "duplicate of a finished action; re-publishing its events");
+        ctx.publisher
+            .publish_stored(&ctx.topology, &row.events)
+            .await?;
+        return Ok(Disposition::Ack);
+    }
+    if existing && row.server_id != target.as_ref().map(|t| t.server.id) {
+        return Ok(Disposition::DeadLetter(format!(
+            "transaction_id {txn} was already used for another server ({:?})",
+            row.server_id
         )));
     }
 
@@ -217,7 +222,7 @@ async fn locked(
         .await;
     }
 
-    let outcome = match call_with_retries(ctx, req, target, action_id).await? {
+    let outcome = match call_with_retries(ctx, req, target, action_id, lock).await? {
         Ok(changed) => changed,
         Err((code, detail)) => {
             tracing::info!(error = %code, detail = %detail, "action failed");
@@ -336,9 +341,12 @@ async fn resolve(ctx: &WorkerContext, target: &Target) -> Result<Option<ServerTa
                 return Ok(None);
             };
             if row.is_active && row.breaker_state == "closed" {
-                match refresh::refresh(&ctx.pool, &ctx.agents, &row).await {
-                    Ok(n) => {
-                        tracing::info!(instance = %row.name, servers = n, "loaded the instance's servers")
+                match refresh::refresh(&ctx.pool, &ctx.agents, &row, &ctx.template).await {
+                    Ok(r) => {
+                        tracing::info!(instance = %row.name, counts = %r.counts, "loaded the instance's servers");
+                        if let Err(e) = publish_all(ctx, &r.events).await {
+                            tracing::warn!(error = %e, "could not publish the findings of a refresh");
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(instance = %row.name, error = %e, "could not load the instance's servers")
@@ -363,6 +371,7 @@ async fn call_with_retries(
     req: &ActionRequest,
     target: &ServerTarget,
     action_id: i64,
+    lock: &mut ServerLock,
 ) -> Result<CallOutcome, Trouble> {
     let instance = &target.instance;
     let endpoint = match refresh::endpoint(instance) {
@@ -380,7 +389,10 @@ async fn call_with_retries(
     };
     let mut last: Option<CallError> = None;
     for attempt in 1..=ctx.retry.max_attempts {
-        if !breaker::admission(&ctx.pool, instance.id, &ctx.breaker).await? {
+        // The instance row loaded with the target is fresh enough for the
+        // first call when it shows a closed breaker; later calls read again.
+        let closed_at_load = attempt == 1 && instance.breaker_state == "closed";
+        if !closed_at_load && !breaker::admission(&ctx.pool, instance.id, &ctx.breaker).await? {
             return Ok(Err(match last {
                 None => (
                     FailureCode::CircuitOpen,
@@ -392,7 +404,8 @@ async fn call_with_retries(
                 ),
             }));
         }
-        db::run(&ctx.pool, move |c| actions::begin_attempt(c, action_id)).await?;
+        lock.run(move |c| actions::begin_attempt(c, action_id))
+            .await?;
         match ctx
             .agents
             .set_state(&endpoint, &backend, &server, req.action, req.transaction_id)
@@ -431,7 +444,25 @@ async fn call_with_retries(
     }))
 }
 
+async fn publish_all(
+    ctx: &WorkerContext,
+    events: &[crate::domain::event::Event],
+) -> Result<(), PublishError> {
+    for e in events {
+        ctx.publisher.publish_event(&ctx.topology, e).await?;
+    }
+    Ok(())
+}
+
 /// Publishes a breaker transition.
+pub(crate) async fn note_transition(
+    ctx: &WorkerContext,
+    instance: &instances::InstanceRow,
+    transition: Transition,
+) -> Result<(), PublishError> {
+    note(ctx, instance, transition).await
+}
+
 async fn note(
     ctx: &WorkerContext,
     instance: &instances::InstanceRow,

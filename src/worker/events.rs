@@ -93,3 +93,84 @@ pub fn circuit(kind: EventType, instance_id: i64, instance_name: &str, at: DateT
     });
     e
 }
+
+/// Events of one sync's findings; their ids derive from (server, fetched_at)
+/// so a re-published run carries the same ids.
+pub fn sync_findings(
+    instance_id: i64,
+    instance_name: &str,
+    actor: &str,
+    fetched_at: DateTime<Utc>,
+    applied: &crate::db::sync::Applied,
+) -> Vec<Event> {
+    let at = fetched_at.timestamp_micros();
+    let make = |kind: EventType, f: &crate::db::sync::Finding| {
+        let mut e = Event::new(
+            kind,
+            &format!("{}|{at}", f.server_id),
+            Utc::now(),
+            actor,
+            None,
+        );
+        e.instance = Some(NamedRef {
+            id: instance_id,
+            name: instance_name.to_owned(),
+        });
+        e.backend = Some(NamedRef {
+            id: f.backend_id,
+            name: f.backend_name.clone(),
+        });
+        e.server = Some(ServerRef {
+            id: f.server_id,
+            name: f.server_name.clone(),
+            address: f.address.clone(),
+            port: f.port,
+        });
+        e.application_id = f.application_id;
+        e.previous = f.previous;
+        e.current = Some(f.current);
+        e
+    };
+    let mut events = Vec::new();
+    events.extend(
+        applied
+            .discovered
+            .iter()
+            .map(|f| make(EventType::ServerDiscovered, f)),
+    );
+    events.extend(
+        applied
+            .removed
+            .iter()
+            .map(|f| make(EventType::ServerRemoved, f)),
+    );
+    events.extend(
+        applied
+            .changed
+            .iter()
+            .map(|f| make(EventType::ServerStateChanged, f)),
+    );
+    events
+}
+
+/// `instance.sync_failed`.
+pub fn sync_failed(
+    instance_id: i64,
+    instance_name: &str,
+    transaction_id: Uuid,
+    error: &str,
+) -> Event {
+    let mut e = Event::new(
+        EventType::InstanceSyncFailed,
+        &transaction_id.to_string(),
+        Utc::now(),
+        &format!("haproxy:{instance_name}"),
+        None,
+    );
+    e.instance = Some(NamedRef {
+        id: instance_id,
+        name: instance_name.to_owned(),
+    });
+    e.error = Some(error.chars().take(2000).collect());
+    e
+}

@@ -1,12 +1,25 @@
-//! Loading an instance's backends and servers from its agent with a plain
-//! upsert (until the full sync exists).
+//! Loading an instance's backends and servers from its agent: the sync's
+//! reconcile, used by `instance add` and when a command names a server that
+//! is not known yet.
 
-use crate::db::PgPool;
-use crate::db::{self, instances::InstanceRow, inventory};
+use crate::db::locks::ServerLock;
+use crate::db::{self, PgPool, instances::InstanceRow, sync as db_sync};
+use crate::domain::event::Event;
+use crate::domain::mapping::NameTemplate;
+use crate::domain::reconcile;
 use crate::fagent::client::{AgentClient, AgentEndpoint};
 use crate::fagent::token_ref;
 
-/// Fetches the agent's listing and upserts it. Returns the servers seen.
+/// What one reconcile did.
+#[derive(Debug, Clone)]
+pub struct Reconciled {
+    pub counts: serde_json::Value,
+    pub events: Vec<Event>,
+}
+
+/// Fetches the agent's listing and reconciles it under the instance's sync
+/// lock (waiting for a running sync). Returns the counts and the events to
+/// publish.
 ///
 /// # Errors
 /// A readable message (agent or database).
@@ -14,18 +27,57 @@ pub async fn refresh(
     pool: &PgPool,
     agents: &AgentClient,
     instance: &InstanceRow,
-) -> Result<usize, String> {
+    template: &NameTemplate,
+) -> Result<Reconciled, String> {
     let endpoint = endpoint(instance)?;
     let listing = agents
         .backends(&endpoint)
         .await
         .map_err(|e| e.to_string())?;
+    let lock = ServerLock::instance(pool, instance.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = reconcile_listing(pool, instance, listing, template).await;
+    lock.release().await;
+    result.map_err(|e| e.to_string())
+}
+
+/// Diffs a listing against PostgreSQL in pure code and applies the plan in
+/// one transaction. The caller holds the instance's sync lock.
+///
+/// # Errors
+/// [`db::DbError`].
+pub async fn reconcile_listing(
+    pool: &PgPool,
+    instance: &InstanceRow,
+    listing: crate::fagent::wire::Backends,
+    template: &NameTemplate,
+) -> Result<Reconciled, db::DbError> {
     let id = instance.id;
-    db::run(pool, move |conn| {
-        inventory::upsert_listing(conn, id, listing.fetched_at, &listing.backends)
+    let actor = format!("haproxy:{}", instance.name);
+    let fetched_at = listing.fetched_at;
+    let (a, t) = (actor.clone(), template.clone());
+    let (counts, applied) = db::run(pool, move |c| {
+        let (backends, servers) = db_sync::load(c, id)?;
+        let plan = reconcile::plan(&backends, &servers, fetched_at, &listing.backends);
+        let counts = serde_json::json!({
+            "servers_seen": listing.backends.iter().map(|b| b.servers.len()).sum::<usize>(),
+            "new": plan.new_servers.len(),
+            "updated": plan.updates.len(),
+            "removed": plan.removed_servers.len(),
+            "unchanged": plan.unchanged,
+            "kept_states": plan.kept_states,
+        });
+        let applied = db_sync::apply(c, id, fetched_at, &plan, &a, &t)?;
+        Ok((counts, applied))
     })
-    .await
-    .map_err(|e| e.to_string())
+    .await?;
+    let mut counts = counts;
+    counts["state_changes"] = serde_json::json!(applied.changed.len());
+    counts["linked"] = serde_json::json!(applied.linked);
+    let events =
+        super::events::sync_findings(instance.id, &instance.name, &actor, fetched_at, &applied);
+    Ok(Reconciled { counts, events })
 }
 
 /// The agent's address and token.

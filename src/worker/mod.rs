@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod events;
 pub mod inventory;
 pub mod retry;
+pub mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,13 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::db::{self, PgPool};
 use crate::fagent::client::AgentClient;
-use crate::queue::consumer::{HandlerDyn, consume};
+use crate::queue::consumer::{ConsumerSpec, HandlerDyn, consume};
 use crate::queue::{Publisher, Topology};
 use breaker::BreakerSettings;
 use retry::RetryPolicy;
+
+/// Syncs in flight per worker: each holds one instance's listing in memory.
+pub const SYNC_PREFETCH: u16 = 4;
 
 /// What handlers need, passed in (no globals).
 pub struct WorkerContext {
@@ -28,6 +32,8 @@ pub struct WorkerContext {
     pub agents: AgentClient,
     pub retry: RetryPolicy,
     pub breaker: BreakerSettings,
+    /// How server names are built from applications, for linking.
+    pub template: crate::domain::mapping::NameTemplate,
 }
 
 /// The worker's tunables, resolved from [`Config`].
@@ -68,7 +74,19 @@ impl WorkerSettings {
 /// Pool size for a worker: every action in flight holds one connection
 /// while its server is locked, plus a few for everything else.
 pub fn pool_size(configured: u32, prefetch: u16) -> u32 {
-    configured.max(u32::from(prefetch) + 4)
+    configured.max(u32::from(prefetch) + u32::from(SYNC_PREFETCH) * 2 + 4)
+}
+
+/// How long a broker connection may be down before the role gives up: the
+/// reconnection backoff's total (0.5 s doubling to 5 s) and a 5 s margin.
+pub fn max_outage(reconnect_attempts: usize) -> Duration {
+    let backoff: Duration = (0..reconnect_attempts)
+        .map(|k| {
+            let shift = u32::try_from(k.min(16)).unwrap_or(16);
+            Duration::from_millis(500u64.saturating_mul(1 << shift)).min(Duration::from_secs(5))
+        })
+        .sum();
+    backoff + Duration::from_secs(5)
 }
 
 /// Runs migrations (under their advisory lock).
@@ -86,7 +104,7 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<String>, db::DbError> {
 /// connection is lost for good later.
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let settings = WorkerSettings::from_config(config);
-    let pool = db::pool(
+    let pool = db::pool_async_commit(
         &config.database.url,
         pool_size(config.database.pool_size, settings.prefetch),
     )?;
@@ -98,11 +116,19 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         &config.amqp.prefix,
         config.amqp.delivery_limit,
     ));
-    let conn = crate::queue::connect(&config.amqp.url, "haproxy-control worker").await?;
+    let conn = crate::queue::connect_with(
+        &config.amqp.url,
+        "haproxy-control worker",
+        config.amqp.reconnect_attempts,
+    )
+    .await?;
     let setup = conn.create_channel().await?;
     topology.declare(&setup).await?;
     let publisher = Publisher::new(&conn).await?;
+    let template = crate::domain::mapping::NameTemplate::parse(&config.sync.name_template)
+        .map_err(|e| anyhow::anyhow!("sync.name_template: {e}"))?;
     let ctx = Arc::new(WorkerContext {
+        template: template.clone(),
         pool,
         publisher: publisher.clone(),
         topology: topology.clone(),
@@ -110,18 +136,50 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         retry: settings.retry.clone(),
         breaker: settings.breaker.clone(),
     });
-    let handler: Arc<dyn HandlerDyn> = Arc::new(Arc::new(action::ActionHandler::new(ctx)));
-    tracing::info!(queue = %topology.actions_queue, "worker started");
-    consume(
-        &conn,
-        &topology.actions_queue,
-        settings.prefetch,
-        publisher,
-        topology.clone(),
-        handler,
-        shutdown,
-    )
-    .await?;
+    let actions: Arc<dyn HandlerDyn> = Arc::new(Arc::new(action::ActionHandler::new(ctx.clone())));
+    let syncs: Arc<dyn HandlerDyn> = Arc::new(Arc::new(sync::SyncHandler::new(ctx, template)));
+    tracing::info!(actions = %topology.actions_queue, sync = %topology.sync_queue, "worker started");
+    let outage = max_outage(config.amqp.reconnect_attempts);
+    tokio::try_join!(
+        consume(
+            &conn,
+            ConsumerSpec {
+                queue: topology.actions_queue.clone(),
+                prefetch: settings.prefetch,
+                publisher: publisher.clone(),
+                topology: topology.clone(),
+                handler: actions,
+                max_outage: outage,
+            },
+            shutdown.clone(),
+        ),
+        consume(
+            &conn,
+            ConsumerSpec {
+                queue: topology.sync_queue.clone(),
+                prefetch: SYNC_PREFETCH,
+                publisher,
+                topology: topology.clone(),
+                handler: syncs,
+                max_outage: outage,
+            },
+            shutdown,
+        ),
+    )?;
     let _ = conn.close(200, "worker stopped".into()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_budget_follows_the_backoff() {
+        assert_eq!(max_outage(0), Duration::from_secs(5));
+        assert_eq!(max_outage(2), Duration::from_millis(6_500));
+        assert_eq!(max_outage(12), Duration::from_millis(52_500));
+        assert_eq!(pool_size(16, 64), 76);
+        assert_eq!(pool_size(100, 8), 100);
+    }
 }

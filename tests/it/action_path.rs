@@ -480,3 +480,75 @@ async fn a_worker_killed_with_100_actions_in_flight_is_finished_by_its_successor
         .count();
     assert_eq!(drained, 100);
 }
+
+#[tokio::test]
+async fn a_worker_that_loses_the_broker_for_good_exits_non_zero() {
+    let lb = lb(1).await;
+    let sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    let broker = TcpProxy::start("127.0.0.1:5672".parse().expect("addr")).await;
+    let mut config = sys.config();
+    config.amqp.url = format!("amqp://guest:guest@{}/%2f", broker.addr);
+    config.amqp.reconnect_attempts = 2;
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let mut worker = sys.spawn_worker_process(&config, &log_dir.path().join("worker.log"));
+
+    let txn = Uuid::new_v4();
+    sys.publish_action(&action(txn, "drain", by_names("s1")))
+        .await;
+    sys.wait_event("action.succeeded", txn, WAIT).await;
+
+    drop(broker); // the broker is gone for good: connections cut, port closed
+    let status = eventually(Duration::from_secs(60), "the worker to exit", || {
+        let exited = worker.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await;
+    assert!(
+        !status.success(),
+        "a worker that lost the broker must fail, got {status}"
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_is_dead_lettered_after_the_delivery_limit() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    // No worker: this test plays one that crashes on every delivery.
+    let sys = TestSystem::start().await;
+    let txn = Uuid::new_v4();
+    sys.publish_action(&action(txn, "drain", by_names("s1")))
+        .await;
+    let conn = haproxy_control::queue::connect(crate::harness::system::AMQP_URL, "crasher")
+        .await
+        .expect("broker");
+    let ch = conn.create_channel().await.expect("channel");
+    let mut deliveries = 0;
+    while let Some(m) = ch
+        .basic_get(
+            sys.topology.actions_queue.as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .expect("basic_get")
+    {
+        deliveries += 1;
+        m.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+        assert!(deliveries <= 10, "never dead-lettered");
+    }
+    // RabbitMQ 3.10 delivers up to the limit (5) and then dead-letters.
+    assert!((5..=6).contains(&deliveries), "{deliveries} deliveries");
+    let dead = eventually(WAIT, "the dead letter", || async {
+        let mut d = sys.dead_letters().await;
+        (d.len() == 1).then(|| d.remove(0))
+    })
+    .await;
+    let body: Value = serde_json::from_slice(&dead.body).expect("json");
+    assert_eq!(body["transaction_id"], txn.to_string());
+    assert!(dead.x_death, "RabbitMQ's x-death header is on it");
+}

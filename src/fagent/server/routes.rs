@@ -148,11 +148,8 @@ async fn apply(
     target: AdminState,
     transaction_id: uuid::Uuid,
 ) -> Result<StateChanged, AgentError> {
-    let before = state.haproxy.server(backend, server).await?;
-    state.haproxy.set_state(backend, server, target).await?;
-    let after = state.haproxy.server(backend, server).await?;
-    let applied = before.admin_bits != after.admin_bits
-        || before.snapshot.admin_state != after.snapshot.admin_state;
+    let (before_bits, after) = state.haproxy.set_and_read(backend, server, target).await?;
+    let applied = before_bits != after.admin_bits;
     tracing::info!(
         %transaction_id, %backend, %server, state = %target, applied,
         admin_state = %after.snapshot.admin_state, op_state = %after.snapshot.op_state,

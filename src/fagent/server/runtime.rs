@@ -95,7 +95,14 @@ pub struct Haproxy {
     target: SocketTarget,
     timeout: Duration,
     permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// (backend, server) → (proxy id, server id), learned from replies, so a
+    /// read-back asks `show stat` for one row. Checked on use: a stale entry
+    /// (after a reload) only costs a second read.
+    ids: std::sync::Arc<std::sync::Mutex<IdCache>>,
 }
+
+/// (backend, server) → (proxy id, server id).
+type IdCache = std::collections::HashMap<(String, String), (u32, u32)>;
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -106,6 +113,7 @@ impl Haproxy {
             target,
             timeout,
             permits: std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            ids: std::sync::Arc::default(),
         }
     }
 
@@ -127,9 +135,10 @@ impl Haproxy {
     /// Sends one command line and returns HAProxy's whole reply.
     ///
     /// The line is built by this module from parsed names and states only;
-    /// it never carries a newline or a `;`.
+    /// it never carries a newline, and a `;` only where [`Haproxy::commands`]
+    /// joins commands.
     async fn command(&self, line: &str) -> Result<String, RuntimeError> {
-        debug_assert!(!line.contains(['\n', ';']));
+        debug_assert!(!line.contains('\n'));
         let exchange = async {
             let _permit = self.permits.acquire().await.map_err(|_| {
                 RuntimeError::Unreadable("the socket connection limit was closed".into())
@@ -161,6 +170,82 @@ impl Haproxy {
                 target: self.target.to_string(),
                 timeout: self.timeout,
             })?
+    }
+
+    /// Runs several commands on one connection (HAProxy's `;`-separated
+    /// form) and returns each reply. Each reply ends with an empty line and
+    /// none of the commands used here prints one inside its reply.
+    async fn commands(&self, lines: &[String]) -> Result<Vec<String>, RuntimeError> {
+        let reply = self.command(&lines.join("; ")).await?;
+        Ok(split_replies(&reply, lines.len()))
+    }
+
+    /// Sets a server's state and reads it before and after, in one
+    /// connection: returns the admin bits before and the reading after.
+    ///
+    /// # Errors
+    /// [`RuntimeError::NoSuchBackend`] / [`RuntimeError::NoSuchServer`] /
+    /// [`RuntimeError::Refused`] from HAProxy's replies; other variants when
+    /// it cannot be read.
+    pub async fn set_and_read(
+        &self,
+        backend: &BackendName,
+        server: &ServerName,
+        state: AdminState,
+    ) -> Result<(u32, ServerReading), RuntimeError> {
+        let key = (backend.to_string(), server.to_string());
+        let cached = self.ids.lock().ok().and_then(|m| m.get(&key).copied());
+        let stat_cmd = match cached {
+            Some((iid, sid)) => format!("show stat {iid} 4 {sid}"),
+            None => format!("show stat {backend} 4 -1"),
+        };
+        let replies = self
+            .commands(&[
+                format!("show servers state {backend}"),
+                format!("set server {backend}/{server} state {state}"),
+                format!("show servers state {backend}"),
+                stat_cmd,
+            ])
+            .await?;
+        let reply = |i: usize| replies.get(i).map(String::as_str).unwrap_or("");
+        let before = self.find_state_row(reply(0), backend, server)?;
+        check_set_reply(reply(1), backend, server)?;
+        let after = self.find_state_row(reply(2), backend, server)?;
+        let stat = show_stat::parse(reply(3)).ok().and_then(|rows| {
+            rows.into_iter().find(|r| {
+                r.kind == StatKind::Server
+                    && r.proxy == backend.as_str()
+                    && r.name == server.as_str()
+            })
+        });
+        let reading = match stat {
+            Some(stat) => ServerReading {
+                snapshot: snapshot::server_snapshot(&stat, Some(&after)),
+                admin_bits: after.admin_bits,
+            },
+            // The cached ids were stale (HAProxy was reloaded): read again.
+            None => self.server(backend, server).await?,
+        };
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.insert(key, (after.backend_id, after.server_id));
+        }
+        Ok((before.admin_bits, reading))
+    }
+
+    fn find_state_row(
+        &self,
+        reply: &str,
+        backend: &BackendName,
+        server: &ServerName,
+    ) -> Result<ServerStateRow, RuntimeError> {
+        if reply.starts_with("Can't find backend") {
+            return Err(RuntimeError::NoSuchBackend(backend.to_string()));
+        }
+        servers_state::parse(reply)
+            .map_err(|e| RuntimeError::Unreadable(e.to_string()))?
+            .into_iter()
+            .find(|r| r.server == server.as_str())
+            .ok_or_else(|| RuntimeError::NoSuchServer(backend.to_string(), server.to_string()))
     }
 
     /// `show info`'s `Version:` line.
@@ -251,21 +336,69 @@ impl Haproxy {
         let reply = self
             .command(&format!("set server {backend}/{server} state {state}"))
             .await?;
-        match reply.trim() {
-            "" => Ok(()),
-            "No such server." => Err(RuntimeError::NoSuchServer(
-                backend.to_string(),
-                server.to_string(),
-            )),
-            "No such backend." => Err(RuntimeError::NoSuchBackend(backend.to_string())),
-            other => Err(RuntimeError::Refused(other.chars().take(500).collect())),
+        check_set_reply(&reply, backend, server)
+    }
+}
+
+/// Maps the reply of `set server … state` (empty on success).
+fn check_set_reply(
+    reply: &str,
+    backend: &BackendName,
+    server: &ServerName,
+) -> Result<(), RuntimeError> {
+    match reply.trim() {
+        "" => Ok(()),
+        "No such server." => Err(RuntimeError::NoSuchServer(
+            backend.to_string(),
+            server.to_string(),
+        )),
+        "No such backend." => Err(RuntimeError::NoSuchBackend(backend.to_string())),
+        other => Err(RuntimeError::Refused(other.chars().take(500).collect())),
+    }
+}
+
+/// Splits the output of `;`-joined commands into one reply per command:
+/// each reply runs up to an empty line.
+pub fn split_replies(text: &str, expected: usize) -> Vec<String> {
+    let mut replies = Vec::with_capacity(expected);
+    let mut current = String::new();
+    for line in text.split('\n') {
+        if line.is_empty() {
+            replies.push(std::mem::take(&mut current));
+            if replies.len() == expected {
+                break;
+            }
+        } else {
+            current.push_str(line);
+            current.push('\n');
         }
     }
+    if !current.is_empty() && replies.len() < expected {
+        replies.push(current);
+    }
+    replies
 }
 
 #[cfg(test)]
 mod tests {
-    use super::SocketTarget;
+    use super::{SocketTarget, split_replies};
+
+    #[test]
+    fn joined_replies_split_at_empty_lines() {
+        // Captured from HAProxy 2.6: show servers state; set server; show stat.
+        let text =
+            "1\n# be_id be_name\n4 tracking 1\n\n\nNo such server.\n\n# pxname,svname\nt,x\n\n";
+        assert_eq!(
+            split_replies(text, 4),
+            [
+                "1\n# be_id be_name\n4 tracking 1\n",
+                "",
+                "No such server.\n",
+                "# pxname,svname\nt,x\n"
+            ]
+        );
+        assert_eq!(split_replies("", 2), [""]);
+    }
 
     #[test]
     fn socket_targets_parse() {

@@ -2,7 +2,8 @@
 //! records every runtime-API command, when it started and when its reply
 //! was fully sent back, and can hold chosen commands for a while.
 //!
-//! HAProxy's non-interactive mode is assumed: the client sends one line, the
+//! HAProxy's non-interactive mode is assumed: the client sends one line (one
+//! command, or several joined with `;`, each recorded on its own), the
 //! server answers and closes.
 
 use std::path::{Path, PathBuf};
@@ -208,25 +209,41 @@ async fn relay(mut client: UnixStream, upstream: PathBuf, shared: Arc<Shared>) {
     let line = String::from_utf8_lossy(&buf[..end])
         .trim_end_matches('\r')
         .to_owned();
-    let index = {
+    // One line may carry several `;`-separated commands: each is recorded
+    // as a command of its own, with the exchange's timing.
+    let commands: Vec<String> = line.split(';').map(|c| c.trim().to_owned()).collect();
+    let indices: Vec<usize> = {
         let mut entries = lock(&shared.entries);
-        entries.push(Entry {
-            line: line.clone(),
-            started,
-            finished: None,
-        });
-        entries.len() - 1
+        commands
+            .iter()
+            .map(|c| {
+                entries.push(Entry {
+                    line: c.clone(),
+                    started,
+                    finished: None,
+                });
+                entries.len() - 1
+            })
+            .collect()
     };
 
-    let delay = shared.delay_for(&line);
+    let delay = commands
+        .iter()
+        .map(|c| shared.delay_for(c))
+        .max()
+        .unwrap_or(Duration::ZERO);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     forward(&mut client, &upstream, &buf, client_eof).await;
     let _ = client.shutdown().await;
     drop(client);
-    if let Some(e) = lock(&shared.entries).get_mut(index) {
-        e.finished = Some(Instant::now());
+    let finished = Instant::now();
+    let mut entries = lock(&shared.entries);
+    for index in indices {
+        if let Some(e) = entries.get_mut(index) {
+            e.finished = Some(finished);
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub struct TestSystem {
     pub topology: Topology,
     conn: lapin::Connection,
     publisher: Publisher,
-    events: Arc<Mutex<Vec<Value>>>,
+    events: Arc<Mutex<Vec<(std::time::Instant, Value)>>>,
     capture: JoinHandle<()>,
     workers: Vec<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -44,6 +44,8 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
     pub error: String,
     pub routing_key: String,
+    /// Set by RabbitMQ when it dead-lettered the message itself.
+    pub x_death: bool,
 }
 
 impl TestSystem {
@@ -90,12 +92,14 @@ impl TestSystem {
             )
             .await
             .expect("consume capture");
-        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let events: Arc<Mutex<Vec<(std::time::Instant, Value)>>> = Arc::default();
         let sink = events.clone();
         let capture = tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
                 if let Ok(v) = serde_json::from_slice::<Value>(&d.data) {
-                    sink.lock().expect("events").push(v);
+                    sink.lock()
+                        .expect("events")
+                        .push((std::time::Instant::now(), v));
                 }
             }
         });
@@ -141,6 +145,10 @@ impl TestSystem {
             .env("DATABASE_URL", &config.database.url)
             .env("AMQP_URL", &config.amqp.url)
             .env("AMQP_PREFIX", &config.amqp.prefix)
+            .env(
+                "AMQP_RECONNECT_ATTEMPTS",
+                config.amqp.reconnect_attempts.to_string(),
+            )
             .env("WORKER_PREFETCH", config.worker.prefetch.to_string())
             .env(
                 "WORKER_RETRY_BACKOFF_MS",
@@ -221,7 +229,23 @@ impl TestSystem {
 
     /// Every event seen so far.
     pub fn events(&self) -> Vec<Value> {
+        self.events
+            .lock()
+            .expect("events")
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Every event seen so far, with the instant it arrived.
+    pub fn timed_events(&self) -> Vec<(std::time::Instant, Value)> {
         self.events.lock().expect("events").clone()
+    }
+
+    /// Events from index `from` on (for callers that follow the stream).
+    pub fn timed_events_since(&self, from: usize) -> Vec<(std::time::Instant, Value)> {
+        let all = self.events.lock().expect("events");
+        all.get(from..).map(<[_]>::to_vec).unwrap_or_default()
     }
 
     /// Events of one type for one transaction id.
@@ -296,6 +320,7 @@ impl TestSystem {
                 other => format!("{other:?}"),
             };
             out.push(DeadLetter {
+                x_death: headers.inner().contains_key("x-death"),
                 body: m.delivery.data.clone(),
                 error,
                 routing_key: m.delivery.routing_key.to_string(),

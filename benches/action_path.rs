@@ -1,0 +1,225 @@
+//! Benchmark of the action path: publish → worker → fagent → HAProxy →
+//! PostgreSQL → `action.succeeded`, against real services, beside the floor
+//! of sending the same `set server` commands straight to the stats socket.
+//!
+//! Run: `cargo bench --bench action_path` (env: BENCH_ACTIONS=5000,
+//! BENCH_RATE=50, BENCH_PACED_ACTIONS=500, BENCH_PREFETCH=64).
+
+#[path = "../tests/it/harness/mod.rs"]
+#[allow(unused_imports)]
+mod harness;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use harness::{HttpBackends, TestAgent, TestHaproxy, TestSystem};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+const BACKENDS: usize = 50;
+const SERVERS_PER_BACKEND: usize = 100;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn server_name(i: usize) -> (String, String) {
+    (format!("b{}", i % BACKENDS), format!("s{}", i / BACKENDS))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let actions = env_usize("BENCH_ACTIONS", 5000).min(BACKENDS * SERVERS_PER_BACKEND);
+    let rate = env_usize("BENCH_RATE", 50);
+    let paced = env_usize("BENCH_PACED_ACTIONS", 500).min(BACKENDS * SERVERS_PER_BACKEND);
+    let prefetch = env_usize("BENCH_PREFETCH", 64);
+
+    let app = HttpBackends::start(&["app"]).await;
+    let addr = app.addr("app");
+    let mut cfg = String::new();
+    for b in 0..BACKENDS {
+        cfg.push_str(&format!("backend b{b}\n"));
+        for s in 0..SERVERS_PER_BACKEND {
+            cfg.push_str(&format!("  server s{s} {addr}\n"));
+        }
+    }
+    let haproxy = TestHaproxy::start(&cfg).await;
+
+    // Floor: the same number of set server commands straight to the socket,
+    // 8 connections at a time like the agent.
+    let floor_started = Instant::now();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    join_all((0..actions).map(|i| {
+        let sem = sem.clone();
+        let socket = haproxy.socket.clone();
+        async move {
+            let _p = sem.acquire().await.expect("semaphore");
+            let (b, s) = server_name(i);
+            let mut c = tokio::net::UnixStream::connect(&socket)
+                .await
+                .expect("socket");
+            c.write_all(format!("set server {b}/{s} state maint\n").as_bytes())
+                .await
+                .expect("write");
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.expect("read");
+        }
+    }))
+    .await;
+    let floor = floor_started.elapsed();
+    for i in 0..actions {
+        let (b, s) = server_name(i);
+        haproxy
+            .cmd(&format!("set server {b}/{s} state ready"))
+            .await;
+    }
+
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let sys = TestSystem::start().await;
+    sys.register_agent("bench", &agent).await;
+    let mut config = sys.config();
+    config.worker.prefetch = u16::try_from(prefetch).unwrap_or(64);
+    config.database.pool_size = u32::try_from(prefetch + 8).unwrap_or(72);
+    let log = tempfile::tempdir().expect("tempdir");
+    let mut worker = sys.spawn_worker_process(&config, &log.path().join("worker.log"));
+    // Warm up: one action, so connections and caches are in place.
+    let warm = Uuid::new_v4();
+    sys.publish_action(
+        &json!({"transaction_id": warm, "action": "ready", "actor": "bench",
+        "target": {"instance": "bench", "backend": "b0", "server": "s0"}}),
+    )
+    .await;
+    sys.wait_event("action.succeeded", warm, Duration::from_secs(60))
+        .await;
+
+    // Throughput: publish everything as fast as possible, each to its own server.
+    let txns: Vec<Uuid> = (0..actions).map(|_| Uuid::new_v4()).collect();
+    let mut published: HashMap<Uuid, Instant> = HashMap::new();
+    let started = Instant::now();
+    // Published 100 at a time (each waits for its confirm).
+    let bodies: Vec<(Uuid, serde_json::Value)> = txns
+        .iter()
+        .enumerate()
+        .map(|(i, txn)| {
+            let (b, s) = server_name(i);
+            (
+                *txn,
+                json!({"transaction_id": txn, "action": "drain", "actor": "bench",
+                "target": {"instance": "bench", "backend": b, "server": s}}),
+            )
+        })
+        .collect();
+    for chunk in bodies.chunks(100) {
+        for (txn, _) in chunk {
+            published.insert(*txn, Instant::now());
+        }
+        join_all(chunk.iter().map(|(_, body)| sys.publish_action(body))).await;
+    }
+    let publish_time = started.elapsed();
+    let done = wait_all(&sys, &txns, Duration::from_secs(600)).await;
+    let total = done
+        .values()
+        .max()
+        .map(|t| t.duration_since(started))
+        .unwrap_or_default();
+    let mut lat: Vec<Duration> = txns
+        .iter()
+        .filter_map(|t| Some(done.get(t)?.duration_since(*published.get(t)?)))
+        .collect();
+    lat.sort();
+
+    // Latency at a steady rate: servers go back to ready, one every 1/rate s.
+    let paced_txns: Vec<Uuid> = (0..paced).map(|_| Uuid::new_v4()).collect();
+    let mut paced_published: HashMap<Uuid, Instant> = HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut tick = tokio::time::interval(interval);
+    for (i, txn) in paced_txns.iter().enumerate() {
+        tick.tick().await;
+        let (b, s) = server_name(i);
+        paced_published.insert(*txn, Instant::now());
+        sys.publish_action(
+            &json!({"transaction_id": txn, "action": "ready", "actor": "bench",
+            "target": {"instance": "bench", "backend": b, "server": s}}),
+        )
+        .await;
+    }
+    let paced_done = wait_all(&sys, &paced_txns, Duration::from_secs(120)).await;
+    let mut paced_lat: Vec<Duration> = paced_txns
+        .iter()
+        .filter_map(|t| Some(paced_done.get(t)?.duration_since(*paced_published.get(t)?)))
+        .collect();
+    paced_lat.sort();
+    let _ = worker.kill();
+    let _ = worker.wait();
+
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "servers: {} ({} backends x {}), worker prefetch {prefetch}",
+        BACKENDS * SERVERS_PER_BACKEND,
+        BACKENDS,
+        SERVERS_PER_BACKEND
+    );
+    println!(
+        "floor: {actions} set server commands straight to the socket in {} ({:.0}/s)",
+        ms(floor),
+        actions as f64 / floor.as_secs_f64()
+    );
+    println!(
+        "burst: {actions} actions published in {}, all succeeded after {} => {:.0} actions/s; publish->action.succeeded p50 {} p99 {}",
+        ms(publish_time),
+        ms(total),
+        actions as f64 / total.as_secs_f64(),
+        ms(percentile(&lat, 50.0)),
+        ms(percentile(&lat, 99.0))
+    );
+    println!(
+        "paced: {paced} actions at {rate}/s: publish->action.succeeded p50 {} p99 {} max {}",
+        ms(percentile(&paced_lat, 50.0)),
+        ms(percentile(&paced_lat, 99.0)),
+        ms(paced_lat.last().copied().unwrap_or_default())
+    );
+}
+
+/// Waits for `action.succeeded` of every transaction; returns when each arrived.
+async fn wait_all(sys: &TestSystem, txns: &[Uuid], within: Duration) -> HashMap<Uuid, Instant> {
+    let wanted: std::collections::HashSet<Uuid> = txns.iter().copied().collect();
+    let deadline = Instant::now() + within;
+    let mut seen = HashMap::new();
+    let mut read = 0;
+    loop {
+        let fresh = sys.timed_events_since(read);
+        read += fresh.len();
+        for (at, e) in fresh {
+            if e["type"] == "action.succeeded"
+                && let Some(Ok(id)) = e["transaction_id"].as_str().map(Uuid::parse_str)
+                && wanted.contains(&id)
+            {
+                seen.entry(id).or_insert(at);
+            }
+        }
+        if seen.len() == txns.len() || Instant::now() > deadline {
+            if seen.len() < txns.len() {
+                eprintln!(
+                    "only {} of {} actions succeeded in time",
+                    seen.len(),
+                    txns.len()
+                );
+            }
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

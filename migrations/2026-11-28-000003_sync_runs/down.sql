@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS haproxy_sync_runs;

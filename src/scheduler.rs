@@ -1,0 +1,120 @@
+//! The scheduler: a `sync` command per active instance every interval, and
+//! history retention. Several schedulers may run at once: a tick's
+//! transaction id is derived from (instance, time bucket), so the workers
+//! dedupe their duplicate ticks like any other message.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::db::{self, PgPool, history, instances};
+use crate::domain::action::scheduled_sync_id;
+use crate::queue::publisher::{Outgoing, Publisher};
+use crate::queue::topology::{ROUTE_SYNC, Topology};
+
+/// Runs until `shutdown` turns true.
+///
+/// # Errors
+/// When PostgreSQL or RabbitMQ cannot be reached at start.
+pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let pool = db::pool(&config.database.url, 2)?;
+    let topology = Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
+    let conn = crate::queue::connect_with(
+        &config.amqp.url,
+        "haproxy-control scheduler",
+        config.amqp.reconnect_attempts,
+    )
+    .await?;
+    topology.declare(&conn.create_channel().await?).await?;
+    let publisher = Publisher::new(&conn).await?;
+    let interval = Duration::from_secs(config.sync.interval_secs.max(1));
+    let retention = Duration::from_secs(config.sync.history_retention_days.saturating_mul(86_400));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tracing::info!(interval_secs = interval.as_secs(), "scheduler started");
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                match publish_ticks(&pool, &publisher, &topology, interval).await {
+                    Ok(n) => tracing::info!(instances = n, "scheduled syncs published"),
+                    Err(e) => tracing::warn!(error = %e, "could not publish scheduled syncs"),
+                }
+                match prune(&pool, retention, config.sync.retention_batch).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "pruned status history"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune status history"),
+                }
+            }
+        }
+    }
+    let _ = conn.close(200, "scheduler stopped".into()).await;
+    Ok(())
+}
+
+/// Publishes one scheduled sync per active instance for the current bucket.
+///
+/// # Errors
+/// When the database or broker fails.
+pub async fn publish_ticks(
+    pool: &PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    interval: Duration,
+) -> anyhow::Result<usize> {
+    let now = Utc::now();
+    let bucket = now.timestamp() / i64::try_from(interval.as_secs().max(1)).unwrap_or(60);
+    let mut after = 0;
+    let mut published = 0;
+    loop {
+        let page = db::run(pool, move |c| instances::list(c, after, 500)).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for instance in page.iter().filter(|i| i.is_active) {
+            let transaction_id = scheduled_sync_id(instance.id, bucket);
+            let body = serde_json::to_vec(&serde_json::json!({
+                "transaction_id": transaction_id,
+                "instance_id": instance.id,
+                "reason": "schedule",
+                "actor": "haproxy-control:scheduler",
+                "requested_at": now.to_rfc3339(),
+            }))?;
+            publisher
+                .publish(Outgoing {
+                    exchange: &topology.commands_exchange,
+                    routing_key: ROUTE_SYNC,
+                    body: &body,
+                    message_id: &transaction_id.to_string(),
+                    headers: lapin::types::FieldTable::default(),
+                })
+                .await?;
+            published += 1;
+        }
+    }
+    Ok(published)
+}
+
+/// Deletes history older than `retention` in batches of `batch` rows, with a
+/// pause between batches so the table stays available.
+///
+/// # Errors
+/// When the database fails.
+pub async fn prune(pool: &PgPool, retention: Duration, batch: i64) -> Result<usize, db::DbError> {
+    let secs = retention.as_secs_f64();
+    let batch = batch.max(1);
+    let mut total = 0;
+    loop {
+        let n = db::run(pool, move |c| history::prune(c, secs, batch)).await?;
+        total += n;
+        if i64::try_from(n).unwrap_or(i64::MAX) < batch {
+            return Ok(total);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,258 @@
+//! The `sync` handler (DESIGN.md rules 6 and 7): read an instance's listing
+//! through its breaker, diff it against PostgreSQL in pure code, apply the
+//! plan in one transaction, publish what changed, then ack.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use tracing::Instrument;
+
+use super::events::sync_failed;
+use super::{WorkerContext, breaker, inventory as agent_inventory};
+use crate::db::locks::ServerLock;
+use crate::db::sync::{self as db_sync, RunClaim};
+use crate::db::{self, DbError, instances};
+use crate::domain::action::{SyncRequest, instance_sync_id};
+use crate::domain::mapping::NameTemplate;
+use crate::queue::message::parse_sync;
+use crate::queue::publisher::{Outgoing, PublishError};
+use crate::queue::topology::ROUTE_SYNC;
+use crate::queue::{Disposition, Handler, Incoming};
+
+#[derive(Debug, thiserror::Error)]
+enum Trouble {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+pub struct SyncHandler {
+    ctx: Arc<WorkerContext>,
+    template: NameTemplate,
+}
+
+impl SyncHandler {
+    pub fn new(ctx: Arc<WorkerContext>, template: NameTemplate) -> Self {
+        Self { ctx, template }
+    }
+}
+
+impl Handler for SyncHandler {
+    fn handle(self: Arc<Self>, message: Incoming) -> BoxFuture<'static, Disposition> {
+        Box::pin(async move {
+            let request = match parse_sync(&message.data) {
+                Ok(r) => r,
+                Err(e) => return Disposition::DeadLetter(e.0),
+            };
+            let span = tracing::info_span!(
+                "sync",
+                transaction_id = %request.transaction_id,
+                instance_id = ?request.instance_id,
+                reason = request.reason.as_str(),
+            );
+            async move {
+                match self.process(&request).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sync hit infrastructure trouble; giving it back");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        Disposition::Requeue
+                    }
+                }
+            }
+            .instrument(span)
+            .await
+        })
+    }
+}
+
+impl SyncHandler {
+    async fn process(&self, req: &SyncRequest) -> Result<Disposition, Trouble> {
+        let ctx = &self.ctx;
+        let Some(instance_id) = req.instance_id else {
+            return self.fan_out(req).await;
+        };
+        let Some(instance) = db::run(&ctx.pool, move |c| instances::get(c, instance_id)).await?
+        else {
+            return Ok(Disposition::DeadLetter(format!(
+                "instance {instance_id} does not exist"
+            )));
+        };
+        let requested_at = req.requested_at.unwrap_or_else(Utc::now);
+        let (txn, reason, actor) = (req.transaction_id, req.reason.as_str(), req.actor.clone());
+        let run = db::run(&ctx.pool, move |c| {
+            db_sync::claim_run(c, txn, instance_id, reason, &actor, requested_at)
+        })
+        .await?;
+        let run_id = match run {
+            RunClaim::Existing(row) if row.status != "running" => {
+                tracing::info!(status = %row.status, "duplicate of a finished sync; re-publishing its events");
+                ctx.publisher
+                    .publish_stored(&ctx.topology, &row.events)
+                    .await?;
+                return Ok(Disposition::Ack);
+            }
+            RunClaim::Existing(row) => row.id,
+            RunClaim::New(id) => id,
+        };
+        let finish = |status: &'static str,
+                      error: Option<String>,
+                      counts: serde_json::Value,
+                      events: serde_json::Value| {
+            let pool = ctx.pool.clone();
+            async move {
+                let stored = events.clone();
+                db::run(&pool, move |c| {
+                    db_sync::finish_run(c, run_id, status, error.as_deref(), &counts, &events)
+                })
+                .await?;
+                Ok::<_, DbError>(stored)
+            }
+        };
+        if !instance.is_active {
+            finish(
+                "skipped",
+                Some("instance is not active".into()),
+                serde_json::json!({}),
+                serde_json::json!([]),
+            )
+            .await?;
+            return Ok(Disposition::Ack);
+        }
+        // Rule 7: one sync per instance at a time; a concurrent one is skipped.
+        let Some(lock) = ServerLock::try_instance(&ctx.pool, instance_id).await? else {
+            tracing::info!(instance = %instance.name, "another sync of this instance is running; skipped");
+            finish(
+                "skipped",
+                Some("another sync of this instance was running".into()),
+                serde_json::json!({}),
+                serde_json::json!([]),
+            )
+            .await?;
+            return Ok(Disposition::Ack);
+        };
+        let result = self.sync_locked(&instance, txn).await;
+        lock.release().await;
+        let (status, error, counts, events) = result?;
+        let events = finish(status, error, counts, events).await?;
+        ctx.publisher.publish_stored(&ctx.topology, &events).await?;
+        Ok(Disposition::Ack)
+    }
+
+    /// Returns (status, error, counts, events) for the run.
+    async fn sync_locked(
+        &self,
+        instance: &instances::InstanceRow,
+        txn: uuid::Uuid,
+    ) -> Result<
+        (
+            &'static str,
+            Option<String>,
+            serde_json::Value,
+            serde_json::Value,
+        ),
+        Trouble,
+    > {
+        let ctx = &self.ctx;
+        let started = Instant::now();
+        let failed = |error: String| async move {
+            let id = instance.id;
+            let e2 = error.clone();
+            db::run(&ctx.pool, move |c| db_sync::record_failure(c, id, &e2)).await?;
+            let event = sync_failed(instance.id, &instance.name, txn, &error);
+            tracing::warn!(instance = %instance.name, error = %error, "sync failed");
+            Ok::<_, Trouble>((
+                "failed",
+                Some(error),
+                serde_json::json!({}),
+                serde_json::json!([event]),
+            ))
+        };
+        if !breaker::admission(&ctx.pool, instance.id, &ctx.breaker).await? {
+            return failed(format!(
+                "circuit_open: the circuit breaker of instance {} is open",
+                instance.name
+            ))
+            .await;
+        }
+        let endpoint = match agent_inventory::endpoint(instance) {
+            Ok(e) => e,
+            Err(e) => return failed(e).await,
+        };
+        let listing = match ctx.agents.backends(&endpoint).await {
+            Ok(l) => {
+                super::action::note_transition(
+                    ctx,
+                    instance,
+                    breaker::record_success(&ctx.pool, instance.id).await?,
+                )
+                .await?;
+                l
+            }
+            Err(e) => {
+                let transition = if e.counts_for_breaker() {
+                    breaker::record_failure(&ctx.pool, instance.id, &ctx.breaker).await?
+                } else {
+                    breaker::Transition::None
+                };
+                super::action::note_transition(ctx, instance, transition).await?;
+                return failed(format!("{}: {e}", e.failure_code())).await;
+            }
+        };
+        let fetched = started.elapsed();
+        let reconciled =
+            agent_inventory::reconcile_listing(&ctx.pool, instance, listing, &self.template)
+                .await?;
+        let mut counts = reconciled.counts;
+        counts["fetch_ms"] = serde_json::json!(fetched.as_millis());
+        counts["total_ms"] = serde_json::json!(started.elapsed().as_millis());
+        tracing::info!(instance = %instance.name, counts = %counts, "synced");
+        Ok((
+            "success",
+            None,
+            counts,
+            serde_json::to_value(&reconciled.events).unwrap_or_default(),
+        ))
+    }
+
+    /// A sync of every active instance becomes one sync command per instance.
+    async fn fan_out(&self, req: &SyncRequest) -> Result<Disposition, Trouble> {
+        let ctx = &self.ctx;
+        let mut after = 0;
+        let mut count = 0;
+        loop {
+            let page = db::run(&ctx.pool, move |c| instances::list(c, after, 500)).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for instance in page.iter().filter(|i| i.is_active) {
+                let txn = instance_sync_id(req.transaction_id, instance.id);
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "transaction_id": txn,
+                    "instance_id": instance.id,
+                    "reason": req.reason.as_str(),
+                    "actor": req.actor,
+                    "requested_at": req.requested_at.map(|t| t.to_rfc3339()),
+                }))
+                .unwrap_or_default();
+                ctx.publisher
+                    .publish(Outgoing {
+                        exchange: &ctx.topology.commands_exchange,
+                        routing_key: ROUTE_SYNC,
+                        body: &body,
+                        message_id: &txn.to_string(),
+                        headers: lapin::types::FieldTable::default(),
+                    })
+                    .await?;
+                count += 1;
+            }
+        }
+        tracing::info!(
+            instances = count,
+            "sync of every active instance fanned out"
+        );
+        Ok(Disposition::Ack)
+    }
+}
