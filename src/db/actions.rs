@@ -93,18 +93,23 @@ pub fn get_by_transaction(
         .optional()?)
 }
 
-/// Marks the action running and counts one more call to the agent.
-pub fn begin_attempt(conn: &mut PgConnection, action_id: i64) -> Result<i32, DbError> {
-    Ok(diesel::update(a::table.find(action_id))
-        .set((
-            a::status.eq(ActionStatus::Running.as_str()),
-            a::started_at.eq(diesel::dsl::sql::<
-                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
-            >("COALESCE(started_at, now())")),
-            a::attempts.eq(a::attempts + 1),
-        ))
-        .returning(a::attempts)
-        .get_result(conn)?)
+/// Marks the action running and counts one more call to the agent. Both
+/// forms are Diesel DSL, so PostgreSQL gets cached prepared statements.
+pub fn begin_attempt(conn: &mut PgConnection, action_id: i64, first: bool) -> Result<i32, DbError> {
+    let target = a::table.find(action_id);
+    let running = a::status.eq(ActionStatus::Running.as_str());
+    let attempts = a::attempts.eq(a::attempts + 1);
+    Ok(if first {
+        diesel::update(target)
+            .set((running, attempts, a::started_at.eq(diesel::dsl::now)))
+            .returning(a::attempts)
+            .get_result(conn)?
+    } else {
+        diesel::update(target)
+            .set((running, attempts))
+            .returning(a::attempts)
+            .get_result(conn)?
+    })
 }
 
 /// The final state of an action.
@@ -126,7 +131,8 @@ pub struct ServerWrite {
     pub weight: i32,
     pub current_sessions: i64,
     pub check_status: Option<String>,
-    pub requested_at: DateTime<Utc>,
+    /// The newest `requested_at` applied to the server, this one included.
+    pub last_requested_at: DateTime<Utc>,
     pub changed: bool,
 }
 
@@ -162,25 +168,22 @@ pub fn finish(
             .execute(conn)?;
         if let Some(w) = server {
             let now = Utc::now();
-            diesel::update(s::table.find(w.server_id))
-                .set((
-                    s::admin_state.eq(w.admin_state.as_str()),
-                    s::op_state.eq(w.op_state.as_str()),
-                    s::weight.eq(w.weight),
-                    s::current_sessions.eq(w.current_sessions),
-                    s::check_status.eq(w.check_status.as_deref()),
-                    s::state_written_at.eq(now),
-                    s::last_requested_at.eq(diesel::dsl::sql::<
-                        diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
-                    >("GREATEST(last_requested_at, ")
-                    .bind::<diesel::sql_types::Timestamptz, _>(w.requested_at)
-                    .sql(")")),
-                ))
-                .execute(conn)?;
+            let target = s::table.find(w.server_id);
+            let values = (
+                s::admin_state.eq(w.admin_state.as_str()),
+                s::op_state.eq(w.op_state.as_str()),
+                s::weight.eq(w.weight),
+                s::current_sessions.eq(w.current_sessions),
+                s::check_status.eq(w.check_status.as_deref()),
+                s::state_written_at.eq(now),
+                s::last_requested_at.eq(w.last_requested_at),
+            );
             if w.changed {
-                diesel::update(s::table.find(w.server_id))
-                    .set(s::state_changed_at.eq(now))
+                diesel::update(target)
+                    .set((values, s::state_changed_at.eq(now)))
                     .execute(conn)?;
+            } else {
+                diesel::update(target).set(values).execute(conn)?;
             }
         }
         if let Some(hw) = history {

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::BigInt;
 
 use super::DbError;
 use super::schema::haproxy_instances as t;
@@ -121,27 +121,40 @@ pub fn claim_probe(
     Ok(claimed == 1)
 }
 
-#[derive(QueryableByName)]
-struct Previous {
-    #[diesel(sql_type = Text)]
-    previous: String,
-}
-
 /// Records a successful call: closes the breaker. Returns the state it had
-/// when that was not already closed with no failures (nothing is written
-/// then, which keeps the hot path cheap).
+/// when it was open or half-open. Two conditional updates in Diesel's DSL
+/// (cached prepared statements) that write nothing in the common case of a
+/// closed breaker with no failures.
 pub fn record_success(conn: &mut PgConnection, id: i64) -> Result<Option<BreakerState>, DbError> {
-    let row: Option<Previous> = diesel::sql_query(
-        "WITH old AS (SELECT id, breaker_state FROM haproxy_instances \
-                      WHERE id = $1 AND (breaker_state <> 'closed' OR consecutive_failures <> 0) FOR UPDATE) \
-         UPDATE haproxy_instances i SET breaker_state = 'closed', consecutive_failures = 0, \
-                opened_at = NULL, probe_started_at = NULL, updated_at = now() \
-         FROM old WHERE i.id = old.id RETURNING old.breaker_state AS previous",
+    let closed = BreakerState::Closed.as_str();
+    let reopened: Option<i64> =
+        diesel::update(t::table.find(id).filter(t::breaker_state.ne(closed)))
+            .set((
+                t::breaker_state.eq(closed),
+                t::consecutive_failures.eq(0),
+                t::opened_at.eq(None::<DateTime<Utc>>),
+                t::probe_started_at.eq(None::<DateTime<Utc>>),
+                t::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(t::id)
+            .get_result(conn)
+            .optional()?;
+    if reopened.is_some() {
+        // Which of open / half-open it was does not matter to callers.
+        return Ok(Some(BreakerState::Open));
+    }
+    diesel::update(
+        t::table
+            .find(id)
+            .filter(t::breaker_state.eq(closed))
+            .filter(t::consecutive_failures.ne(0)),
     )
-    .bind::<BigInt, _>(id)
-    .get_result(conn)
-    .optional()?;
-    Ok(row.and_then(|r| r.previous.parse().ok()))
+    .set((
+        t::consecutive_failures.eq(0),
+        t::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)?;
+    Ok(None)
 }
 
 /// Locks the instance row and returns its breaker (for a failure update).

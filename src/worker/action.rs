@@ -246,7 +246,9 @@ async fn locked(
         weight: i32::try_from(outcome.server.weight).unwrap_or(i32::MAX),
         current_sessions: i64::try_from(outcome.server.current_sessions).unwrap_or(i64::MAX),
         check_status: outcome.server.check_status.clone(),
-        requested_at,
+        last_requested_at: server
+            .last_requested_at
+            .map_or(requested_at, |t| t.max(requested_at)),
         changed,
     };
     let history = changed.then(|| HistoryWrite {
@@ -404,7 +406,7 @@ async fn call_with_retries(
                 ),
             }));
         }
-        lock.run(move |c| actions::begin_attempt(c, action_id))
+        lock.run(move |c| actions::begin_attempt(c, action_id, attempt == 1))
             .await?;
         match ctx
             .agents
