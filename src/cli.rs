@@ -53,8 +53,10 @@ pub enum Command {
     Migrate,
     /// Consume commands and apply them through the agents.
     Worker(WorkerArgs),
-    /// Every server-side role in one process (today: the worker).
-    Serve(WorkerArgs),
+    /// Publish a sync per active instance every interval, and prune old history.
+    Scheduler(SchedulerArgs),
+    /// Every server-side role in one process: worker and scheduler.
+    Serve(ServeArgs),
     /// Publish an `action` command (as AC does) and optionally wait for its outcome.
     Action(ActionArgs),
     /// Print status events from haproxy.events as JSON lines (a temporary queue bound with `#`).
@@ -67,7 +69,40 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Seconds between scheduled syncs of each instance [default: 60].
+    #[arg(long, env = "SYNC_INTERVAL_SECS")]
+    pub sync_interval_secs: Option<u64>,
+    /// Days of status history kept [default: 30].
+    #[arg(long, env = "HISTORY_RETENTION_DAYS")]
+    pub history_retention_days: Option<u64>,
+}
+
+impl SchedulerArgs {
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(v) = self.sync_interval_secs {
+            c.sync.interval_secs = v;
+        }
+        if let Some(v) = self.history_retention_days {
+            c.sync.history_retention_days = v;
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct WorkerArgs {
+    /// How server names are built from applications, for linking [default:
+    /// {hostname}_{app_name}_{instance}].
+    #[arg(long, env = "MAPPING_NAME_TEMPLATE")]
+    pub name_template: Option<String>,
     /// Messages in flight per consumer [default: 64].
     #[arg(long, env = "WORKER_PREFETCH")]
     pub prefetch: Option<u16>,
@@ -93,6 +128,9 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     pub fn apply(&self, c: &mut Config) {
+        if let Some(v) = &self.name_template {
+            c.sync.name_template = v.clone();
+        }
         let w = &mut c.worker;
         if let Some(v) = self.prefetch {
             w.prefetch = v;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use haproxy_control::cli::{Cli, Command, InstanceCommand};
 use haproxy_control::config::Config;
-use haproxy_control::{admin, fagent, telemetry, worker};
+use haproxy_control::{admin, fagent, scheduler, telemetry, worker};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,14 +32,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("applied {name}");
             }
         }
-        Command::Worker(args) | Command::Serve(args) => {
+        Command::Worker(args) => {
             args.apply(&mut config);
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = tx.send(true);
-            });
-            worker::run(&config, rx).await?;
+            worker::run(&config, shutdown_watch()).await?;
+        }
+        Command::Scheduler(args) => {
+            args.apply(&mut config);
+            scheduler::run(&config, shutdown_watch()).await?;
+        }
+        Command::Serve(args) => {
+            args.worker.apply(&mut config);
+            args.scheduler.apply(&mut config);
+            let rx = shutdown_watch();
+            tokio::try_join!(
+                worker::run(&config, rx.clone()),
+                scheduler::run(&config, rx)
+            )?;
         }
         Command::Events(args) => {
             admin::tail_events(&config, args).await?;
@@ -59,6 +67,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A watch that turns true on SIGINT or SIGTERM.
+fn shutdown_watch() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 /// Resolves on SIGINT or SIGTERM.

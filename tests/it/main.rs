@@ -8,3 +8,4 @@ mod fagent_states;
 mod fagent_traffic;
 mod harness_selftest;
 mod message_schemas;
+mod sync;

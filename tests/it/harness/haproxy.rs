@@ -18,6 +18,22 @@ fn haproxy_bin() -> String {
 }
 
 impl TestHaproxy {
+    /// Replaces the config's body and restarts HAProxy with it (the socket
+    /// path stays), as an operator's reload after editing the config.
+    pub async fn reload(&mut self, body: &str) {
+        let text = Self::config_text(&self.socket, body);
+        std::fs::write(&self.config, text).expect("write haproxy.cfg");
+        self.restart().await;
+    }
+
+    fn config_text(socket: &Path, body: &str) -> String {
+        format!(
+            "global\n  stats socket {} mode 600 level admin\n  stats timeout 30s\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\n{body}\n",
+            socket.display()
+        )
+    }
+
     /// Starts HAProxy with `body` (frontends, backends) after a generated
     /// `global` (admin stats socket in a temp dir) and `defaults` section,
     /// and waits until its socket answers.
@@ -25,12 +41,7 @@ impl TestHaproxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("admin.sock");
         let config = dir.path().join("haproxy.cfg");
-        let text = format!(
-            "global\n  stats socket {} mode 600 level admin\n  stats timeout 30s\n\
-             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\n{body}\n",
-            socket.display()
-        );
-        std::fs::write(&config, text).expect("write haproxy.cfg");
+        std::fs::write(&config, Self::config_text(&socket, body)).expect("write haproxy.cfg");
         let mut h = Self {
             dir,
             child: None,

@@ -42,6 +42,16 @@ struct Shared {
     entries: Mutex<Vec<Entry>>,
     /// Command prefixes to hold, and for how long.
     delays: Mutex<Vec<(String, Duration)>>,
+    /// Command patterns whose reply is held back after HAProxy answered.
+    reply_delays: Mutex<Vec<(String, Duration)>>,
+}
+
+/// A pattern ending in `$` matches the whole command; otherwise a prefix.
+fn matches(pattern: &str, command: &str) -> bool {
+    match pattern.strip_suffix('$') {
+        Some(exact) => command == exact,
+        None => command.starts_with(pattern),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -52,7 +62,16 @@ impl Shared {
     fn delay_for(&self, line: &str) -> Duration {
         lock(&self.delays)
             .iter()
-            .filter(|(prefix, _)| line.starts_with(prefix.as_str()))
+            .filter(|(pattern, _)| matches(pattern, line))
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn reply_delay_for(&self, line: &str) -> Duration {
+        lock(&self.reply_delays)
+            .iter()
+            .filter(|(pattern, _)| matches(pattern, line))
             .map(|(_, d)| *d)
             .max()
             .unwrap_or(Duration::ZERO)
@@ -98,6 +117,17 @@ impl SocketSpy {
         delays.retain(|(p, _)| p != prefix);
         if !d.is_zero() {
             delays.push((prefix.to_owned(), d));
+        }
+    }
+
+    /// Holds the reply to commands matching `pattern` (a prefix, or a whole
+    /// command when it ends in `$`) for `d` after HAProxy answered: the
+    /// client gets a reading older than HAProxy's state.
+    pub fn set_reply_delay(&self, pattern: &str, d: Duration) {
+        let mut delays = lock(&self.shared.reply_delays);
+        delays.retain(|(p, _)| p != pattern);
+        if !d.is_zero() {
+            delays.push((pattern.to_owned(), d));
         }
     }
 
@@ -235,7 +265,12 @@ async fn relay(mut client: UnixStream, upstream: PathBuf, shared: Arc<Shared>) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    forward(&mut client, &upstream, &buf, client_eof).await;
+    let reply_delay = commands
+        .iter()
+        .map(|c| shared.reply_delay_for(c))
+        .max()
+        .unwrap_or(Duration::ZERO);
+    forward(&mut client, &upstream, &buf, client_eof, reply_delay).await;
     let _ = client.shutdown().await;
     drop(client);
     let finished = Instant::now();
@@ -249,7 +284,13 @@ async fn relay(mut client: UnixStream, upstream: PathBuf, shared: Arc<Shared>) {
 
 /// Sends `request` upstream and copies the whole reply to `client`. Any
 /// failure (HAProxy down, reset) just ends the exchange.
-async fn forward(client: &mut UnixStream, upstream: &Path, request: &[u8], client_eof: bool) {
+async fn forward(
+    client: &mut UnixStream,
+    upstream: &Path,
+    request: &[u8],
+    client_eof: bool,
+    reply_delay: Duration,
+) {
     let Ok(mut server) = UnixStream::connect(upstream).await else {
         return;
     };
@@ -260,5 +301,14 @@ async fn forward(client: &mut UnixStream, upstream: &Path, request: &[u8], clien
         // No line ending came: let HAProxy see the end of input.
         let _ = server.shutdown().await;
     }
-    let _ = tokio::io::copy(&mut server, client).await;
+    if reply_delay.is_zero() {
+        let _ = tokio::io::copy(&mut server, client).await;
+        return;
+    }
+    // HAProxy has answered (its state was read now); the client gets the
+    // reply only later, as from a slow agent or network.
+    let mut reply = Vec::new();
+    let _ = server.read_to_end(&mut reply).await;
+    tokio::time::sleep(reply_delay).await;
+    let _ = client.write_all(&reply).await;
 }

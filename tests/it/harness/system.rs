@@ -227,6 +227,58 @@ impl TestSystem {
             .await;
     }
 
+    /// Publishes a `sync` command; returns its transaction id.
+    pub async fn publish_sync(&self, instance_id: Option<i64>) -> Uuid {
+        let txn = Uuid::new_v4();
+        let mut body =
+            serde_json::json!({"transaction_id": txn, "reason": "force", "actor": "user:alice"});
+        if let Some(id) = instance_id {
+            body["instance_id"] = serde_json::json!(id);
+        }
+        self.publish_raw("sync", &serde_json::to_vec(&body).expect("json"))
+            .await;
+        txn
+    }
+
+    /// Waits until the sync run `transaction_id` has finished; returns its
+    /// status and counts.
+    pub async fn wait_sync(&self, transaction_id: Uuid, within: Duration) -> (String, Value) {
+        #[derive(diesel::QueryableByName)]
+        struct Run {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            status: String,
+            #[diesel(sql_type = diesel::sql_types::Jsonb)]
+            counts: Value,
+        }
+        eventually(within, &format!("sync {transaction_id} to finish"), || async {
+            db::run(&self.pool, move |c| {
+                use diesel::RunQueryDsl;
+                Ok(diesel::sql_query(
+                    "SELECT status, counts FROM haproxy_sync_runs WHERE transaction_id = $1 AND status <> 'running'",
+                )
+                .bind::<diesel::sql_types::Uuid, _>(transaction_id)
+                .get_result::<Run>(c)
+                .ok())
+            })
+            .await
+            .expect("query")
+            .map(|r| (r.status, r.counts))
+        })
+        .await
+    }
+
+    /// Runs SQL statements (test setup).
+    pub async fn exec(&self, sql: &str) {
+        let sql = sql.to_owned();
+        db::run(&self.pool, move |c| {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute(&sql)?;
+            Ok(())
+        })
+        .await
+        .expect("sql");
+    }
+
     /// Every event seen so far.
     pub fn events(&self) -> Vec<Value> {
         self.events

@@ -1,0 +1,484 @@
+//! Sync: discovery, reconciliation, application mapping, scheduler, against
+//! real HAProxy, PostgreSQL and RabbitMQ.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::harness::proxy::Mode;
+use crate::harness::{
+    HttpBackends, SocketSpy, TcpProxy, TestAgent, TestHaproxy, TestSystem, eventually,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn servers(list: &[(&str, SocketAddr)]) -> String {
+    list.iter()
+        .map(|(n, a)| format!("  server {n} {a}\n"))
+        .collect()
+}
+
+async fn server_row(
+    sys: &TestSystem,
+    backend: &str,
+    server: &str,
+) -> Option<(i64, String, bool, Option<i64>)> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        admin_state: String,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        removed: bool,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        application_id: Option<i64>,
+    }
+    let (b, s) = (backend.to_owned(), server.to_owned());
+    haproxy_control::db::run(&sys.pool, move |c| {
+        use diesel::RunQueryDsl;
+        Ok(diesel::sql_query(
+            "SELECT s.id, s.admin_state, s.removed_at IS NOT NULL AS removed, s.application_id \
+             FROM haproxy_servers s JOIN haproxy_backends b ON b.id = s.backend_id \
+             WHERE b.backend_name = $1 AND s.server_name = $2",
+        )
+        .bind::<diesel::sql_types::Text, _>(b)
+        .bind::<diesel::sql_types::Text, _>(s)
+        .get_result::<Row>(c)
+        .ok())
+    })
+    .await
+    .expect("query")
+    .map(|r| (r.id, r.admin_state, r.removed, r.application_id))
+}
+
+fn events_of(sys: &TestSystem, kind: &str, server: &str) -> Vec<Value> {
+    sys.events()
+        .into_iter()
+        .filter(|e| e["type"] == kind && e["server"]["name"] == server)
+        .collect()
+}
+
+#[tokio::test]
+async fn servers_added_and_deleted_at_runtime_are_discovered_removed_and_come_back_on_the_same_row()
+{
+    let app = HttpBackends::start(&["a"]).await;
+    let addr = app.addr("a");
+    let haproxy = TestHaproxy::start(&format!(
+        "backend web\n{}",
+        servers(&[("s1", addr), ("s2", addr)])
+    ))
+    .await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let mut sys = TestSystem::start().await;
+    let id = sys.register_agent("lb-1", &agent).await;
+    sys.start_worker(sys.config());
+
+    assert!(
+        haproxy
+            .cmd(&format!("add server web/s3 {addr}"))
+            .await
+            .contains("New server registered")
+    );
+    assert_eq!(haproxy.cmd("enable server web/s3").await.trim(), "");
+    let txn = sys.publish_sync(Some(id)).await;
+    let (status, counts) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(status, "success", "{counts}");
+    assert_eq!(counts["new"], 1, "{counts}");
+    let (row_id, _, removed, _) = server_row(&sys, "web", "s3").await.expect("s3 discovered");
+    assert!(!removed);
+    eventually(WAIT, "server.discovered for s3", || async {
+        events_of(&sys, "server.discovered", "s3").pop()
+    })
+    .await;
+
+    assert_eq!(
+        haproxy.cmd("set server web/s3 state maint").await.trim(),
+        ""
+    );
+    assert!(
+        haproxy
+            .cmd("del server web/s3")
+            .await
+            .contains("Server deleted")
+    );
+    let txn = sys.publish_sync(Some(id)).await;
+    let (_, counts) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(counts["removed"], 1, "{counts}");
+    let (_, _, removed, _) = server_row(&sys, "web", "s3").await.expect("row kept");
+    assert!(removed, "soft-deleted");
+    let gone = eventually(WAIT, "server.removed for s3", || async {
+        events_of(&sys, "server.removed", "s3").pop()
+    })
+    .await;
+    assert_eq!(gone["actor"], "haproxy:lb-1");
+    assert!(gone["transaction_id"].is_null());
+
+    assert!(
+        haproxy
+            .cmd(&format!("add server web/s3 {addr}"))
+            .await
+            .contains("New server registered")
+    );
+    let txn = sys.publish_sync(Some(id)).await;
+    sys.wait_sync(txn, WAIT).await;
+    let (again_id, _, removed, _) = server_row(&sys, "web", "s3").await.expect("row");
+    assert_eq!(again_id, row_id, "the same row comes back");
+    assert!(!removed);
+    eventually(WAIT, "server.discovered twice", || async {
+        (events_of(&sys, "server.discovered", "s3").len() == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn changes_made_behind_the_modules_back_are_recorded_with_the_instance_as_actor() {
+    let app = HttpBackends::start(&["a"]).await;
+    let addr = app.addr("a");
+    let haproxy = TestHaproxy::start(&format!(
+        "backend web\n  server s1 {addr} check inter 200\n  server s2 {addr}\n\
+         backend tracking\n  server t1 {addr} track web/s1\n"
+    ))
+    .await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let mut sys = TestSystem::start().await;
+    let id = sys.register_agent("lb-1", &agent).await;
+    sys.start_worker(sys.config());
+
+    assert_eq!(
+        haproxy.cmd("set server web/s1 state drain").await.trim(),
+        ""
+    );
+    let txn = sys.publish_sync(Some(id)).await;
+    let (_, counts) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(
+        counts["state_changes"], 2,
+        "s1 and t1 (inherited drain): {counts}"
+    );
+
+    let (s1, state, _, _) = server_row(&sys, "web", "s1").await.expect("s1");
+    assert_eq!(state, "drain");
+    let (t1, state, _, _) = server_row(&sys, "tracking", "t1").await.expect("t1");
+    assert_eq!(state, "drain", "IDRAIN is stored as drain");
+    for server_id in [s1, t1] {
+        assert_eq!(
+            sys.count(&format!(
+                "SELECT count(*) AS n FROM haproxy_server_status_history WHERE server_id = {server_id} \
+                 AND source = 'sync' AND actor = 'haproxy:lb-1' AND previous_admin_state = 'ready' \
+                 AND new_admin_state = 'drain' AND action_id IS NULL"
+            ))
+            .await,
+            1
+        );
+    }
+    let changed = eventually(WAIT, "server.state_changed for s1", || async {
+        events_of(&sys, "server.state_changed", "s1").pop()
+    })
+    .await;
+    assert_eq!(changed["actor"], "haproxy:lb-1");
+    assert_eq!(changed["previous"]["admin_state"], "ready");
+    assert_eq!(changed["current"]["admin_state"], "drain");
+
+    // Nothing changed: the next sync writes no history.
+    let txn = sys.publish_sync(Some(id)).await;
+    let (_, counts) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(counts["state_changes"], 0, "{counts}");
+    assert_eq!(counts["unchanged"], 3, "{counts}");
+}
+
+#[tokio::test]
+async fn servers_are_linked_by_address_and_port_by_name_template_or_left_unlinked() {
+    let a = HttpBackends::start(&["a", "b", "c", "d"]).await;
+    let (pa, pc) = (a.addr("a").port(), a.addr("c").port());
+    let sys = TestSystem::start().await;
+    sys.exec(&format!(
+        "INSERT INTO servers (id, hostname, ip) VALUES (1, 'hosta', '127.0.0.1'); \
+         INSERT INTO applications (id, name, server_id, port, instance) VALUES \
+           (10, 'shop', 1, {pa}, '1'), (11, 'api', 1, NULL, '2'), (12, 'twin', 1, {pc}, '1'), (13, 'twin', 1, {pc}, '2')"
+    ))
+    .await;
+    let haproxy = TestHaproxy::start(&format!(
+        "backend web\n{}",
+        servers(&[
+            ("by_port", a.addr("a")),
+            ("hosta_api_2", a.addr("b")),
+            ("ambiguous", a.addr("c")),
+            ("nobody", a.addr("d")),
+        ])
+    ))
+    .await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    sys.register_agent("lb-1", &agent).await;
+
+    let sys = &sys;
+    let app = |name: &'static str| async move { server_row(sys, "web", name).await.expect(name).3 };
+    assert_eq!(app("by_port").await, Some(10), "IP:port");
+    assert_eq!(app("hosta_api_2").await, Some(11), "name template");
+    assert_eq!(
+        app("ambiguous").await,
+        None,
+        "two applications on that IP:port"
+    );
+    assert_eq!(app("nobody").await, None);
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_servers WHERE application_id IS NULL AND removed_at IS NULL").await,
+        2,
+        "unlinked servers are visible as such"
+    );
+}
+
+#[tokio::test]
+async fn a_renamed_backend_keeps_its_servers_application_links() {
+    let a = HttpBackends::start(&["a"]).await;
+    let addr = a.addr("a");
+    let sys = TestSystem::start().await;
+    sys.exec(
+        "INSERT INTO servers (id, hostname, ip) VALUES (1, 'web1', '10.9.9.9'); \
+         INSERT INTO applications (id, name, server_id, port, instance) VALUES (20, 'shop', 1, NULL, '1')",
+    )
+    .await;
+    let mut haproxy = TestHaproxy::start(&format!(
+        "backend shop\n{}",
+        servers(&[("web1_shop_1", addr)])
+    ))
+    .await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let mut sys = sys;
+    let id = sys.register_agent("lb-1", &agent).await;
+    assert_eq!(
+        server_row(&sys, "shop", "web1_shop_1")
+            .await
+            .expect("row")
+            .3,
+        Some(20)
+    );
+
+    // The application is renamed in AC, so the template alone could no
+    // longer find it: only the link cache can.
+    sys.exec("UPDATE applications SET name = 'shop-legacy' WHERE id = 20")
+        .await;
+    haproxy
+        .reload(&format!(
+            "backend shop-v2\n{}",
+            servers(&[("web1_shop_1", addr)])
+        ))
+        .await;
+    sys.start_worker(sys.config());
+    let txn = sys.publish_sync(Some(id)).await;
+    let (_, counts) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(
+        (counts["new"].clone(), counts["removed"].clone()),
+        (json!(1), json!(1)),
+        "{counts}"
+    );
+    let (_, _, removed, app) = server_row(&sys, "shop-v2", "web1_shop_1")
+        .await
+        .expect("renamed");
+    assert!(!removed);
+    assert_eq!(app, Some(20), "the link survived the rename");
+    let (_, _, old_removed, _) = server_row(&sys, "shop", "web1_shop_1")
+        .await
+        .expect("old row kept");
+    assert!(
+        old_removed,
+        "the old backend's row stays, soft-deleted, with its history"
+    );
+}
+
+#[tokio::test]
+async fn an_action_applied_while_a_slow_sync_is_in_flight_is_not_overwritten() {
+    let a = HttpBackends::start(&["a"]).await;
+    let haproxy =
+        TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
+    let spy = SocketSpy::start(&haproxy.socket).await;
+    let agent = TestAgent::start(&spy.socket).await;
+    let mut sys = TestSystem::start().await;
+    let id = sys.register_agent("lb-1", &agent).await;
+    sys.start_worker(sys.config());
+
+    // The sync's reading of HAProxy reaches it 1.5 s late: it shows s1 ready.
+    spy.set_reply_delay("show stat -1 6 -1$", Duration::from_millis(1500));
+    spy.set_reply_delay("show servers state$", Duration::from_millis(1500));
+    let sync = sys.publish_sync(Some(id)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let txn = Uuid::new_v4();
+    sys.publish_action(
+        &json!({"transaction_id": txn, "action": "drain", "actor": "user:alice",
+        "target": {"instance": "lb-1", "backend": "web", "server": "s1"}}),
+    )
+    .await;
+    sys.wait_event("action.succeeded", txn, WAIT).await;
+    let (status, counts) = sys.wait_sync(sync, WAIT).await;
+    assert_eq!(status, "success");
+    assert_eq!(
+        counts["kept_states"], 1,
+        "the stale reading was not applied: {counts}"
+    );
+    assert_eq!(server_row(&sys, "web", "s1").await.expect("s1").1, "drain");
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_agent_down_during_sync_fails_it_counts_for_the_breaker_and_leaves_the_data() {
+    let a = HttpBackends::start(&["a"]).await;
+    let haproxy = TestHaproxy::start(&format!(
+        "backend web\n{}",
+        servers(&[("s1", a.addr("a")), ("s2", a.addr("a"))])
+    ))
+    .await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let proxy = TcpProxy::start(
+        agent
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("addr"),
+    )
+    .await;
+    let mut sys = TestSystem::start().await;
+    let id = sys
+        .register("lb-1", &format!("http://{}", proxy.addr), &agent.token)
+        .await;
+    sys.start_worker(sys.config());
+
+    proxy.set_mode(Mode::Reset);
+    let txn = sys.publish_sync(Some(id)).await;
+    let (status, _) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(status, "failed");
+    let failed = eventually(WAIT, "instance.sync_failed", || async {
+        sys.events()
+            .into_iter()
+            .find(|e| e["type"] == "instance.sync_failed")
+    })
+    .await;
+    assert_eq!(failed["instance"]["name"], "lb-1");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("agent_unreachable")),
+        "{failed}"
+    );
+    assert_eq!(
+        sys.count(&format!(
+            "SELECT count(*) AS n FROM haproxy_instances WHERE id = {id} AND consecutive_failures = 1 \
+             AND last_sync_result = 'failed' AND last_sync_error IS NOT NULL"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_servers WHERE removed_at IS NULL")
+            .await,
+        2,
+        "untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_sync_of_every_instance_and_duplicate_scheduler_ticks() {
+    let a = HttpBackends::start(&["a"]).await;
+    let h1 = TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
+    let h2 = TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
+    let (g1, g2) = (
+        TestAgent::start(&h1.socket).await,
+        TestAgent::start(&h2.socket).await,
+    );
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &g1).await;
+    sys.register_agent("lb-2", &g2).await;
+    sys.start_worker(sys.config());
+
+    // Force, no instance: one run per active instance.
+    sys.publish_sync(None).await;
+    eventually(WAIT, "two forced runs", || async {
+        let n = sys.count("SELECT count(*) AS n FROM haproxy_sync_runs WHERE reason = 'force' AND status = 'success'").await;
+        (n == 2).then_some(())
+    })
+    .await;
+
+    // Two schedulers tick in the same interval: each instance is synced once.
+    let conn = haproxy_control::queue::connect(crate::harness::system::AMQP_URL, "scheduler-test")
+        .await
+        .expect("broker");
+    let publisher = haproxy_control::queue::Publisher::new(&conn)
+        .await
+        .expect("publisher");
+    for _ in 0..2 {
+        let n = haproxy_control::scheduler::publish_ticks(
+            &sys.pool,
+            &publisher,
+            &sys.topology,
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("tick");
+        assert_eq!(n, 2);
+    }
+    eventually(WAIT, "both ticks handled", || async {
+        (sys.depth(&sys.topology.sync_queue).await == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_sync_runs WHERE reason = 'schedule'")
+            .await,
+        2,
+        "one scheduled run per instance"
+    );
+}
+
+#[tokio::test]
+async fn a_sync_while_another_runs_for_the_same_instance_is_skipped() {
+    let a = HttpBackends::start(&["a"]).await;
+    let haproxy =
+        TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let mut sys = TestSystem::start().await;
+    let id = sys.register_agent("lb-1", &agent).await;
+    sys.start_worker(sys.config());
+    let held = haproxy_control::db::locks::ServerLock::try_instance(&sys.pool, id)
+        .await
+        .expect("lock query")
+        .expect("free");
+    let txn = sys.publish_sync(Some(id)).await;
+    let (status, _) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(status, "skipped");
+    held.release().await;
+    let txn = sys.publish_sync(Some(id)).await;
+    assert_eq!(sys.wait_sync(txn, WAIT).await.0, "success");
+}
+
+#[tokio::test]
+async fn history_older_than_the_retention_is_deleted_in_batches() {
+    let a = HttpBackends::start(&["a"]).await;
+    let haproxy =
+        TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &agent).await;
+    sys.exec(
+        "INSERT INTO haproxy_server_status_history (server_id, new_admin_state, new_op_state, source, actor, changed_at) \
+         SELECT (SELECT min(id) FROM haproxy_servers), 'drain', 'up', 'sync', 'haproxy:lb-1', now() - interval '40 days' \
+         FROM generate_series(1, 2500); \
+         INSERT INTO haproxy_server_status_history (server_id, new_admin_state, new_op_state, source, actor, changed_at) \
+         SELECT (SELECT min(id) FROM haproxy_servers), 'ready', 'up', 'sync', 'haproxy:lb-1', now() - interval '29 days' \
+         FROM generate_series(1, 10)",
+    )
+    .await;
+    let deleted =
+        haproxy_control::scheduler::prune(&sys.pool, Duration::from_secs(30 * 86_400), 1000)
+            .await
+            .expect("prune");
+    assert_eq!(deleted, 2500);
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
+            .await,
+        10
+    );
+}
