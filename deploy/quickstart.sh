@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up and runs haproxy-control locally: a demo HAProxy in front of three
 # real HTTP backends, the reference fagent in front of that HAProxy, the
-# database (created and migrated), and the worker (`serve`), with the demo
-# HAProxy registered as instance `demo-lb`.
+# database (created and migrated), and `serve` (worker, scheduler and the HTTP
+# API on 127.0.0.1:8088, tokens in $DEMO_DIR/api.tokens), with the demo
+# HAProxy registered as instance `demo-lb` and a few demo AC rows (hosts,
+# applications, an ApplicationGroup) its servers are linked to.
 #   deploy/quickstart.sh         start (stops a previous demo first)
 #   deploy/quickstart.sh stop    stop everything it started
 # Everything lives in $DEMO_DIR (default: .demo in the repository).
@@ -12,6 +14,7 @@ ROOT=$PWD
 DEMO_DIR=${DEMO_DIR:-$ROOT/.demo}
 FRONTEND_PORT=${DEMO_FRONTEND_PORT:-8080}
 FAGENT_PORT=${DEMO_FAGENT_PORT:-9100}
+API_PORT=${DEMO_API_PORT:-8088}
 BACKEND_PORTS=(${DEMO_BACKEND_PORTS:-18081 18082 18083})
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/haproxy_control}
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
@@ -34,6 +37,8 @@ if [ "${1:-}" = "stop" ]; then
 fi
 
 deploy/ensure-deps.sh
+# jq: the HTTP API tour (docs/api-tour.md) picks ids out of answers with it.
+command -v jq >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
 echo "building haproxy-control (debug profile, shared with the tests)"
 cargo build -q --bin haproxy-control
 BIN=$ROOT/target/debug/haproxy-control
@@ -106,11 +111,42 @@ if [ "$(psql "$ADMIN_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_N
   psql "$ADMIN_URL" -qc "CREATE DATABASE \"$DB_NAME\""
 fi
 "$BIN" --log-format text migrate
+# Demo AC rows: the LB node, one host per demo server, application `shop` on
+# each (so `web1_shop_1` links to shop on host web1 by the name template), and
+# the ApplicationGroup `shop-canary` (shop on web1 and on api1).
+psql "$DATABASE_URL" -q <<'SQL'
+INSERT INTO servers (id, hostname, ip) VALUES
+  (9000, 'demo-lb-node', '127.0.0.1'), (9001, 'web1', '127.0.0.1'), (9002, 'web2', '127.0.0.1'),
+  (9003, 'web3', '127.0.0.1'), (9004, 'api1', '127.0.0.1'), (9005, 'api2', '127.0.0.1')
+  ON CONFLICT (id) DO NOTHING;
+INSERT INTO applications (id, name, server_id, port, instance) VALUES
+  (9101, 'shop', 9001, NULL, '1'), (9102, 'shop', 9002, NULL, '1'), (9103, 'shop', 9003, NULL, '1'),
+  (9104, 'shop', 9004, NULL, '1'), (9105, 'shop', 9005, NULL, '1')
+  ON CONFLICT (id) DO NOTHING;
+INSERT INTO application_groups (id, name) VALUES (9201, 'shop-canary') ON CONFLICT (id) DO NOTHING;
+INSERT INTO application_group_members (group_id, application_id) VALUES (9201, 9101), (9201, 9104)
+  ON CONFLICT DO NOTHING;
+SQL
 "$BIN" --log-format text instance add --name demo-lb --fagent-url "http://127.0.0.1:$FAGENT_PORT" --token-file "$TOKEN_FILE"
-nohup "$BIN" --log-format text serve > "$DEMO_DIR/worker.log" 2>&1 &
+
+# HTTP API tokens, one `role actor token` per line.
+API_TOKENS=$DEMO_DIR/api.tokens
+if [ ! -s "$API_TOKENS" ]; then
+  {
+    echo "# role actor token"
+    for who in "viewer user:demo-viewer" "operator user:demo-operator" "admin user:demo-admin"; do
+      echo "$who $(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+    done
+  } > "$API_TOKENS"
+fi
+chmod 600 "$API_TOKENS"
+API_TOKENS_FILE=$API_TOKENS API_LISTEN=127.0.0.1:$API_PORT \
+  nohup "$BIN" --log-format text serve > "$DEMO_DIR/worker.log" 2>&1 &
 echo $! > "$DEMO_DIR/worker.pid"
 for _ in $(seq 1 100); do grep -q "consuming" "$DEMO_DIR/worker.log" && break; sleep 0.1; done
 grep -q "consuming" "$DEMO_DIR/worker.log" || { echo "the worker did not start:"; tail "$DEMO_DIR/worker.log"; exit 1; }
+for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$API_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "http://127.0.0.1:$API_PORT/readyz" >/dev/null || { echo "the API is not ready:"; tail "$DEMO_DIR/worker.log"; exit 1; }
 
 cat <<MSG
 
@@ -118,7 +154,8 @@ haproxy-control demo is running (logs and pids in $DEMO_DIR):
   HAProxy frontend   http://127.0.0.1:$FRONTEND_PORT/  (backends web, api; socket $DEMO_DIR/admin.sock)
   demo apps          127.0.0.1:${BACKEND_PORTS[*]}
   fagent             http://127.0.0.1:$FAGENT_PORT  (token in $TOKEN_FILE)
-  worker             haproxy-control serve  (log $DEMO_DIR/worker.log)
+  worker, API        haproxy-control serve  (log $DEMO_DIR/worker.log)
+  HTTP API           http://127.0.0.1:$API_PORT/api/  (tokens in $API_TOKENS: role actor token)
   database           $DATABASE_URL  (instance demo-lb registered)
 
 Try (as AC would, through RabbitMQ):
@@ -137,6 +174,14 @@ Or straight to the fagent:
   curl -s -X PUT -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
        -d "{\"state\":\"drain\",\"transaction_id\":\"\$(cat /proc/sys/kernel/random/uuid)\"}" \\
        http://127.0.0.1:$FAGENT_PORT/v1/backends/web/servers/web3_shop_1/state
+
+Or through the HTTP API (the whole tour: docs/api-tour.md):
+  API=http://127.0.0.1:$API_PORT
+  H="Authorization: Bearer \$(awk '\$1 == "operator" {print \$3}' $API_TOKENS)"
+  curl -s -H "\$H" \$API/api/haproxy/instances | jq
+  LB=\$(curl -s -H "\$H" \$API/api/haproxy/instances | jq '.items[] | select(.name == "demo-lb") | .id')
+  curl -s -H "\$H" \$API/api/haproxy/instances/\$LB/backends | jq
+  curl -s \$API/metrics | grep '^haproxy_control'
 
 Stop it all with: deploy/quickstart.sh stop
 MSG

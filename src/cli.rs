@@ -55,8 +55,10 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Publish a sync per active instance every interval, and prune old history.
     Scheduler(SchedulerArgs),
-    /// Every server-side role in one process: worker and scheduler.
+    /// Every server-side role in one process: worker, scheduler and HTTP API.
     Serve(ServeArgs),
+    /// Serve the HTTP API (reads PostgreSQL, publishes commands).
+    Api(ApiArgs),
     /// Publish an `action` command (as AC does) and optionally wait for its outcome.
     Action(ActionArgs),
     /// Print status events from haproxy.events as JSON lines (a temporary queue bound with `#`).
@@ -95,6 +97,30 @@ pub struct ServeArgs {
     pub worker: WorkerArgs,
     #[command(flatten)]
     pub scheduler: SchedulerArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address the HTTP API listens on [default: 127.0.0.1:8088].
+    #[arg(long, env = "API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// File of API tokens, one `role actor token` per line (role: viewer,
+    /// operator or admin).
+    #[arg(long, env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(v) = self.api_listen {
+            c.api.listen = v;
+        }
+        if let Some(v) = &self.api_tokens_file {
+            c.api.tokens_file = Some(v.clone());
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -386,6 +412,25 @@ mod tests {
         assert_eq!(c.worker.retry_backoff_ms, vec![10, 20]);
         assert_eq!(c.worker.breaker_open_secs, 2);
         assert_eq!(c.worker.max_attempts, 3);
+    }
+
+    #[test]
+    fn api_flags_override_the_config() {
+        let cli = Cli::parse_from([
+            "haproxy-control",
+            "serve",
+            "--api-listen",
+            "127.0.0.1:9000",
+            "--api-tokens-file",
+            "/etc/t",
+        ]);
+        let mut c = Config::default();
+        let Command::Serve(args) = &cli.command else {
+            panic!("parsed as serve");
+        };
+        args.api.apply(&mut c);
+        assert_eq!(c.api.listen.port(), 9000);
+        assert_eq!(c.api.tokens_file, Some(PathBuf::from("/etc/t")));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub sync: SyncConfig,
     pub fagent: FagentConfig,
+    pub api: ApiConfig,
 }
 
 /// PostgreSQL.
@@ -149,6 +150,85 @@ impl Default for FagentConfig {
     }
 }
 
+/// The HTTP API (`haproxy-control api`, also run by `serve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Bearer tokens, each with the actor it acts as and its role.
+    pub tokens: Vec<ApiTokenConfig>,
+    /// A file of more tokens, one `role actor token` per line (`#` starts a
+    /// comment); read at start.
+    pub tokens_file: Option<PathBuf>,
+    /// Connections to PostgreSQL.
+    pub pool_size: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            tokens: Vec::new(),
+            tokens_file: None,
+            pool_size: 8,
+        }
+    }
+}
+
+/// One API token: the secret (inline or in a file), who it is, what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenConfig {
+    /// The token itself (prefer `token_file`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Recorded as the `actor` of what the token asks for, e.g. `user:alice`.
+    pub actor: String,
+    pub role: ApiRole,
+}
+
+/// What an API token may do; each role includes the ones before it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRole {
+    /// Reads.
+    Viewer,
+    /// Reads, actions, batches and syncs.
+    Operator,
+    /// Everything, settings included.
+    Admin,
+}
+
+impl ApiRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::Viewer => "viewer",
+            ApiRole::Operator => "operator",
+            ApiRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for ApiRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(ApiRole::Viewer),
+            "operator" => Ok(ApiRole::Operator),
+            "admin" => Ok(ApiRole::Admin),
+            other => Err(format!(
+                "role {other:?} is not one of viewer, operator, admin"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -200,6 +280,29 @@ mod tests {
         let c = Config::load(Some(&path)).expect("load");
         assert_eq!(c.fagent.socket, "127.0.0.1:9999");
         assert_eq!(c.fagent.idempotency_capacity, 10_000);
+    }
+
+    #[test]
+    fn api_tokens_are_read_from_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[api]\nlisten = \"127.0.0.1:9999\"\ntokens = [{ token = \"t\", actor = \"user:alice\", role = \"operator\" }, \
+             { token_file = \"/x\", actor = \"user:bob\", role = \"admin\" }]\n",
+        )
+        .expect("write");
+        let c = Config::load(Some(&path)).expect("load");
+        assert_eq!(c.api.listen.port(), 9999);
+        assert_eq!(c.api.tokens.len(), 2);
+        assert_eq!(c.api.tokens[1].role, ApiRole::Admin);
+        assert!(ApiRole::Viewer < ApiRole::Operator && ApiRole::Operator < ApiRole::Admin);
+        std::fs::write(
+            &path,
+            "[api]\ntokens = [{ token = \"t\", actor = \"a\", role = \"root\" }]\n",
+        )
+        .expect("write");
+        assert!(Config::load(Some(&path)).is_err());
     }
 
     #[test]

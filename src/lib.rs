@@ -2,6 +2,7 @@
 //! balancers. See DESIGN.md for the architecture.
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod db;

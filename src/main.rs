@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use haproxy_control::cli::{Cli, Command, InstanceCommand};
 use haproxy_control::config::Config;
-use haproxy_control::{admin, fagent, scheduler, telemetry, worker};
+use haproxy_control::{admin, api, fagent, scheduler, telemetry, worker};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -43,11 +43,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             args.worker.apply(&mut config);
             args.scheduler.apply(&mut config);
+            args.api.apply(&mut config);
             let rx = shutdown_watch();
             tokio::try_join!(
                 worker::run(&config, rx.clone()),
-                scheduler::run(&config, rx)
+                scheduler::run(&config, rx.clone()),
+                api::run(&config, rx)
             )?;
+        }
+        Command::Api(args) => {
+            args.apply(&mut config);
+            api::run(&config, shutdown_watch()).await?;
         }
         Command::Events(args) => {
             admin::tail_events(&config, args).await?;

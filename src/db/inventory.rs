@@ -118,3 +118,18 @@ pub fn servers_of_instance(
         .select((ServerRow::as_select(), b::backend_name))
         .load(conn)?)
 }
+
+/// Live servers of a backend that are `ready`, other than `server_id`.
+pub fn ready_servers_besides(
+    conn: &mut PgConnection,
+    backend_id: i64,
+    server_id: i64,
+) -> Result<i64, DbError> {
+    Ok(s::table
+        .filter(s::backend_id.eq(backend_id))
+        .filter(s::id.ne(server_id))
+        .filter(s::removed_at.is_null())
+        .filter(s::admin_state.eq(crate::domain::AdminState::Ready.as_str()))
+        .count()
+        .get_result(conn)?)
+}

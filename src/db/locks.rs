@@ -6,7 +6,7 @@ use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sql_types::BigInt;
 
 use super::{DbError, PgPool};
-use crate::domain::action::{instance_sync_lock_key, server_lock_key};
+use crate::domain::action::{backend_guard_lock_key, instance_sync_lock_key, server_lock_key};
 
 #[derive(QueryableByName)]
 struct Locked {
@@ -22,17 +22,21 @@ type Pooled = PooledConnection<ConnectionManager<PgConnection>>;
 struct LockedConn {
     conn: Pooled,
     key: i64,
+    /// Further locks taken on the same session (a backend's guard lock).
+    extra: Vec<i64>,
 }
 
 impl Drop for LockedConn {
     fn drop(&mut self) {
-        if let Err(e) = diesel::sql_query("SELECT pg_advisory_unlock($1)")
-            .bind::<BigInt, _>(self.key)
-            .execute(&mut self.conn)
-        {
-            // The connection is then almost surely dead, the pool's check-out
-            // test discards it, and a dead session holds no lock.
-            tracing::warn!(error = %e, "could not release a server lock");
+        for key in self.extra.drain(..).rev().chain(std::iter::once(self.key)) {
+            if let Err(e) = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+                .bind::<BigInt, _>(key)
+                .execute(&mut self.conn)
+            {
+                // The connection is then almost surely dead, and a dead
+                // session holds no lock.
+                tracing::warn!(error = %e, "could not release an advisory lock");
+            }
         }
     }
 }
@@ -57,11 +61,69 @@ impl ServerLock {
                 .bind::<BigInt, _>(key)
                 .execute(&mut conn)?;
             Ok(ServerLock {
-                inner: Some(LockedConn { conn, key }),
+                inner: Some(LockedConn {
+                    conn,
+                    key,
+                    extra: Vec::new(),
+                }),
             })
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Also takes the guard lock of a backend (rule 10) on the same
+    /// session; it is released with this lock, or by
+    /// [`ServerLock::release_backend`].
+    ///
+    /// # Errors
+    /// [`DbError`] when the lock query fails.
+    pub async fn lock_backend(&mut self, backend_id: i64) -> Result<(), DbError> {
+        let key = backend_guard_lock_key(backend_id);
+        self.run_locked(move |locked| {
+            diesel::sql_query("SELECT pg_advisory_lock($1)")
+                .bind::<BigInt, _>(key)
+                .execute(&mut locked.conn)?;
+            locked.extra.push(key);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Releases a backend's guard lock taken with [`ServerLock::lock_backend`].
+    ///
+    /// # Errors
+    /// [`DbError`] when the unlock query fails.
+    pub async fn release_backend(&mut self, backend_id: i64) -> Result<(), DbError> {
+        let key = backend_guard_lock_key(backend_id);
+        self.run_locked(move |locked| {
+            if let Some(at) = locked.extra.iter().position(|k| *k == key) {
+                locked.extra.remove(at);
+                diesel::sql_query("SELECT pg_advisory_unlock($1)")
+                    .bind::<BigInt, _>(key)
+                    .execute(&mut locked.conn)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run_locked<T, F>(&mut self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut LockedConn) -> Result<T, DbError> + Send + 'static,
+    {
+        let Some(mut locked) = self.inner.take() else {
+            return Err(DbError::Task("the lock was already released".into()));
+        };
+        let (locked, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&mut locked);
+            (locked, result)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?;
+        self.inner = Some(locked);
+        result
     }
 
     /// Waits for the sync lock of an instance.
@@ -77,7 +139,11 @@ impl ServerLock {
                 .bind::<BigInt, _>(key)
                 .execute(&mut conn)?;
             Ok(ServerLock {
-                inner: Some(LockedConn { conn, key }),
+                inner: Some(LockedConn {
+                    conn,
+                    key,
+                    extra: Vec::new(),
+                }),
             })
         })
         .await
@@ -98,7 +164,11 @@ impl ServerLock {
                 .bind::<BigInt, _>(key)
                 .get_result(&mut conn)?;
             Ok(got.locked.then(|| ServerLock {
-                inner: Some(LockedConn { conn, key }),
+                inner: Some(LockedConn {
+                    conn,
+                    key,
+                    extra: Vec::new(),
+                }),
             }))
         })
         .await

@@ -4,6 +4,8 @@
 //! concurrent runners (several replicas starting at once) with a PostgreSQL advisory lock.
 
 pub mod actions;
+pub mod api_queries;
+pub mod batches;
 pub mod history;
 pub mod instances;
 pub mod inventory;

@@ -31,6 +31,49 @@ pub struct ActionRequest {
     pub requested_at: Option<DateTime<Utc>>,
     pub reason: Option<String>,
     pub force: bool,
+    /// Set on the actions a batch was expanded into.
+    pub batch_id: Option<i64>,
+}
+
+/// What a batch acts on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchTargets {
+    ServerIds(Vec<i64>),
+    ApplicationIds(Vec<i64>),
+    #[serde(rename = "application_group_id")]
+    ApplicationGroup(i64),
+}
+
+impl BatchTargets {
+    /// The contract's JSON form: exactly one key.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            BatchTargets::ServerIds(ids) => serde_json::json!({ "server_ids": ids }),
+            BatchTargets::ApplicationIds(ids) => serde_json::json!({ "application_ids": ids }),
+            BatchTargets::ApplicationGroup(id) => serde_json::json!({ "application_group_id": id }),
+        }
+    }
+}
+
+/// A validated `batch` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRequest {
+    pub transaction_id: Uuid,
+    pub action: AdminState,
+    pub targets: BatchTargets,
+    pub actor: String,
+    pub requested_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    pub force: bool,
+}
+
+/// The transaction id of a batch's action for one server (CONTRACT.md).
+pub fn batch_action_id(batch_transaction_id: Uuid, server_id: i64) -> Uuid {
+    Uuid::new_v5(
+        &batch_transaction_id,
+        format!("server:{server_id}").as_bytes(),
+    )
 }
 
 /// Why a sync runs.
@@ -176,6 +219,12 @@ pub fn server_lock_key(server_id: i64) -> i64 {
     // migration lock or other advisory locks.
     const NAMESPACE: i64 = 0x4843_0000_0000_0000; // "HC"
     NAMESPACE ^ (server_id & 0x0000_FFFF_FFFF_FFFF)
+}
+
+/// The key of a backend's guard lock, in a namespace of its own.
+pub fn backend_guard_lock_key(backend_id: i64) -> i64 {
+    const NAMESPACE: i64 = 0x4247_0000_0000_0000; // "BG"
+    NAMESPACE ^ (backend_id & 0x0000_FFFF_FFFF_FFFF)
 }
 
 /// The key of an instance's sync lock, in a namespace of its own.

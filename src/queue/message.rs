@@ -6,7 +6,12 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::domain::action::{ActionRequest, SyncReason, SyncRequest, Target};
+use crate::domain::action::{
+    ActionRequest, BatchRequest, BatchTargets, SyncReason, SyncRequest, Target,
+};
+
+/// Most servers or applications one batch may name.
+pub const MAX_BATCH_IDS: usize = 10_000;
 use crate::domain::{AdminState, BackendName, ServerName};
 
 /// Largest message body accepted.
@@ -38,6 +43,94 @@ struct ActionWire {
     reason: Option<String>,
     #[serde(default)]
     force: Option<bool>,
+    /// Optional extension: set on the actions a batch is expanded into.
+    #[serde(default)]
+    batch_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchWire {
+    transaction_id: String,
+    action: String,
+    targets: BatchTargetsWire,
+    actor: String,
+    #[serde(default)]
+    requested_at: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchTargetsWire {
+    server_ids: Option<Vec<i64>>,
+    application_ids: Option<Vec<i64>>,
+    application_group_id: Option<i64>,
+}
+
+/// Parses the body of a `batch` command.
+///
+/// # Errors
+/// [`InvalidMessage`] naming the first thing that is wrong.
+pub fn parse_batch(body: &[u8]) -> Result<BatchRequest, InvalidMessage> {
+    if body.len() > MAX_MESSAGE_BYTES * 4 {
+        return Err(invalid(format!(
+            "message is {} bytes; the limit is {}",
+            body.len(),
+            MAX_MESSAGE_BYTES * 4
+        )));
+    }
+    let wire: BatchWire = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("not a valid batch command: {e}")))?;
+    Ok(BatchRequest {
+        transaction_id: parse_transaction_id(&wire.transaction_id)?,
+        action: parse_action_kind(&wire.action)?,
+        targets: parse_batch_targets(wire.targets)?,
+        actor: parse_actor(&wire.actor)?,
+        requested_at: wire.requested_at.as_deref().map(parse_time).transpose()?,
+        reason: parse_reason(wire.reason)?,
+        force: wire.force.unwrap_or(false),
+    })
+}
+
+/// Validates batch targets given as JSON (the API uses it too).
+///
+/// # Errors
+/// [`InvalidMessage`] naming what is wrong.
+pub fn parse_batch_targets_json(value: &serde_json::Value) -> Result<BatchTargets, InvalidMessage> {
+    let wire: BatchTargetsWire =
+        serde_json::from_value(value.clone()).map_err(|e| invalid(format!("targets: {e}")))?;
+    parse_batch_targets(wire)
+}
+
+fn parse_batch_targets(t: BatchTargetsWire) -> Result<BatchTargets, InvalidMessage> {
+    let ids = |name: &str, ids: Vec<i64>| -> Result<Vec<i64>, InvalidMessage> {
+        if ids.is_empty() || ids.len() > MAX_BATCH_IDS {
+            return Err(invalid(format!(
+                "targets.{name} must hold 1 to {MAX_BATCH_IDS} ids"
+            )));
+        }
+        if let Some(bad) = ids.iter().find(|i| **i <= 0) {
+            return Err(invalid(format!(
+                "targets.{name} holds {bad}; ids are positive"
+            )));
+        }
+        Ok(ids)
+    };
+    match (t.server_ids, t.application_ids, t.application_group_id) {
+        (Some(s), None, None) => Ok(BatchTargets::ServerIds(ids("server_ids", s)?)),
+        (None, Some(a), None) => Ok(BatchTargets::ApplicationIds(ids("application_ids", a)?)),
+        (None, None, Some(g)) if g > 0 => Ok(BatchTargets::ApplicationGroup(g)),
+        (None, None, Some(g)) => Err(invalid(format!(
+            "targets.application_group_id must be positive, not {g}"
+        ))),
+        _ => Err(invalid(
+            "targets must be exactly one of server_ids, application_ids, application_group_id",
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -129,6 +222,12 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, InvalidMessage> {
         requested_at: wire.requested_at.as_deref().map(parse_time).transpose()?,
         reason: parse_reason(wire.reason)?,
         force: wire.force.unwrap_or(false),
+        batch_id: match wire.batch_id {
+            Some(id) if id <= 0 => {
+                return Err(invalid(format!("batch_id must be positive, not {id}")));
+            }
+            other => other,
+        },
     })
 }
 

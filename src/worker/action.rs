@@ -104,7 +104,7 @@ async fn process(
     let new = NewAction {
         transaction_id: txn,
         server_id: target.as_ref().map(|t| t.server.id),
-        batch_id: None,
+        batch_id: req.batch_id,
         action: req.action.as_str().to_owned(),
         status: ActionStatus::Pending.as_str().to_owned(),
         actor: req.actor.clone(),
@@ -128,6 +128,7 @@ async fn process(
         ctx.publisher
             .publish_stored(&ctx.topology, &row.events)
             .await?;
+        batch_progress(ctx, row.batch_id).await?;
         return Ok(Disposition::Ack);
     }
     if existing && row.server_id != target.as_ref().map(|t| t.server.id) {
@@ -152,6 +153,7 @@ async fn process(
         .await?;
         tracing::info!(error = "not_found", "action failed");
         ctx.publisher.publish_stored(&ctx.topology, &events).await?;
+        batch_progress(ctx, row.batch_id).await?;
         return Ok(Disposition::Ack);
     };
 
@@ -160,7 +162,21 @@ async fn process(
     lock.release().await;
     let events = result?;
     ctx.publisher.publish_stored(&ctx.topology, &events).await?;
+    batch_progress(ctx, row.batch_id).await?;
     Ok(Disposition::Ack)
+}
+
+/// After an action of a batch finished: `batch.completed` when it was the last.
+async fn batch_progress(ctx: &WorkerContext, batch_id: Option<i64>) -> Result<(), Trouble> {
+    let Some(batch_id) = batch_id else {
+        return Ok(());
+    };
+    super::batch::completed(ctx, batch_id)
+        .await
+        .map_err(|e| match e {
+            super::batch::PublishErrorOrDb::Db(e) => Trouble::Db(e),
+            super::batch::PublishErrorOrDb::Publish(e) => Trouble::Publish(e),
+        })
 }
 
 /// The part that runs while the server is locked. Returns the events to
@@ -222,11 +238,84 @@ async fn locked(
         .await;
     }
 
+    // Rule 10: taking a server out must not leave its backend without a
+    // ready server. Guarded actions in one backend run one at a time (a
+    // backend lock held until the outcome is committed), so two of them —
+    // or a whole batch — cannot empty it together.
+    let guarded = if guard_applies(req, &previous) {
+        let backend_id = server.backend_id;
+        lock.lock_backend(backend_id).await?;
+        let ready_others = lock
+            .run(move |c| inventory::ready_servers_besides(c, backend_id, server_id))
+            .await?;
+        if ready_others == 0 {
+            lock.release_backend(backend_id).await?;
+            let detail = format!(
+                "{} would leave backend {} with no ready server; send force: true to do it anyway",
+                req.action, target.backend_name
+            );
+            let outcome = Outcome {
+                status: ActionStatus::Rejected,
+                error: None,
+                error_detail: Some(detail.clone()),
+                events: serde_json::json!([facts.rejected(&detail, previous)]),
+            };
+            let events = outcome.events.clone();
+            lock.run(move |c| actions::finish(c, action_id, &outcome, None, None))
+                .await?;
+            tracing::info!(status = "rejected", "action rejected by the guard");
+            return Ok(events);
+        }
+        Some(backend_id)
+    } else {
+        None
+    };
+    let result = apply(
+        ctx,
+        req,
+        requested_at,
+        target,
+        action_id,
+        lock,
+        previous,
+        &server,
+        &facts,
+    )
+    .await;
+    if let Some(backend_id) = guarded {
+        lock.release_backend(backend_id).await?;
+    }
+    result
+}
+
+/// Whether rule 10's guard applies: a `drain` or `maint` without `force` of
+/// a server that is `ready` now.
+fn guard_applies(req: &ActionRequest, previous: &StatePair) -> bool {
+    req.action != crate::domain::AdminState::Ready
+        && !req.force
+        && previous.admin_state == crate::domain::AdminState::Ready
+}
+
+/// Calls the agent and commits the outcome (the server is locked).
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    ctx: &WorkerContext,
+    req: &ActionRequest,
+    requested_at: DateTime<Utc>,
+    target: &ServerTarget,
+    action_id: i64,
+    lock: &mut ServerLock,
+    previous: StatePair,
+    server: &crate::db::inventory::ServerRow,
+    facts: &ActionFacts<'_>,
+) -> Result<serde_json::Value, Trouble> {
+    let server_id = server.id;
+
     let outcome = match call_with_retries(ctx, req, target, action_id, lock).await? {
         Ok(changed) => changed,
         Err((code, detail)) => {
             tracing::info!(error = %code, detail = %detail, "action failed");
-            return finish_failed(lock, action_id, failed(&facts, code, &detail)).await;
+            return finish_failed(lock, action_id, failed(facts, code, &detail)).await;
         }
     };
 

@@ -68,6 +68,13 @@ impl ActionFacts<'_> {
         e
     }
 
+    pub fn rejected(&self, detail: &str, current: StatePair) -> Event {
+        let mut e = self.event(EventType::ActionRejected);
+        e.error_detail = Some(detail.to_owned());
+        e.current = Some(current);
+        e
+    }
+
     pub fn superseded(&self, current: Option<StatePair>) -> Event {
         let mut e = self.event(EventType::ActionSuperseded);
         e.current = current;
@@ -172,5 +179,24 @@ pub fn sync_failed(
         name: instance_name.to_owned(),
     });
     e.error = Some(error.chars().take(2000).collect());
+    e
+}
+
+/// `batch.completed`: its id derives from the batch's transaction id, so a
+/// re-publication carries the same id.
+pub fn batch_completed(
+    batch: &crate::db::batches::BatchRow,
+    counts: crate::domain::event::StatusCounts,
+) -> Event {
+    let mut e = Event::new(
+        EventType::BatchCompleted,
+        &batch.transaction_id.to_string(),
+        batch.completed_at.unwrap_or_else(Utc::now),
+        &batch.actor,
+        Some(batch.transaction_id),
+    );
+    e.batch_id = Some(batch.id);
+    e.action = batch.action.parse().ok();
+    e.counts = Some(counts);
     e
 }

@@ -2,6 +2,7 @@
 //! outcomes, publishes events, and acks last.
 
 pub mod action;
+pub mod batch;
 pub mod breaker;
 pub mod events;
 pub mod inventory;
@@ -20,6 +21,9 @@ use crate::queue::consumer::{ConsumerSpec, HandlerDyn, consume};
 use crate::queue::{Publisher, Topology};
 use breaker::BreakerSettings;
 use retry::RetryPolicy;
+
+/// Batches expanded at once per worker.
+pub const BATCH_PREFETCH: u16 = 2;
 
 /// Syncs in flight per worker: each holds one instance's listing in memory.
 pub const SYNC_PREFETCH: u16 = 4;
@@ -74,7 +78,8 @@ impl WorkerSettings {
 /// Pool size for a worker: every action in flight holds one connection
 /// while its server is locked, plus a few for everything else.
 pub fn pool_size(configured: u32, prefetch: u16) -> u32 {
-    configured.max(u32::from(prefetch) + u32::from(SYNC_PREFETCH) * 2 + 4)
+    configured
+        .max(u32::from(prefetch) + u32::from(SYNC_PREFETCH) * 2 + u32::from(BATCH_PREFETCH) + 4)
 }
 
 /// How long a broker connection may be down before the role gives up: the
@@ -137,6 +142,7 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         breaker: settings.breaker.clone(),
     });
     let actions: Arc<dyn HandlerDyn> = Arc::new(Arc::new(action::ActionHandler::new(ctx.clone())));
+    let batches: Arc<dyn HandlerDyn> = Arc::new(Arc::new(batch::BatchHandler::new(ctx.clone())));
     let syncs: Arc<dyn HandlerDyn> = Arc::new(Arc::new(sync::SyncHandler::new(ctx, template)));
     tracing::info!(actions = %topology.actions_queue, sync = %topology.sync_queue, "worker started");
     let outage = max_outage(config.amqp.reconnect_attempts);
@@ -149,6 +155,18 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                 publisher: publisher.clone(),
                 topology: topology.clone(),
                 handler: actions,
+                max_outage: outage,
+            },
+            shutdown.clone(),
+        ),
+        consume(
+            &conn,
+            ConsumerSpec {
+                queue: topology.batches_queue.clone(),
+                prefetch: BATCH_PREFETCH,
+                publisher: publisher.clone(),
+                topology: topology.clone(),
+                handler: batches,
                 max_outage: outage,
             },
             shutdown.clone(),
@@ -179,7 +197,7 @@ mod tests {
         assert_eq!(max_outage(0), Duration::from_secs(5));
         assert_eq!(max_outage(2), Duration::from_millis(6_500));
         assert_eq!(max_outage(12), Duration::from_millis(52_500));
-        assert_eq!(pool_size(16, 64), 76);
+        assert_eq!(pool_size(16, 64), 78);
         assert_eq!(pool_size(100, 8), 100);
     }
 }

@@ -3,6 +3,8 @@
 mod harness;
 
 mod action_path;
+mod api;
+mod batch_guard;
 mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;

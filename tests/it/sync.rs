@@ -290,8 +290,11 @@ async fn a_renamed_backend_keeps_its_servers_application_links() {
 #[tokio::test]
 async fn an_action_applied_while_a_slow_sync_is_in_flight_is_not_overwritten() {
     let a = HttpBackends::start(&["a"]).await;
-    let haproxy =
-        TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
+    let haproxy = TestHaproxy::start(&format!(
+        "backend web\n{}",
+        servers(&[("s1", a.addr("a")), ("s2", a.addr("a"))])
+    ))
+    .await;
     let spy = SocketSpy::start(&haproxy.socket).await;
     let agent = TestAgent::start(&spy.socket).await;
     let mut sys = TestSystem::start().await;

@@ -1,0 +1,280 @@
+//! `POST /api/haproxy/servers/{id}/action` and `GET /api/haproxy/actions/{transaction_id}`.
+//!
+//! Idempotency: the action row is claimed first (`INSERT … ON CONFLICT DO
+//! NOTHING` on the transaction id), then the command is published. The same
+//! transaction id with the same body answers what the first did (and
+//! publishes the command again while the action is still `pending`, so a
+//! publish that failed is retried); with another body it is a 409.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::ApiState;
+use super::auth::{Auth, Operator, Viewer};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath};
+use crate::db::actions::{self, ActionRow, Claim, NewAction};
+use crate::db::{self, inventory};
+use crate::domain::action::ActionStatus;
+use crate::queue::message::{parse_action, parse_action_kind, parse_transaction_id};
+use crate::queue::topology::ROUTE_ACTION;
+
+/// What to do with one server.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequestBody {
+    /// `ready`, `drain` or `maint`.
+    pub action: String,
+    /// A UUID; sending the same one again never applies the action twice.
+    /// A new one is made when absent.
+    #[schema(value_type = Option<Uuid>)]
+    pub transaction_id: Option<String>,
+    /// Why (recorded, at most 2048 bytes).
+    pub reason: Option<String>,
+    /// Take the last `ready` server of a backend out anyway.
+    pub force: Option<bool>,
+}
+
+/// The action was recorded and its command published.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActionAccepted {
+    pub transaction_id: Uuid,
+    /// `pending`, `running`, `success`, `failed`, `superseded` or `rejected`.
+    pub status: String,
+}
+
+/// The validated request.
+struct Asked {
+    transaction_id: Uuid,
+    action: String,
+    reason: Option<String>,
+    force: bool,
+}
+
+fn validate(body: ActionRequestBody) -> Result<Asked, ApiError> {
+    let action = parse_action_kind(&body.action)
+        .map_err(|e| ApiError::unprocessable("invalid_action", e.0))?;
+    let transaction_id = match body.transaction_id.as_deref() {
+        Some(t) => parse_transaction_id(t)
+            .map_err(|e| ApiError::unprocessable("invalid_transaction_id", e.0))?,
+        None => Uuid::new_v4(),
+    };
+    let reason = super::reason(body.reason)?;
+    Ok(Asked {
+        transaction_id,
+        action: action.as_str().to_owned(),
+        reason,
+        force: body.force.unwrap_or(false),
+    })
+}
+
+enum Recorded {
+    NoServer,
+    /// The server's instance is not active (its name).
+    Inactive(String),
+    New(ActionRow),
+    Existing(ActionRow),
+}
+
+/// Change one server's state.
+#[utoipa::path(
+    post, path = "/api/haproxy/servers/{id}/action", tag = "actions",
+    params(("id" = i64, Path, description = "Server id")),
+    request_body = ActionRequestBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Recorded and published; the same transaction_id again gives the same answer", body = ActionAccepted),
+        (status = 400, description = "Malformed JSON or bad id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Role below operator", body = ErrorBody),
+        (status = 404, description = "No such live server", body = ErrorBody),
+        (status = 409, description = "transaction_id already used for another request", body = ErrorBody),
+        (status = 422, description = "Invalid action, transaction_id, reason or field, or the server's instance is not active", body = ErrorBody),
+        (status = 503, description = "RabbitMQ or PostgreSQL unavailable; send the same request again", body = ErrorBody),
+    )
+)]
+pub async fn post_action(
+    State(st): State<ApiState>,
+    Auth(caller, _): Auth<Operator>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<ActionRequestBody>,
+) -> Result<(StatusCode, Json<ActionAccepted>), ApiError> {
+    let asked = validate(body)?;
+    let new = NewAction {
+        transaction_id: asked.transaction_id,
+        server_id: Some(id),
+        batch_id: None,
+        action: asked.action.clone(),
+        status: ActionStatus::Pending.as_str().to_owned(),
+        actor: caller.actor.clone(),
+        reason: asked.reason.clone(),
+        force: asked.force,
+        requested_at: Utc::now(),
+    };
+    let recorded = db::run(&st.pool, move |c| {
+        if let Some(row) = actions::get_by_transaction(c, new.transaction_id)? {
+            return Ok(Recorded::Existing(row));
+        }
+        match inventory::find_server(c, id)? {
+            None => return Ok(Recorded::NoServer),
+            Some(t) if !t.instance.is_active => return Ok(Recorded::Inactive(t.instance.name)),
+            Some(_) => {}
+        }
+        Ok(match actions::claim(c, &new)? {
+            Claim::New(row) => Recorded::New(row),
+            Claim::Existing(row) => Recorded::Existing(row),
+        })
+    })
+    .await?;
+    let row = match recorded {
+        Recorded::NoServer => {
+            return Err(ApiError::not_found(format!("no live server with id {id}")));
+        }
+        Recorded::Inactive(instance) => {
+            return Err(ApiError::unprocessable(
+                "instance_inactive",
+                format!("server {id} belongs to instance {instance}, which is not active"),
+            ));
+        }
+        Recorded::New(row) => row,
+        Recorded::Existing(row) => {
+            let same = row.action == asked.action
+                && row.server_id == Some(id)
+                && row.batch_id.is_none()
+                && row.force == asked.force
+                && row.reason == asked.reason;
+            if !same {
+                return Err(ApiError::conflict(
+                    "transaction_conflict",
+                    format!(
+                        "transaction_id {} was already used for another request ({} of server {}{})",
+                        row.transaction_id,
+                        row.action,
+                        row.server_id.map_or_else(|| "?".into(), |s| s.to_string()),
+                        if row.batch_id.is_some() {
+                            " in a batch"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            row
+        }
+    };
+    if row.status() == ActionStatus::Pending {
+        publish(&st, &row, id).await?;
+    }
+    tracing::info!(
+        transaction_id = %row.transaction_id, server_id = id, action = %row.action,
+        actor = %caller.actor, status = %row.status, "action accepted"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ActionAccepted {
+            transaction_id: row.transaction_id,
+            status: row.status,
+        }),
+    ))
+}
+
+/// Publishes the contract's `action` command for a recorded action,
+/// checked by the worker's own parser first.
+async fn publish(st: &ApiState, row: &ActionRow, server_id: i64) -> Result<(), ApiError> {
+    let mut command = serde_json::json!({
+        "transaction_id": row.transaction_id,
+        "action": row.action,
+        "target": { "server_id": server_id },
+        "actor": row.actor,
+        "requested_at": super::rfc3339(row.requested_at),
+        "force": row.force,
+    });
+    if let Some(reason) = &row.reason {
+        command["reason"] = serde_json::json!(reason);
+    }
+    let body = serde_json::to_vec(&command).map_err(|e| ApiError::internal(&e))?;
+    parse_action(&body).map_err(|e| ApiError::internal(&e))?;
+    super::publish_command(st, ROUTE_ACTION, &body, row.transaction_id).await
+}
+
+/// An action and where it stands.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActionView {
+    pub transaction_id: Uuid,
+    /// `ready`, `drain` or `maint`.
+    pub action: String,
+    /// `pending`, `running`, `success`, `failed`, `superseded` or `rejected`.
+    pub status: String,
+    pub server_id: Option<i64>,
+    pub batch_id: Option<i64>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub force: bool,
+    /// Calls made to the agent.
+    pub attempts: i32,
+    /// `circuit_open`, `agent_unreachable`, `agent_error`, `not_found` or `invalid` when it failed.
+    pub error: Option<String>,
+    pub error_detail: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<ActionRow> for ActionView {
+    fn from(r: ActionRow) -> Self {
+        Self {
+            transaction_id: r.transaction_id,
+            action: r.action,
+            status: r.status,
+            server_id: r.server_id,
+            batch_id: r.batch_id,
+            actor: r.actor,
+            reason: r.reason,
+            force: r.force,
+            attempts: r.attempts,
+            error: r.error,
+            error_detail: r.error_detail,
+            requested_at: r.requested_at,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// An action's status, attempts and error.
+#[utoipa::path(
+    get, path = "/api/haproxy/actions/{transaction_id}", tag = "actions",
+    params(("transaction_id" = Uuid, Path, description = "The action's transaction id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The action", body = ActionView),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No action with that transaction id", body = ErrorBody),
+    )
+)]
+pub async fn get_action(
+    State(st): State<ApiState>,
+    _auth: Auth<Viewer>,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<ActionView>, ApiError> {
+    let transaction_id = Uuid::parse_str(&raw).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_path",
+            format!("{raw:?} is not a transaction id (a UUID)"),
+        )
+    })?;
+    db::run(&st.pool, move |c| {
+        actions::get_by_transaction(c, transaction_id)
+    })
+    .await?
+    .map(|r| Json(ActionView::from(r)))
+    .ok_or_else(|| ApiError::not_found(format!("no action with transaction_id {transaction_id}")))
+}

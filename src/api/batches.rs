@@ -1,0 +1,296 @@
+//! `POST /api/haproxy/batch/action` and `GET /api/haproxy/batches/{id}`.
+//!
+//! A batch is recorded (with the number of live servers its targets name)
+//! before its `batch` command is published; the worker expands it into one
+//! action per server with transaction id UUIDv5(batch transaction id,
+//! "server:{id}"), so sending it again never doubles an action. The same
+//! transaction id with the same body answers the same; with another, 409.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::ApiState;
+use super::auth::{Auth, Operator, Viewer};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath};
+use crate::db::batches::{self, BatchRow, NewBatch};
+use crate::db::{self, api_queries};
+use crate::domain::action::BatchTargets;
+use crate::queue::message::{
+    parse_action_kind, parse_batch, parse_batch_targets_json, parse_transaction_id,
+};
+use crate::queue::topology::ROUTE_BATCH;
+
+/// One action for many servers.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequestBody {
+    /// `ready`, `drain` or `maint`.
+    pub action: String,
+    /// Exactly one of `{"server_ids": [..]}`, `{"application_ids": [..]}`,
+    /// `{"application_group_id": N}`.
+    #[schema(value_type = TargetsSchema)]
+    pub targets: serde_json::Value,
+    /// A UUID; sending the same one again never applies anything twice.
+    #[schema(value_type = Option<Uuid>)]
+    pub transaction_id: Option<String>,
+    pub reason: Option<String>,
+    /// Skip the last-ready-server guard.
+    pub force: Option<bool>,
+}
+
+/// What a batch acts on: exactly one of the three.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TargetsSchema {
+    pub server_ids: Option<Vec<i64>>,
+    /// Every live server linked to these applications, on every instance.
+    pub application_ids: Option<Vec<i64>>,
+    /// Every live server linked to an application of this ApplicationGroup.
+    pub application_group_id: Option<i64>,
+}
+
+/// The batch was recorded and its command published.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchAccepted {
+    pub batch_id: i64,
+    pub transaction_id: Uuid,
+    /// Live servers the targets named when the batch was recorded.
+    pub total: i32,
+}
+
+struct Asked {
+    transaction_id: Uuid,
+    action: String,
+    targets: BatchTargets,
+    reason: Option<String>,
+    force: bool,
+}
+
+fn validate(body: BatchRequestBody) -> Result<Asked, ApiError> {
+    let action = parse_action_kind(&body.action)
+        .map_err(|e| ApiError::unprocessable("invalid_action", e.0))?;
+    let targets = parse_batch_targets_json(&body.targets)
+        .map_err(|e| ApiError::unprocessable("invalid_targets", e.0))?;
+    let transaction_id = match body.transaction_id.as_deref() {
+        Some(t) => parse_transaction_id(t)
+            .map_err(|e| ApiError::unprocessable("invalid_transaction_id", e.0))?,
+        None => Uuid::new_v4(),
+    };
+    let reason = super::reason(body.reason)?;
+    Ok(Asked {
+        transaction_id,
+        action: action.as_str().to_owned(),
+        targets,
+        reason,
+        force: body.force.unwrap_or(false),
+    })
+}
+
+/// The contract's `batch` command for a recorded batch, checked by the
+/// worker's own parser.
+fn command(row: &BatchRow, targets: &BatchTargets) -> Result<Vec<u8>, ApiError> {
+    let mut command = serde_json::json!({
+        "transaction_id": row.transaction_id,
+        "action": row.action,
+        "actor": row.actor,
+        "targets": targets.to_json(),
+        "force": row.force,
+        "requested_at": super::rfc3339(row.requested_at),
+    });
+    if let Some(reason) = &row.reason {
+        command["reason"] = serde_json::json!(reason);
+    }
+    let body = serde_json::to_vec(&command).map_err(|e| ApiError::internal(&e))?;
+    parse_batch(&body).map_err(|e| ApiError::unprocessable("invalid_batch", e.0))?;
+    Ok(body)
+}
+
+enum Recorded {
+    NoServers,
+    New(BatchRow),
+    /// With how many of its actions are recorded.
+    Existing(BatchRow, i64),
+}
+
+/// Change the state of many servers: by ids, by applications or by an ApplicationGroup.
+#[utoipa::path(
+    post, path = "/api/haproxy/batch/action", tag = "batches",
+    request_body = BatchRequestBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Recorded and published; the same transaction_id again gives the same answer", body = BatchAccepted),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 403, description = "Role below operator", body = ErrorBody),
+        (status = 409, description = "transaction_id already used for another batch", body = ErrorBody),
+        (status = 422, description = "Invalid action, targets or field, or targets naming no live server", body = ErrorBody),
+        (status = 503, description = "RabbitMQ or PostgreSQL unavailable; send the same request again", body = ErrorBody),
+    )
+)]
+pub async fn post_batch(
+    State(st): State<ApiState>,
+    Auth(caller, _): Auth<Operator>,
+    ApiJson(body): ApiJson<BatchRequestBody>,
+) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
+    let asked = validate(body)?;
+    let new = NewBatch {
+        transaction_id: asked.transaction_id,
+        action: asked.action.clone(),
+        actor: caller.actor.clone(),
+        reason: asked.reason.clone(),
+        force: asked.force,
+        targets: asked.targets.to_json(),
+        total: 0,
+        requested_at: Utc::now(),
+    };
+    // Checked before anything is recorded, so an oversized batch leaves nothing behind.
+    let probe = BatchRow {
+        id: 0,
+        transaction_id: new.transaction_id,
+        action: new.action.clone(),
+        actor: new.actor.clone(),
+        reason: new.reason.clone(),
+        force: new.force,
+        targets: new.targets.clone(),
+        total: 0,
+        requested_at: new.requested_at,
+        created_at: new.requested_at,
+        completed_at: None,
+    };
+    command(&probe, &asked.targets)?;
+    let targets = asked.targets.clone();
+    let recorded = db::run(&st.pool, move |c| {
+        if let Some(row) = batches::by_transaction(c, new.transaction_id)? {
+            let n = api_queries::batch_recorded(c, row.id)?;
+            return Ok(Recorded::Existing(row, n));
+        }
+        let ids = batches::expand(c, &targets)?;
+        if ids.is_empty() {
+            return Ok(Recorded::NoServers);
+        }
+        let new = NewBatch {
+            total: i32::try_from(ids.len()).unwrap_or(i32::MAX),
+            ..new
+        };
+        let (row, created) = batches::create(c, &new)?;
+        if created {
+            return Ok(Recorded::New(row));
+        }
+        let n = api_queries::batch_recorded(c, row.id)?;
+        Ok(Recorded::Existing(row, n))
+    })
+    .await?;
+    let (row, publish) = match recorded {
+        Recorded::NoServers => {
+            return Err(ApiError::unprocessable(
+                "no_servers",
+                "the targets name no live server of an active instance",
+            ));
+        }
+        Recorded::New(row) => (row, true),
+        Recorded::Existing(row, recorded) => {
+            let same = row.action == asked.action
+                && parse_batch_targets_json(&row.targets).ok().as_ref() == Some(&asked.targets)
+                && row.reason == asked.reason
+                && row.force == asked.force;
+            if !same {
+                return Err(ApiError::conflict(
+                    "transaction_conflict",
+                    format!(
+                        "transaction_id {} was already used for another batch ({} of {})",
+                        row.transaction_id, row.action, row.targets
+                    ),
+                ));
+            }
+            // Published again only while the worker has not expanded it all,
+            // so a publish that failed earlier is retried.
+            let unfinished = row.completed_at.is_none() && recorded < i64::from(row.total);
+            (row, unfinished)
+        }
+    };
+    if publish {
+        let body = command(&row, &asked.targets)?;
+        super::publish_command(&st, ROUTE_BATCH, &body, row.transaction_id).await?;
+    }
+    tracing::info!(
+        transaction_id = %row.transaction_id, batch_id = row.id, total = row.total,
+        action = %row.action, actor = %caller.actor, "batch accepted"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BatchAccepted {
+            batch_id: row.id,
+            transaction_id: row.transaction_id,
+            total: row.total,
+        }),
+    ))
+}
+
+/// A batch and its progress.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchView {
+    pub id: i64,
+    pub transaction_id: Uuid,
+    pub action: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub force: bool,
+    #[schema(value_type = TargetsSchema)]
+    pub targets: serde_json::Value,
+    pub total: i32,
+    /// Actions by status (`pending` includes servers whose action is not recorded yet).
+    pub counts: BTreeMap<String, i64>,
+    pub requested_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// When every action had finished.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A batch's progress: counts by status.
+#[utoipa::path(
+    get, path = "/api/haproxy/batches/{id}", tag = "batches",
+    params(("id" = i64, Path, description = "Batch id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The batch with counts of its actions by status", body = BatchView),
+        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such batch", body = ErrorBody),
+    )
+)]
+pub async fn get_batch(
+    State(st): State<ApiState>,
+    _auth: Auth<Viewer>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<BatchView>, ApiError> {
+    let found = db::run(&st.pool, move |c| {
+        let Some(row) = batches::get(c, id)? else {
+            return Ok(None);
+        };
+        let counts = batches::counts(c, &row)?;
+        Ok(Some((row, counts)))
+    })
+    .await?;
+    let (r, counts) = found.ok_or_else(|| ApiError::not_found(format!("no batch with id {id}")))?;
+    Ok(Json(BatchView {
+        id: r.id,
+        transaction_id: r.transaction_id,
+        action: r.action,
+        actor: r.actor,
+        reason: r.reason,
+        force: r.force,
+        targets: r.targets,
+        total: r.total,
+        counts,
+        requested_at: r.requested_at,
+        created_at: r.created_at,
+        completed_at: r.completed_at,
+    }))
+}

@@ -1,0 +1,204 @@
+//! The HTTP API (CONTRACT.md, "HTTP API"): reads PostgreSQL and publishes
+//! commands; it never calls an agent. One file per resource family; auth,
+//! errors, extractors, pagination, metrics and the OpenAPI document beside
+//! them.
+
+pub mod actions;
+pub mod auth;
+pub mod batches;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod instances;
+pub mod metrics;
+pub mod openapi;
+pub mod pagination;
+pub mod servers;
+pub mod settings;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::db::{self, PgPool};
+use crate::queue::publisher::Outgoing;
+use crate::queue::{Publisher, Topology};
+use auth::Tokens;
+use error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What handlers need, passed in (no globals). Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: PgPool,
+    pub publisher: Publisher,
+    pub topology: Arc<Topology>,
+    pub tokens: Arc<Tokens>,
+    pub amqp: Arc<lapin::Connection>,
+    /// The OpenAPI document, serialised once.
+    pub openapi: Bytes,
+}
+
+/// The API's HTTP application: every route, JSON 404 and 405 answers, and
+/// a body limit of [`MAX_BODY_BYTES`].
+pub fn router(state: ApiState) -> axum::Router {
+    let (router, _) = openapi::routes().split_for_parts();
+    router
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Binds `config.api.listen` and serves until `shutdown` turns true.
+///
+/// # Errors
+/// When the tokens are invalid, the address cannot be bound, or
+/// PostgreSQL or RabbitMQ cannot be reached at start.
+pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let tokens = Tokens::from_config(&config.api)?;
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.api.listen))?;
+    serve_with(listener, config, tokens, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0 themselves).
+///
+/// # Errors
+/// As [`run`].
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let tokens = Tokens::from_config(&config.api)?;
+    serve_with(listener, config, tokens, shutdown).await
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    tokens: Tokens,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if tokens.is_empty() {
+        tracing::warn!(
+            "no API tokens configured ([api] tokens or API_TOKENS_FILE): every call but health, metrics and the OpenAPI document answers 401"
+        );
+    }
+    let pool = db::pool(&config.database.url, config.api.pool_size.max(2))?;
+    db::run(&pool, db::run_migrations).await?;
+    let topology = Arc::new(Topology::with_prefix(
+        &config.amqp.prefix,
+        config.amqp.delivery_limit,
+    ));
+    let conn = crate::queue::connect_with(
+        &config.amqp.url,
+        "haproxy-control api",
+        config.amqp.reconnect_attempts,
+    )
+    .await?;
+    topology.declare(&conn.create_channel().await?).await?;
+    let publisher = Publisher::new(&conn).await?;
+    let amqp = Arc::new(conn);
+    let state = ApiState {
+        pool,
+        publisher,
+        topology,
+        tokens: Arc::new(tokens),
+        amqp: amqp.clone(),
+        openapi: Bytes::from(openapi::pretty_json()?),
+    };
+    tracing::info!(listen = %listener.local_addr()?, "api listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            while !*shutdown.borrow_and_update() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await?;
+    let _ = amqp.close(200, "api stopped".into()).await;
+    Ok(())
+}
+
+/// RFC 3339 in UTC with a `Z`, as every command carries its times.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// A `reason` as commands take it, and storable (no NUL).
+fn reason(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    if raw.as_deref().is_some_and(|r| r.contains('\0')) {
+        return Err(ApiError::unprocessable(
+            "invalid_reason",
+            "reason must not contain NUL characters",
+        ));
+    }
+    crate::queue::message::parse_reason(raw)
+        .map_err(|e| ApiError::unprocessable("invalid_reason", e.0))
+}
+
+/// How long a request waits for RabbitMQ to confirm its command.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Publishes a command on the commands exchange with confirms. Fails fast
+/// with a 503 while the broker connection is down, and after
+/// [`PUBLISH_TIMEOUT`]; the message tells how to retry.
+async fn publish_command(
+    st: &ApiState,
+    routing_key: &str,
+    body: &[u8],
+    transaction_id: Uuid,
+) -> Result<(), ApiError> {
+    if !st.amqp.status().connected() {
+        return Err(not_published(
+            &"the RabbitMQ connection is down",
+            transaction_id,
+        ));
+    }
+    let message_id = transaction_id.to_string();
+    let published = tokio::time::timeout(
+        PUBLISH_TIMEOUT,
+        st.publisher.publish(Outgoing {
+            exchange: &st.topology.commands_exchange,
+            routing_key,
+            body,
+            message_id: &message_id,
+            headers: lapin::types::FieldTable::default(),
+        }),
+    )
+    .await;
+    match published {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(not_published(&e, transaction_id)),
+        Err(_) => Err(not_published(
+            &format!("no confirm within {} s", PUBLISH_TIMEOUT.as_secs()),
+            transaction_id,
+        )),
+    }
+}
+
+/// A 503 for a command that could not be published: the same request with
+/// the same transaction id publishes it again.
+fn not_published(cause: &dyn std::fmt::Display, transaction_id: Uuid) -> ApiError {
+    tracing::warn!(error = %cause, %transaction_id, "publishing a command failed");
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "broker_unavailable",
+        format!(
+            "transaction {transaction_id}: RabbitMQ did not take the command ({cause}); \
+             send the same request with \"transaction_id\": \"{transaction_id}\" again"
+        ),
+    )
+}

@@ -1,0 +1,80 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations and
+//! committed as `schemas/api.openapi.json` (a test keeps the two equal).
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ErrorBody;
+use super::{ApiState, actions, batches, health, instances, metrics, servers, settings};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "haproxy-control API",
+        description = "HAProxy fleet control for AC: instances, backends and servers with live state, \
+                       actions on one server or many, their progress and history, node settings. \
+                       Authenticate with `Authorization: Bearer <token>`; roles viewer < operator < admin. \
+                       Errors answer `{\"error\": {\"code\", \"message\"}}`.",
+        license(name = "MIT")
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "instances", description = "HAProxy instances, their backends, forced syncs"),
+        (name = "servers", description = "Servers of a backend and their history"),
+        (name = "actions", description = "Changing one server's state"),
+        (name = "batches", description = "One action for many servers"),
+        (name = "settings", description = "Making an AC server an HAProxy node"),
+        (name = "operations", description = "Health, readiness, metrics, this document")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every route with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(instances::list_instances))
+        .routes(routes!(instances::list_backends))
+        .routes(routes!(instances::sync_instance))
+        .routes(routes!(servers::list_servers))
+        .routes(routes!(servers::history))
+        .routes(routes!(actions::post_action))
+        .routes(routes!(actions::get_action))
+        .routes(routes!(batches::post_batch))
+        .routes(routes!(batches::get_batch))
+        .routes(routes!(settings::put_settings))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(health::openapi_json))
+}
+
+/// The OpenAPI document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The document as the API serves it and as `schemas/api.openapi.json` holds it.
+///
+/// # Errors
+/// When it cannot be serialised (it always can).
+pub fn pretty_json() -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(&document()).map(|mut s| {
+        s.push('\n');
+        s
+    })
+}
