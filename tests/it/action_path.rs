@@ -557,3 +557,99 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_the_delivery_limit(
     assert_eq!(body["transaction_id"], txn.to_string());
     assert!(dead.x_death, "RabbitMQ's x-death header is on it");
 }
+
+#[tokio::test]
+async fn an_agent_answering_500_or_hanging_is_retried_and_counted_for_the_breaker() {
+    let lb = lb(1).await;
+    let agent_addr = lb
+        .agent
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("agent address");
+    let proxy = TcpProxy::start(agent_addr).await;
+    let mut sys = TestSystem::start().await;
+    let id = sys
+        .register("lb-1", &format!("http://{}", proxy.addr), &lb.agent.token)
+        .await;
+    let mut config = sys.config();
+    config.worker.agent_timeout_ms = 300;
+    config.worker.breaker_failures = 10; // this test looks at retries, not at opening
+    sys.start_worker(config);
+
+    proxy.set_mode(Mode::Http500);
+    proxy.reset_counter();
+    let txn = Uuid::new_v4();
+    sys.publish_action(&action(txn, "drain", by_names("s1")))
+        .await;
+    let failed = sys.wait_event("action.failed", txn, WAIT).await;
+    assert_eq!(failed["error"], "agent_error");
+    assert_eq!(sys.wait_final(txn, WAIT).await.attempts, 3);
+    assert_eq!(proxy.accepted(), 3, "a 5xx is retried");
+
+    proxy.set_mode(Mode::Hang);
+    proxy.reset_counter();
+    let txn = Uuid::new_v4();
+    let started = std::time::Instant::now();
+    sys.publish_action(&action(txn, "drain", by_names("s1")))
+        .await;
+    let failed = sys.wait_event("action.failed", txn, WAIT).await;
+    assert_eq!(failed["error"], "agent_unreachable");
+    assert_eq!(sys.wait_final(txn, WAIT).await.attempts, 3);
+    assert_eq!(proxy.accepted(), 3, "a timeout is retried");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900 + 300),
+        "3 timeouts of 300 ms and the backoff"
+    );
+    assert_eq!(
+        sys.count(&format!("SELECT count(*) AS n FROM haproxy_instances WHERE id = {id} AND consecutive_failures = 6")).await,
+        1,
+        "every failed call counted"
+    );
+    assert_eq!(bits(&lb, "s1").await, 0, "HAProxy untouched");
+}
+
+#[tokio::test]
+async fn a_worker_whose_broker_connection_is_cut_recovers_and_loses_nothing() {
+    let lb = lb(20).await;
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    lb.spy.set_delay("set server", Duration::from_millis(30));
+    let broker = TcpProxy::start("127.0.0.1:5672".parse().expect("addr")).await;
+    let mut config = sys.config();
+    config.amqp.url = format!("amqp://guest:guest@{}/%2f", broker.addr);
+    sys.start_worker(config);
+
+    let txns: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let bodies: Vec<Value> = txns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| action(*t, "drain", by_names(&format!("s{}", i + 1))))
+        .collect();
+    join_all(bodies.iter().map(|b| sys.publish_action(b))).await;
+    eventually(WAIT, "a few done", || async {
+        let n = sys
+            .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
+            .await;
+        (n >= 3).then_some(())
+    })
+    .await;
+    broker.cut(); // mid-stream: deliveries in flight cannot be acked and come back
+    for txn in &txns {
+        let row = sys.wait_final(*txn, Duration::from_secs(60)).await;
+        assert_eq!(row.status, "success", "{txn}");
+        // Committed before the cut, its event is re-published when the
+        // redelivered command finds the finished action.
+        sys.wait_event("action.succeeded", *txn, Duration::from_secs(60)).await;
+    }
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
+            .await,
+        20
+    );
+    assert_eq!(lb.spy.count("set server"), 20, "each reached HAProxy once");
+    eventually(WAIT, "the actions queue drained", || async {
+        (sys.depth(&sys.topology.actions_queue).await == 0).then_some(())
+    })
+    .await;
+}
