@@ -53,8 +53,12 @@ impl ServerLock {
     /// # Errors
     /// [`DbError`] when no connection can be had or the lock query fails.
     pub async fn acquire(pool: &PgPool, server_id: i64) -> Result<Self, DbError> {
+        Self::blocking(pool, server_lock_key(server_id)).await
+    }
+
+    /// Takes a pooled connection and waits on it for the lock `key`.
+    async fn blocking(pool: &PgPool, key: i64) -> Result<Self, DbError> {
         let pool = pool.clone();
-        let key = server_lock_key(server_id);
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
             diesel::sql_query("SELECT pg_advisory_lock($1)")
@@ -131,23 +135,7 @@ impl ServerLock {
     /// # Errors
     /// [`DbError`] when no connection can be had or the lock query fails.
     pub async fn instance(pool: &PgPool, instance_id: i64) -> Result<Self, DbError> {
-        let pool = pool.clone();
-        let key = instance_sync_lock_key(instance_id);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            diesel::sql_query("SELECT pg_advisory_lock($1)")
-                .bind::<BigInt, _>(key)
-                .execute(&mut conn)?;
-            Ok(ServerLock {
-                inner: Some(LockedConn {
-                    conn,
-                    key,
-                    extra: Vec::new(),
-                }),
-            })
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?
+        Self::blocking(pool, instance_sync_lock_key(instance_id)).await
     }
 
     /// Takes the sync lock of an instance if nobody holds it (rule 7: one

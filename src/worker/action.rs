@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::breaker::{self, Transition};
 use super::events::{ActionFacts, circuit, stored_pair};
-use super::{WorkerContext, inventory as refresh};
+use super::{Trouble, WorkerContext, inventory as refresh};
 use crate::db::actions::{self, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
 use crate::db::inventory::{self, ServerTarget};
 use crate::db::locks::ServerLock;
@@ -26,15 +26,6 @@ use crate::fagent::wire::StateChanged;
 use crate::queue::message::parse_action;
 use crate::queue::publisher::PublishError;
 use crate::queue::{Disposition, Handler, Incoming};
-
-/// Infrastructure trouble: the message is kept and processed again.
-#[derive(Debug, thiserror::Error)]
-enum Trouble {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-}
 
 /// Waits between in-process retries of a message whose processing hit
 /// infrastructure trouble (database or broker down), before giving it back.
@@ -171,12 +162,7 @@ async fn batch_progress(ctx: &WorkerContext, batch_id: Option<i64>) -> Result<()
     let Some(batch_id) = batch_id else {
         return Ok(());
     };
-    super::batch::completed(ctx, batch_id)
-        .await
-        .map_err(|e| match e {
-            super::batch::PublishErrorOrDb::Db(e) => Trouble::Db(e),
-            super::batch::PublishErrorOrDb::Publish(e) => Trouble::Publish(e),
-        })
+    super::batch::completed(ctx, batch_id).await
 }
 
 /// The part that runs while the server is locked. Returns the events to

@@ -9,23 +9,15 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use tracing::Instrument;
 
-use super::WorkerContext;
 use super::events::batch_completed;
+use super::{Trouble, WorkerContext};
+use crate::db;
 use crate::db::batches::{self, NewBatch};
-use crate::db::{self, DbError};
 use crate::domain::action::{BatchRequest, batch_action_id};
 use crate::queue::message::parse_batch;
-use crate::queue::publisher::{Outgoing, PublishError};
+use crate::queue::publisher::Outgoing;
 use crate::queue::topology::ROUTE_ACTION;
 use crate::queue::{Disposition, Handler, Incoming};
-
-#[derive(Debug, thiserror::Error)]
-enum Trouble {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-}
 
 pub struct BatchHandler {
     ctx: Arc<WorkerContext>,
@@ -134,7 +126,7 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
 ///
 /// # Errors
 /// Database or broker trouble.
-pub async fn completed(ctx: &WorkerContext, batch_id: i64) -> Result<(), PublishErrorOrDb> {
+pub async fn completed(ctx: &WorkerContext, batch_id: i64) -> Result<(), Trouble> {
     let done = db::run(&ctx.pool, move |c| {
         batches::complete_if_done(c, batch_id)?;
         let Some(batch) = batches::get(c, batch_id)? else {
@@ -152,22 +144,4 @@ pub async fn completed(ctx: &WorkerContext, batch_id: i64) -> Result<(), Publish
         ctx.publisher.publish_event(&ctx.topology, &event).await?;
     }
     Ok(())
-}
-
-/// Either trouble of [`completed`].
-#[derive(Debug, thiserror::Error)]
-pub enum PublishErrorOrDb {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-}
-
-impl From<PublishErrorOrDb> for Trouble {
-    fn from(e: PublishErrorOrDb) -> Self {
-        match e {
-            PublishErrorOrDb::Db(e) => Trouble::Db(e),
-            PublishErrorOrDb::Publish(e) => Trouble::Publish(e),
-        }
-    }
 }

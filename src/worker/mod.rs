@@ -22,6 +22,16 @@ use crate::queue::{Publisher, Topology};
 use breaker::BreakerSettings;
 use retry::RetryPolicy;
 
+/// Infrastructure trouble while handling a message (database or broker
+/// down): the message is kept and handled again.
+#[derive(Debug, thiserror::Error)]
+pub enum Trouble {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Publish(#[from] crate::queue::publisher::PublishError),
+}
+
 /// Batches expanded at once per worker.
 pub const BATCH_PREFETCH: u16 = 2;
 

@@ -10,24 +10,16 @@ use futures::future::BoxFuture;
 use tracing::Instrument;
 
 use super::events::sync_failed;
-use super::{WorkerContext, breaker, inventory as agent_inventory};
+use super::{Trouble, WorkerContext, breaker, inventory as agent_inventory};
 use crate::db::locks::ServerLock;
 use crate::db::sync::{self as db_sync, RunClaim};
 use crate::db::{self, DbError, instances};
 use crate::domain::action::{SyncRequest, instance_sync_id};
 use crate::domain::mapping::NameTemplate;
 use crate::queue::message::parse_sync;
-use crate::queue::publisher::{Outgoing, PublishError};
+use crate::queue::publisher::Outgoing;
 use crate::queue::topology::ROUTE_SYNC;
 use crate::queue::{Disposition, Handler, Incoming};
-
-#[derive(Debug, thiserror::Error)]
-enum Trouble {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-}
 
 pub struct SyncHandler {
     ctx: Arc<WorkerContext>,

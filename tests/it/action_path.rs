@@ -640,7 +640,8 @@ async fn a_worker_whose_broker_connection_is_cut_recovers_and_loses_nothing() {
         assert_eq!(row.status, "success", "{txn}");
         // Committed before the cut, its event is re-published when the
         // redelivered command finds the finished action.
-        sys.wait_event("action.succeeded", *txn, Duration::from_secs(60)).await;
+        sys.wait_event("action.succeeded", *txn, Duration::from_secs(60))
+            .await;
     }
     assert_eq!(
         sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
