@@ -13,7 +13,7 @@ use crate::worker;
 /// # Errors
 /// When the database is unreachable or a migration fails.
 pub async fn migrate(config: &Config) -> anyhow::Result<Vec<String>> {
-    let pool = db::pool(&config.database.url, 2)?;
+    let pool = db::pool_off_runtime(&config.database.url, 2, false).await?;
     Ok(worker::migrate(&pool).await?)
 }
 
@@ -31,7 +31,7 @@ pub async fn add_instance(config: &Config, args: &InstanceAddArgs) -> anyhow::Re
     }
     let token_ref = args.token_ref()?;
     token_ref::resolve(&token_ref).map_err(anyhow::Error::msg)?;
-    let pool = db::pool(&config.database.url, 2)?;
+    let pool = db::pool_off_runtime(&config.database.url, 2, false).await?;
     worker::migrate(&pool).await?;
     let new = instances::NewInstance {
         server_id: args.server_id,
@@ -89,7 +89,7 @@ async fn publish_events(config: &Config, events: &[crate::domain::event::Event])
 /// # Errors
 /// When the database is unreachable.
 pub async fn list_instances(config: &Config) -> anyhow::Result<String> {
-    let pool = db::pool(&config.database.url, 2)?;
+    let pool = db::pool_off_runtime(&config.database.url, 2, false).await?;
     let mut out = format!(
         "{:<6} {:<20} {:<32} {:<7} {:<10} {:<9} {}\n",
         "ID", "NAME", "FAGENT", "ACTIVE", "BREAKER", "FAILURES", "LAST SYNC"
@@ -171,7 +171,7 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
     if args.wait == 0 {
         return Ok(format!("published {transaction_id}"));
     }
-    let pool = db::pool(&config.database.url, 1)?;
+    let pool = db::pool_off_runtime(&config.database.url, 1, false).await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.wait);
     loop {
         let row = db::run(&pool, move |c| {

@@ -19,7 +19,7 @@ use crate::queue::topology::{ROUTE_SYNC, Topology};
 /// # Errors
 /// When PostgreSQL or RabbitMQ cannot be reached at start.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let pool = db::pool(&config.database.url, 2)?;
+    let pool = db::pool_off_runtime(&config.database.url, 2, false).await?;
     let topology = Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
     let conn = crate::queue::connect_with(
         &config.amqp.url,

@@ -95,7 +95,8 @@ async fn serve_with(
             "no API tokens configured ([api] tokens or API_TOKENS_FILE): every call but health, metrics and the OpenAPI document answers 401"
         );
     }
-    let pool = db::pool(&config.database.url, config.api.pool_size.max(2))?;
+    let pool =
+        db::pool_off_runtime(&config.database.url, config.api.pool_size.max(2), false).await?;
     db::run(&pool, db::run_migrations).await?;
     let topology = Arc::new(Topology::with_prefix(
         &config.amqp.prefix,

@@ -180,6 +180,9 @@ impl ServerLock {
         let (locked, result) = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let result = f(&mut locked.conn);
+            if let Err(e) = &result {
+                super::discard_if_dead(&mut locked.conn, e);
+            }
             (locked, result)
         })
         .await

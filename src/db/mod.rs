@@ -24,7 +24,7 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
 
-pub use pool::{PgPool, durable, pool, pool_async_commit};
+pub use pool::{PgPool, durable, pool, pool_async_commit, pool_off_runtime};
 
 /// Every migration in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -112,6 +112,29 @@ fn migration_names() -> Result<Vec<(String, String)>, String> {
         .collect())
 }
 
+/// Marks a connection whose query failed because the connection itself is
+/// gone (server closed it, network cut) as broken, so the pool discards it
+/// instead of handing it out again. (Connections are not tested on
+/// check-out, and Diesel only reports a broken transaction state.)
+pub fn discard_if_dead(conn: &mut PgConnection, error: &DbError) {
+    use diesel::connection::TransactionManager as _;
+    use diesel::result::{DatabaseErrorKind, Error};
+    let dead = match error {
+        DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => true,
+        DbError::Query(Error::DatabaseError(_, info)) => {
+            let m = info.message().to_ascii_lowercase();
+            m.contains("connection") || m.contains("terminating") || m.contains("server closed")
+        }
+        DbError::Query(Error::BrokenTransactionManager) => true,
+        _ => false,
+    };
+    if dead {
+        tracing::warn!(error = %error, "discarding a dead database connection");
+        diesel::connection::AnsiTransactionManager::transaction_manager_status_mut(conn)
+            .set_in_error();
+    }
+}
+
 /// Runs `f` with a pooled connection on the blocking thread pool.
 ///
 /// # Errors
@@ -126,7 +149,11 @@ where
     tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         let mut conn = pool.get()?;
-        f(&mut conn)
+        let result = f(&mut conn);
+        if let Err(e) = &result {
+            discard_if_dead(&mut conn, e);
+        }
+        result
     })
     .await
     .map_err(|e| DbError::Task(e.to_string()))?

@@ -71,3 +71,19 @@ fn build(database_url: &str, max_size: u32, async_commit: bool) -> Result<PgPool
     }
     Ok(builder.build(manager)?)
 }
+
+/// [`pool`] built on the blocking thread pool: building opens a first
+/// connection, which must not block an async runtime's thread.
+///
+/// # Errors
+/// As [`pool`].
+pub async fn pool_off_runtime(
+    database_url: &str,
+    max_size: u32,
+    async_commit: bool,
+) -> Result<PgPool, DbError> {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || build(&url, max_size, async_commit))
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+}

@@ -119,10 +119,12 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<String>, db::DbError> {
 /// connection is lost for good later.
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let settings = WorkerSettings::from_config(config);
-    let pool = db::pool_async_commit(
+    let pool = db::pool_off_runtime(
         &config.database.url,
         pool_size(config.database.pool_size, settings.prefetch),
-    )?;
+        true,
+    )
+    .await?;
     let applied = migrate(&pool).await?;
     if !applied.is_empty() {
         tracing::info!(?applied, "migrations applied");

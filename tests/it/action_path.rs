@@ -654,3 +654,58 @@ async fn a_worker_whose_broker_connection_is_cut_recovers_and_loses_nothing() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_worker_whose_database_connections_are_cut_acks_nothing_uncommitted_and_finishes_all() {
+    let lb = lb(20).await;
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    lb.spy.set_delay("set server", Duration::from_millis(30));
+    let pg = TcpProxy::start("127.0.0.1:5432".parse().expect("addr")).await;
+    let mut config = sys.config();
+    config.database.url = sys
+        .db
+        .url
+        .replacen("127.0.0.1:5432", &pg.addr.to_string(), 1);
+    assert_ne!(
+        config.database.url, sys.db.url,
+        "the worker goes through the proxy"
+    );
+    sys.start_worker(config);
+
+    let txns: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let bodies: Vec<Value> = txns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| action(*t, "drain", by_names(&format!("s{}", i + 1))))
+        .collect();
+    join_all(bodies.iter().map(|b| sys.publish_action(b))).await;
+    eventually(WAIT, "a few done", || async {
+        let n = sys
+            .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
+            .await;
+        (n >= 3).then_some(())
+    })
+    .await;
+    pg.cut(); // every open connection of the worker to PostgreSQL, mid-stream
+    for txn in &txns {
+        let row = sys.wait_final(*txn, Duration::from_secs(60)).await;
+        assert_eq!(row.status, "success", "{txn}: {:?}", row.error_detail);
+        sys.wait_event("action.succeeded", *txn, Duration::from_secs(60))
+            .await;
+    }
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
+        20
+    );
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
+            .await,
+        20
+    );
+    assert_eq!(lb.spy.count("set server"), 20, "each reached HAProxy once");
+    eventually(WAIT, "the actions queue drained", || async {
+        (sys.depth(&sys.topology.actions_queue).await == 0).then_some(())
+    })
+    .await;
+}

@@ -133,7 +133,13 @@ impl TestSystem {
     /// Starts a worker in this process.
     pub fn start_worker(&mut self, config: Config) {
         let (tx, rx) = watch::channel(false);
-        let handle = tokio::spawn(async move { haproxy_control::worker::run(&config, rx).await });
+        let handle = tokio::spawn(async move {
+            let result = haproxy_control::worker::run(&config, rx).await;
+            if let Err(e) = &result {
+                eprintln!("in-process worker stopped: {e:#}");
+            }
+            result
+        });
         self.workers.push((tx, handle));
     }
 
