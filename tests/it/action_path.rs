@@ -54,6 +54,63 @@ fn action(txn: Uuid, action: &str, target: Value) -> Value {
     })
 }
 
+/// Publishes a drain of s1..sn, all at once; returns their transaction ids.
+async fn publish_drains(sys: &TestSystem, n: usize) -> Vec<Uuid> {
+    let txns: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    let bodies: Vec<Value> = txns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| action(*t, "drain", by_names(&format!("s{}", i + 1))))
+        .collect();
+    join_all(bodies.iter().map(|b| sys.publish_action(b))).await;
+    txns
+}
+
+/// Waits until at least `n` actions succeeded.
+async fn wait_successes(sys: &TestSystem, n: i64) {
+    eventually(WAIT, &format!("{n} actions done"), || async {
+        let done = sys
+            .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
+            .await;
+        (done >= n).then_some(())
+    })
+    .await;
+}
+
+/// Every action succeeded exactly once: its row, its event, one history row
+/// and one `set server` on the socket each, nothing left in the queue.
+async fn assert_each_applied_once(sys: &TestSystem, lb: &Lb, txns: &[Uuid]) {
+    for txn in txns {
+        let row = sys.wait_final(*txn, Duration::from_secs(60)).await;
+        assert_eq!(
+            row.status, "success",
+            "{txn}: {:?} {:?}",
+            row.error, row.error_detail
+        );
+        sys.wait_event("action.succeeded", *txn, Duration::from_secs(60))
+            .await;
+    }
+    let n = i64::try_from(txns.len()).unwrap_or(i64::MAX);
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
+        n
+    );
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM (SELECT server_id FROM haproxy_server_status_history GROUP BY server_id HAVING count(*) = 1) x").await,
+        n,
+        "one history row per server"
+    );
+    assert_eq!(
+        lb.spy.count("set server"),
+        txns.len(),
+        "each reached HAProxy once"
+    );
+    eventually(WAIT, "the actions queue drained", || async {
+        (sys.depth(&sys.topology.actions_queue).await == 0).then_some(())
+    })
+    .await;
+}
+
 fn by_names(server: &str) -> Value {
     json!({"instance": "lb-1", "backend": "web", "server": server})
 }
@@ -422,22 +479,10 @@ async fn a_worker_killed_with_100_actions_in_flight_is_finished_by_its_successor
     let log_dir = tempfile::tempdir().expect("tempdir");
     let mut first = sys.spawn_worker_process(&config, &log_dir.path().join("first.log"));
 
-    let txns: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
-    let bodies: Vec<Value> = txns
-        .iter()
-        .enumerate()
-        .map(|(i, t)| action(*t, "drain", by_names(&format!("s{}", i + 1))))
-        .collect();
-    join_all(bodies.iter().map(|b| sys.publish_action(b))).await;
+    let txns = publish_drains(&sys, 100).await;
 
     // Kill it while some are done and many are in flight.
-    eventually(WAIT, "some actions done", || async {
-        let done = sys
-            .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
-            .await;
-        (done >= 10).then_some(())
-    })
-    .await;
+    wait_successes(&sys, 10).await;
     first.kill().expect("SIGKILL");
     let _ = first.wait();
     let done_at_kill = sys
@@ -449,33 +494,9 @@ async fn a_worker_killed_with_100_actions_in_flight_is_finished_by_its_successor
     );
 
     let mut second = sys.spawn_worker_process(&config, &log_dir.path().join("second.log"));
-    for txn in &txns {
-        let row = sys.wait_final(*txn, Duration::from_secs(60)).await;
-        assert_eq!(
-            row.status, "success",
-            "{txn}: {:?} {:?}",
-            row.error, row.error_detail
-        );
-    }
+    assert_each_applied_once(&sys, &lb, &txns).await;
     let _ = second.kill();
     let _ = second.wait();
-
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
-        100
-    );
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM (SELECT server_id FROM haproxy_server_status_history GROUP BY server_id HAVING count(*) = 1) x").await,
-        100,
-        "one history row per server"
-    );
-    assert_eq!(lb.spy.count("set server"), 100, "each reached HAProxy once");
-    for txn in &txns {
-        assert!(
-            !sys.events_for("action.succeeded", *txn).is_empty(),
-            "no event for {txn}"
-        );
-    }
     let drained = lb
         .haproxy
         .admin_bits()
@@ -620,39 +641,12 @@ async fn a_worker_whose_broker_connection_is_cut_recovers_and_loses_nothing() {
     config.amqp.url = format!("amqp://guest:guest@{}/%2f", broker.addr);
     sys.start_worker(config);
 
-    let txns: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
-    let bodies: Vec<Value> = txns
-        .iter()
-        .enumerate()
-        .map(|(i, t)| action(*t, "drain", by_names(&format!("s{}", i + 1))))
-        .collect();
-    join_all(bodies.iter().map(|b| sys.publish_action(b))).await;
-    eventually(WAIT, "a few done", || async {
-        let n = sys
-            .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
-            .await;
-        (n >= 3).then_some(())
-    })
-    .await;
+    let txns = publish_drains(&sys, 20).await;
+    wait_successes(&sys, 3).await;
     broker.cut(); // mid-stream: deliveries in flight cannot be acked and come back
-    for txn in &txns {
-        let row = sys.wait_final(*txn, Duration::from_secs(60)).await;
-        assert_eq!(row.status, "success", "{txn}");
-        // Committed before the cut, its event is re-published when the
-        // redelivered command finds the finished action.
-        sys.wait_event("action.succeeded", *txn, Duration::from_secs(60))
-            .await;
-    }
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
-            .await,
-        20
-    );
-    assert_eq!(lb.spy.count("set server"), 20, "each reached HAProxy once");
-    eventually(WAIT, "the actions queue drained", || async {
-        (sys.depth(&sys.topology.actions_queue).await == 0).then_some(())
-    })
-    .await;
+    // Committed before the cut, an action's event is re-published when its
+    // redelivered command finds it finished.
+    assert_each_applied_once(&sys, &lb, &txns).await;
 }
 
 #[tokio::test]
@@ -673,39 +667,8 @@ async fn a_worker_whose_database_connections_are_cut_acks_nothing_uncommitted_an
     );
     sys.start_worker(config);
 
-    let txns: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
-    let bodies: Vec<Value> = txns
-        .iter()
-        .enumerate()
-        .map(|(i, t)| action(*t, "drain", by_names(&format!("s{}", i + 1))))
-        .collect();
-    join_all(bodies.iter().map(|b| sys.publish_action(b))).await;
-    eventually(WAIT, "a few done", || async {
-        let n = sys
-            .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
-            .await;
-        (n >= 3).then_some(())
-    })
-    .await;
+    let txns = publish_drains(&sys, 20).await;
+    wait_successes(&sys, 3).await;
     pg.cut(); // every open connection of the worker to PostgreSQL, mid-stream
-    for txn in &txns {
-        let row = sys.wait_final(*txn, Duration::from_secs(60)).await;
-        assert_eq!(row.status, "success", "{txn}: {:?}", row.error_detail);
-        sys.wait_event("action.succeeded", *txn, Duration::from_secs(60))
-            .await;
-    }
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
-        20
-    );
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
-            .await,
-        20
-    );
-    assert_eq!(lb.spy.count("set server"), 20, "each reached HAProxy once");
-    eventually(WAIT, "the actions queue drained", || async {
-        (sys.depth(&sys.topology.actions_queue).await == 0).then_some(())
-    })
-    .await;
+    assert_each_applied_once(&sys, &lb, &txns).await;
 }
