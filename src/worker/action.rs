@@ -469,7 +469,15 @@ async fn call_with_retries(
         // The instance row loaded with the target is fresh enough for the
         // first call when it shows a closed breaker; later calls read again.
         let closed_at_load = attempt == 1 && instance.breaker_state == "closed";
-        if !closed_at_load && !breaker::admission(&ctx.pool, instance.id, &ctx.breaker).await? {
+        // Breaker reads and writes go through the server lock's connection:
+        // an action must not need a second pooled connection while it holds
+        // locks others wait for (that exhausted the pool under load).
+        let (id, settings) = (instance.id, ctx.breaker.clone());
+        if !closed_at_load
+            && !lock
+                .run(move |c| breaker::admission_on(c, id, &settings))
+                .await?
+        {
             return Ok(Err(match last {
                 None => (
                     FailureCode::CircuitOpen,
@@ -492,7 +500,7 @@ async fn call_with_retries(
                 note(
                     ctx,
                     instance,
-                    breaker::record_success(&ctx.pool, instance.id).await?,
+                    lock.run(move |c| breaker::record_success_on(c, id)).await?,
                 )
                 .await?;
                 return Ok(Ok(changed));
@@ -500,9 +508,13 @@ async fn call_with_retries(
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "agent call failed");
                 let transition = if e.counts_for_breaker() {
-                    breaker::record_failure(&ctx.pool, instance.id, &ctx.breaker).await?
+                    {
+                        let settings = ctx.breaker.clone();
+                        lock.run(move |c| breaker::record_failure_on(c, id, &settings))
+                            .await?
+                    }
                 } else {
-                    breaker::record_success(&ctx.pool, instance.id).await?
+                    lock.run(move |c| breaker::record_success_on(c, id)).await?
                 };
                 note(ctx, instance, transition).await?;
                 if !e.is_transient() {

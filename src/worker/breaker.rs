@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use diesel::Connection as _;
+use diesel::pg::PgConnection;
 use failsafe::failure_policy::{FailurePolicy, consecutive_failures};
 
 use crate::db::{self, DbError, PgPool, instances};
@@ -33,40 +34,32 @@ pub enum Transition {
 ///
 /// # Errors
 /// [`DbError`].
-pub async fn admission(
-    pool: &PgPool,
+pub fn admission_on(
+    conn: &mut PgConnection,
     instance_id: i64,
-    settings: &BreakerSettings,
+    s: &BreakerSettings,
 ) -> Result<bool, DbError> {
-    let s = settings.clone();
-    db::run(pool, move |conn| {
-        let Some(row) = instances::get(conn, instance_id)? else {
-            return Ok(false);
-        };
-        match admit(&row.breaker(), Utc::now(), s.open_for, s.probe_timeout) {
-            Admission::Allow => Ok(true),
-            Admission::Reject => Ok(false),
-            Admission::TryProbe => instances::claim_probe(
-                conn,
-                instance_id,
-                s.open_for.as_secs_f64(),
-                s.probe_timeout.as_secs_f64(),
-            ),
-        }
-    })
-    .await
+    let Some(row) = instances::get(conn, instance_id)? else {
+        return Ok(false);
+    };
+    match admit(&row.breaker(), Utc::now(), s.open_for, s.probe_timeout) {
+        Admission::Allow => Ok(true),
+        Admission::Reject => Ok(false),
+        Admission::TryProbe => instances::claim_probe(
+            conn,
+            instance_id,
+            s.open_for.as_secs_f64(),
+            s.probe_timeout.as_secs_f64(),
+        ),
+    }
 }
 
 /// Records a call that the agent answered: the breaker closes.
 ///
 /// # Errors
 /// [`DbError`].
-pub async fn record_success(pool: &PgPool, instance_id: i64) -> Result<Transition, DbError> {
-    let previous = db::run(pool, move |conn| {
-        instances::record_success(conn, instance_id)
-    })
-    .await?;
-    Ok(match previous {
+pub fn record_success_on(conn: &mut PgConnection, instance_id: i64) -> Result<Transition, DbError> {
+    Ok(match instances::record_success(conn, instance_id)? {
         Some(BreakerState::Open | BreakerState::HalfOpen) => Transition::Closed,
         _ => Transition::None,
     })
@@ -77,27 +70,57 @@ pub async fn record_success(pool: &PgPool, instance_id: i64) -> Result<Transitio
 ///
 /// # Errors
 /// [`DbError`].
+pub fn record_failure_on(
+    conn: &mut PgConnection,
+    instance_id: i64,
+    s: &BreakerSettings,
+) -> Result<Transition, DbError> {
+    conn.transaction(|conn| {
+        let Some(view) = instances::lock_breaker(conn, instance_id)? else {
+            return Ok(Transition::None);
+        };
+        let (failures, open) = decide(&view, s);
+        instances::write_failure(conn, instance_id, failures, open)?;
+        Ok(if open {
+            Transition::Opened
+        } else {
+            Transition::None
+        })
+    })
+}
+
+/// [`admission_on`] with a pooled connection.
+///
+/// # Errors
+/// [`DbError`].
+pub async fn admission(
+    pool: &PgPool,
+    instance_id: i64,
+    settings: &BreakerSettings,
+) -> Result<bool, DbError> {
+    let s = settings.clone();
+    db::run(pool, move |conn| admission_on(conn, instance_id, &s)).await
+}
+
+/// [`record_success_on`] with a pooled connection.
+///
+/// # Errors
+/// [`DbError`].
+pub async fn record_success(pool: &PgPool, instance_id: i64) -> Result<Transition, DbError> {
+    db::run(pool, move |conn| record_success_on(conn, instance_id)).await
+}
+
+/// [`record_failure_on`] with a pooled connection.
+///
+/// # Errors
+/// [`DbError`].
 pub async fn record_failure(
     pool: &PgPool,
     instance_id: i64,
     settings: &BreakerSettings,
 ) -> Result<Transition, DbError> {
     let s = settings.clone();
-    db::run(pool, move |conn| {
-        conn.transaction(|conn| {
-            let Some(view) = instances::lock_breaker(conn, instance_id)? else {
-                return Ok(Transition::None);
-            };
-            let (failures, open) = decide(&view, &s);
-            instances::write_failure(conn, instance_id, failures, open)?;
-            Ok(if open {
-                Transition::Opened
-            } else {
-                Transition::None
-            })
-        })
-    })
-    .await
+    db::run(pool, move |conn| record_failure_on(conn, instance_id, &s)).await
 }
 
 /// The new failure count, and whether the breaker opens now.
