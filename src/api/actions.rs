@@ -21,7 +21,7 @@ use super::extract::{ApiJson, ApiPath};
 use crate::db::actions::{self, ActionRow, Claim, NewAction};
 use crate::db::{self, inventory};
 use crate::domain::action::ActionStatus;
-use crate::queue::message::{parse_action, parse_action_kind, parse_transaction_id};
+use crate::queue::message::{parse_action, parse_action_kind};
 use crate::queue::topology::ROUTE_ACTION;
 
 /// What to do with one server.
@@ -59,11 +59,7 @@ struct Asked {
 fn validate(body: ActionRequestBody) -> Result<Asked, ApiError> {
     let action = parse_action_kind(&body.action)
         .map_err(|e| ApiError::unprocessable("invalid_action", e.0))?;
-    let transaction_id = match body.transaction_id.as_deref() {
-        Some(t) => parse_transaction_id(t)
-            .map_err(|e| ApiError::unprocessable("invalid_transaction_id", e.0))?,
-        None => Uuid::new_v4(),
-    };
+    let transaction_id = super::transaction_id(body.transaction_id.as_deref())?;
     let reason = super::reason(body.reason)?;
     Ok(Asked {
         transaction_id,

@@ -23,9 +23,7 @@ use super::extract::{ApiJson, ApiPath};
 use crate::db::batches::{self, BatchRow, NewBatch};
 use crate::db::{self, api_queries};
 use crate::domain::action::BatchTargets;
-use crate::queue::message::{
-    parse_action_kind, parse_batch, parse_batch_targets_json, parse_transaction_id,
-};
+use crate::queue::message::{parse_action_kind, parse_batch, parse_batch_targets_json};
 use crate::queue::topology::ROUTE_BATCH;
 
 /// One action for many servers.
@@ -78,11 +76,7 @@ fn validate(body: BatchRequestBody) -> Result<Asked, ApiError> {
         .map_err(|e| ApiError::unprocessable("invalid_action", e.0))?;
     let targets = parse_batch_targets_json(&body.targets)
         .map_err(|e| ApiError::unprocessable("invalid_targets", e.0))?;
-    let transaction_id = match body.transaction_id.as_deref() {
-        Some(t) => parse_transaction_id(t)
-            .map_err(|e| ApiError::unprocessable("invalid_transaction_id", e.0))?,
-        None => Uuid::new_v4(),
-    };
+    let transaction_id = super::transaction_id(body.transaction_id.as_deref())?;
     let reason = super::reason(body.reason)?;
     Ok(Asked {
         transaction_id,

@@ -150,6 +150,15 @@ fn reason(raw: Option<String>) -> Result<Option<String>, ApiError> {
         .map_err(|e| ApiError::unprocessable("invalid_reason", e.0))
 }
 
+/// The request's `transaction_id`, or a new one when it sent none.
+fn transaction_id(raw: Option<&str>) -> Result<uuid::Uuid, ApiError> {
+    match raw {
+        Some(t) => crate::queue::message::parse_transaction_id(t)
+            .map_err(|e| ApiError::unprocessable("invalid_transaction_id", e.0)),
+        None => Ok(uuid::Uuid::new_v4()),
+    }
+}
+
 /// How long a request waits for RabbitMQ to confirm its command.
 const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
