@@ -16,10 +16,11 @@ use super::schema;
 use super::testing::{TestDatabase, with_database};
 use super::{MIGRATIONS, run_migrations};
 
-const ALL_MIGRATIONS: [&str; 3] = [
+const ALL_MIGRATIONS: [&str; 4] = [
     "2026-11-28-000001_ac_tables",
     "2026-11-28-000002_haproxy_tables",
     "2026-11-28-000003_sync_runs",
+    "2026-11-28-000004_batch_index_partial",
 ];
 
 const MODULE_TABLES: [&str; 8] = [
