@@ -82,6 +82,46 @@ pub fn claim(conn: &mut PgConnection, new: &NewAction) -> Result<Claim, DbError>
         .ok_or(DbError::Query(diesel::result::Error::NotFound))
 }
 
+/// Records an action that is about to call its agent: `running`, first
+/// attempt counted. `None` when the transaction id has a row already.
+/// (The worker records an action under its server's lock, once it knows
+/// what happens to it: one INSERT instead of INSERT + UPDATE.)
+pub fn insert_started(conn: &mut PgConnection, new: &NewAction) -> Result<Option<i64>, DbError> {
+    Ok(diesel::insert_into(a::table)
+        .values((new, a::attempts.eq(1), a::started_at.eq(diesel::dsl::now)))
+        .on_conflict(a::transaction_id)
+        .do_nothing()
+        .returning(a::id)
+        .get_result(conn)
+        .optional()?)
+}
+
+/// Records an action that ends without calling its agent (superseded,
+/// rejected, failed before the call), durably. `None` when the transaction
+/// id has a row already.
+pub fn insert_finished(
+    conn: &mut PgConnection,
+    new: &NewAction,
+    outcome: &Outcome,
+) -> Result<Option<i64>, DbError> {
+    conn.transaction(|conn| {
+        super::durable(conn)?;
+        Ok(diesel::insert_into(a::table)
+            .values((
+                new,
+                a::error.eq(outcome.error.map(|e| e.as_str())),
+                a::error_detail.eq(outcome.error_detail.as_deref()),
+                a::events.eq(&outcome.events),
+                a::finished_at.eq(diesel::dsl::now),
+            ))
+            .on_conflict(a::transaction_id)
+            .do_nothing()
+            .returning(a::id)
+            .get_result(conn)
+            .optional()?)
+    })
+}
+
 pub fn get_by_transaction(
     conn: &mut PgConnection,
     transaction_id: Uuid,
@@ -202,4 +242,93 @@ pub fn finish(
         }
         Ok(())
     })
+}
+
+/// The statement of [`finish_success`]: the action's outcome, its server's
+/// state and (when the state changed) its history row, as one statement —
+/// one round trip and one commit. `set_config(…, true)` makes that commit
+/// wait for the WAL flush whatever the session's `synchronous_commit`.
+const FINISH_SUCCESS: &str = "\
+WITH durable AS (
+    SELECT set_config('synchronous_commit', 'on', true) AS setting
+), act AS (
+    UPDATE haproxy_actions
+       SET status = 'success', error = NULL, error_detail = NULL, events = $2,
+           finished_at = now()
+     WHERE id = $1
+ RETURNING id
+), srv AS (
+    UPDATE haproxy_servers
+       SET admin_state = $4, op_state = $5, weight = $6, current_sessions = $7,
+           check_status = $8, state_written_at = now(), last_requested_at = $9,
+           state_changed_at = CASE WHEN $10 THEN now() ELSE state_changed_at END
+     WHERE id = $3
+ RETURNING id
+), hist AS (
+    INSERT INTO haproxy_server_status_history
+        (server_id, previous_admin_state, new_admin_state, previous_op_state, new_op_state,
+         source, actor, action_id)
+    SELECT $3, $11, $4, $12, $5, 'action', $13, $1
+     WHERE $10
+ RETURNING id
+)
+SELECT (SELECT count(*) FROM act) AS actions,
+       (SELECT count(*) FROM srv) AS servers,
+       (SELECT count(*) FROM hist) AS history,
+       (SELECT setting FROM durable) AS setting";
+
+#[derive(QueryableByName)]
+struct FinishCounts {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    actions: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    servers: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    history: i64,
+    #[allow(dead_code)]
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    setting: String,
+}
+
+/// Commits a successful action: its outcome, the server's state read back
+/// and, when that state changed, the history row (`history` must be given
+/// exactly when `server.changed`), together and durably, in one statement.
+///
+/// # Errors
+/// [`DbError`].
+pub fn finish_success(
+    conn: &mut PgConnection,
+    action_id: i64,
+    events: &serde_json::Value,
+    server: &ServerWrite,
+    history: Option<&HistoryWrite>,
+) -> Result<(), DbError> {
+    use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
+    let changed = server.changed && history.is_some();
+    let counts: FinishCounts = diesel::sql_query(FINISH_SUCCESS)
+        .bind::<BigInt, _>(action_id)
+        .bind::<Jsonb, _>(events)
+        .bind::<BigInt, _>(server.server_id)
+        .bind::<Text, _>(server.admin_state.as_str())
+        .bind::<Text, _>(server.op_state.as_str())
+        .bind::<Integer, _>(server.weight)
+        .bind::<BigInt, _>(server.current_sessions)
+        .bind::<Nullable<Text>, _>(server.check_status.as_deref())
+        .bind::<Timestamptz, _>(server.last_requested_at)
+        .bind::<Bool, _>(changed)
+        .bind::<Nullable<Text>, _>(history.map(|h| h.previous_admin_state.as_str()))
+        .bind::<Nullable<Text>, _>(history.map(|h| h.previous_op_state.as_str()))
+        .bind::<Text, _>(history.map_or("", |h| h.actor.as_str()))
+        .get_result(conn)?;
+    if counts.actions != 1 || counts.servers != 1 || counts.history != i64::from(changed) {
+        // Committed already; rows are soft-deleted, so this is not expected.
+        tracing::warn!(
+            action_id,
+            actions = counts.actions,
+            servers = counts.servers,
+            history = counts.history,
+            "finishing an action wrote fewer rows than expected"
+        );
+    }
+    Ok(())
 }

@@ -16,19 +16,63 @@ struct Locked {
 
 type Pooled = PooledConnection<ConnectionManager<PgConnection>>;
 
-/// A pooled connection that holds a server's lock and releases it when
-/// dropped, whatever drops it (release, a panic, a cancelled task), so a
-/// connection never returns to the pool still holding a lock.
-struct LockedConn {
+/// A pooled connection with the advisory locks taken on it. It releases
+/// them when dropped, whatever drops it (release, a panic, a cancelled
+/// task), so a connection never returns to the pool still holding a lock.
+pub struct Session {
     conn: Pooled,
-    key: i64,
-    /// Further locks taken on the same session (a backend's guard lock).
-    extra: Vec<i64>,
+    /// Session-level advisory locks held, in the order taken.
+    keys: Vec<i64>,
 }
 
-impl Drop for LockedConn {
+impl Session {
+    /// The connection, for the queries of the locked section.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    /// Waits for the lock of a server (rule 3).
+    ///
+    /// # Errors
+    /// [`DbError`] when the lock query fails.
+    pub fn lock_server(&mut self, server_id: i64) -> Result<(), DbError> {
+        self.lock(server_lock_key(server_id))
+    }
+
+    /// Waits for the guard lock of a backend (rule 10), held until the
+    /// session is released.
+    ///
+    /// # Errors
+    /// [`DbError`] when the lock query fails.
+    pub fn lock_backend(&mut self, backend_id: i64) -> Result<(), DbError> {
+        self.lock(backend_guard_lock_key(backend_id))
+    }
+
+    fn lock(&mut self, key: i64) -> Result<(), DbError> {
+        diesel::sql_query("SELECT pg_advisory_lock($1)")
+            .bind::<BigInt, _>(key)
+            .execute(&mut self.conn)?;
+        self.keys.push(key);
+        Ok(())
+    }
+
+    /// Releases every lock of the session with one statement (the
+    /// connection stays checked out).
+    ///
+    /// # Errors
+    /// [`DbError`] when the unlock query fails.
+    pub fn unlock_all(&mut self) -> Result<(), DbError> {
+        if !self.keys.is_empty() {
+            diesel::sql_query("SELECT pg_advisory_unlock_all()").execute(&mut self.conn)?;
+            self.keys.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
-        for key in self.extra.drain(..).rev().chain(std::iter::once(self.key)) {
+        for key in self.keys.drain(..).rev() {
             if let Err(e) = diesel::sql_query("SELECT pg_advisory_unlock($1)")
                 .bind::<BigInt, _>(key)
                 .execute(&mut self.conn)
@@ -41,93 +85,58 @@ impl Drop for LockedConn {
     }
 }
 
-/// Holds the lock of one server (or one instance's sync); queries of the locked section run on its
-/// connection through [`ServerLock::run`].
+/// Holds a [`Session`] (a server's lock, or one instance's sync lock)
+/// across awaits; queries of the locked section run on its connection
+/// through [`ServerLock::run`].
 pub struct ServerLock {
-    inner: Option<LockedConn>,
+    inner: Option<Session>,
 }
 
 impl ServerLock {
-    /// Waits for the lock of `server_id`.
+    /// Takes a pooled connection and runs `f` on it, in one blocking call;
+    /// the locks `f` takes are held until [`ServerLock::finish`] or
+    /// [`ServerLock::release`]. An action's whole locked preamble (resolve,
+    /// claim, lock, read, guard) is one such call, not one per statement.
     ///
     /// # Errors
-    /// [`DbError`] when no connection can be had or the lock query fails.
-    pub async fn acquire(pool: &PgPool, server_id: i64) -> Result<Self, DbError> {
-        Self::blocking(pool, server_lock_key(server_id)).await
-    }
-
-    /// Takes a pooled connection and waits on it for the lock `key`.
-    async fn blocking(pool: &PgPool, key: i64) -> Result<Self, DbError> {
+    /// [`DbError`] when no connection can be had, or from `f` (the locks it
+    /// took are then released).
+    pub async fn open<T, F>(pool: &PgPool, f: F) -> Result<(Self, T), DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Session) -> Result<T, DbError> + Send + 'static,
+    {
         let pool = pool.clone();
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get()?;
-            diesel::sql_query("SELECT pg_advisory_lock($1)")
-                .bind::<BigInt, _>(key)
-                .execute(&mut conn)?;
-            Ok(ServerLock {
-                inner: Some(LockedConn {
-                    conn,
-                    key,
-                    extra: Vec::new(),
-                }),
-            })
+            let _entered = span.enter();
+            let mut session = Session {
+                conn: pool.get()?,
+                keys: Vec::new(),
+            };
+            match f(&mut session) {
+                Ok(value) => Ok((
+                    ServerLock {
+                        inner: Some(session),
+                    },
+                    value,
+                )),
+                Err(e) => {
+                    super::discard_if_dead(&mut session.conn, &e);
+                    Err(e)
+                }
+            }
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
-    /// Also takes the guard lock of a backend (rule 10) on the same
-    /// session; it is released with this lock, or by
-    /// [`ServerLock::release_backend`].
+    /// Waits for the lock of `server_id`.
     ///
     /// # Errors
-    /// [`DbError`] when the lock query fails.
-    pub async fn lock_backend(&mut self, backend_id: i64) -> Result<(), DbError> {
-        let key = backend_guard_lock_key(backend_id);
-        self.run_locked(move |locked| {
-            diesel::sql_query("SELECT pg_advisory_lock($1)")
-                .bind::<BigInt, _>(key)
-                .execute(&mut locked.conn)?;
-            locked.extra.push(key);
-            Ok(())
-        })
-        .await
-    }
-
-    /// Releases a backend's guard lock taken with [`ServerLock::lock_backend`].
-    ///
-    /// # Errors
-    /// [`DbError`] when the unlock query fails.
-    pub async fn release_backend(&mut self, backend_id: i64) -> Result<(), DbError> {
-        let key = backend_guard_lock_key(backend_id);
-        self.run_locked(move |locked| {
-            if let Some(at) = locked.extra.iter().position(|k| *k == key) {
-                locked.extra.remove(at);
-                diesel::sql_query("SELECT pg_advisory_unlock($1)")
-                    .bind::<BigInt, _>(key)
-                    .execute(&mut locked.conn)?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn run_locked<T, F>(&mut self, f: F) -> Result<T, DbError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut LockedConn) -> Result<T, DbError> + Send + 'static,
-    {
-        let Some(mut locked) = self.inner.take() else {
-            return Err(DbError::Task("the lock was already released".into()));
-        };
-        let (locked, result) = tokio::task::spawn_blocking(move || {
-            let result = f(&mut locked);
-            (locked, result)
-        })
-        .await
-        .map_err(|e| DbError::Task(e.to_string()))?;
-        self.inner = Some(locked);
-        result
+    /// [`DbError`] when no connection can be had or the lock query fails.
+    pub async fn acquire(pool: &PgPool, server_id: i64) -> Result<Self, DbError> {
+        Ok(Self::open(pool, move |s| s.lock_server(server_id)).await?.0)
     }
 
     /// Waits for the sync lock of an instance.
@@ -135,7 +144,8 @@ impl ServerLock {
     /// # Errors
     /// [`DbError`] when no connection can be had or the lock query fails.
     pub async fn instance(pool: &PgPool, instance_id: i64) -> Result<Self, DbError> {
-        Self::blocking(pool, instance_sync_lock_key(instance_id)).await
+        let key = instance_sync_lock_key(instance_id);
+        Ok(Self::open(pool, move |s| s.lock(key)).await?.0)
     }
 
     /// Takes the sync lock of an instance if nobody holds it (rule 7: one
@@ -152,10 +162,9 @@ impl ServerLock {
                 .bind::<BigInt, _>(key)
                 .get_result(&mut conn)?;
             Ok(got.locked.then(|| ServerLock {
-                inner: Some(LockedConn {
+                inner: Some(Session {
                     conn,
-                    key,
-                    extra: Vec::new(),
+                    keys: vec![key],
                 }),
             }))
         })
@@ -189,6 +198,40 @@ impl ServerLock {
         .map_err(|e| DbError::Task(e.to_string()))?;
         self.inner = Some(locked);
         result
+    }
+
+    /// Runs `f` on the lock's connection, then releases every lock and the
+    /// connection, in one blocking call (an action's outcome and its
+    /// unlock).
+    ///
+    /// # Errors
+    /// [`DbError`] from `f` (the locks are released all the same), or when
+    /// the lock is gone.
+    pub async fn finish<T, F>(mut self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut PgConnection) -> Result<T, DbError> + Send + 'static,
+    {
+        let Some(mut session) = self.inner.take() else {
+            return Err(DbError::Task("the server lock was already released".into()));
+        };
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let result = f(&mut session.conn);
+            match &result {
+                Ok(_) => {
+                    if let Err(e) = session.unlock_all() {
+                        // Drop tries again key by key; a dead session holds no lock.
+                        tracing::warn!(error = %e, "could not release the advisory locks");
+                    }
+                }
+                Err(e) => super::discard_if_dead(&mut session.conn, e),
+            }
+            result
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
     }
 
     /// Releases the lock.

@@ -11,17 +11,17 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use tracing::Instrument;
 
-use super::breaker::{self, Transition};
+use super::breaker::{self, BreakerSettings, Transition};
 use super::events::{ActionFacts, circuit, stored_pair};
 use super::{Trouble, WorkerContext, inventory as refresh};
-use crate::db::actions::{self, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
-use crate::db::inventory::{self, ServerTarget};
-use crate::db::locks::ServerLock;
-use crate::db::{self, DbError, instances};
+use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
+use crate::db::inventory::{self, ServerRow, ServerTarget};
+use crate::db::locks::{ServerLock, Session};
+use crate::db::{DbError, instances};
 use crate::domain::action::{ActionRequest, ActionStatus, FailureCode, Target, is_superseded};
 use crate::domain::event::{EventType, StatePair};
 use crate::domain::{BackendName, ServerName};
-use crate::fagent::client::CallError;
+use crate::fagent::client::{AgentEndpoint, CallError};
 use crate::fagent::wire::StateChanged;
 use crate::queue::message::parse_action;
 use crate::queue::publisher::PublishError;
@@ -89,9 +89,120 @@ async fn process(
     req: &ActionRequest,
     received_at: DateTime<Utc>,
 ) -> Result<Disposition, Trouble> {
-    let txn = req.transaction_id;
     let requested_at = req.requested_at.unwrap_or(received_at);
-    let target = resolve(ctx, &req.target).await?;
+    let mut may_refresh = true;
+    loop {
+        let (r, settings) = (req.clone(), ctx.breaker.clone());
+        let (lock, prepared) = ServerLock::open(&ctx.pool, move |session| {
+            prepare(session, &r, requested_at, &settings, may_refresh)
+        })
+        .await?;
+        let (events, batch_id) = match prepared {
+            Prepared::Refresh(instance) => {
+                lock.release().await;
+                load_listing(ctx, &instance).await;
+                may_refresh = false;
+                continue;
+            }
+            Prepared::Again => {
+                lock.release().await;
+                continue;
+            }
+            Prepared::DeadLetter(reason) => {
+                lock.release().await;
+                return Ok(Disposition::DeadLetter(reason));
+            }
+            Prepared::Done { events, batch_id } => {
+                lock.release().await;
+                (events, batch_id)
+            }
+            Prepared::Call(call) => {
+                let batch_id = call.batch_id;
+                (apply(ctx, req, requested_at, *call, lock).await?, batch_id)
+            }
+        };
+        ctx.publisher.publish_stored(&ctx.topology, &events).await?;
+        batch_progress(ctx, batch_id).await?;
+        return Ok(Disposition::Ack);
+    }
+}
+
+/// After an action of a batch finished: `batch.completed` when it was the last.
+async fn batch_progress(ctx: &WorkerContext, batch_id: Option<i64>) -> Result<(), Trouble> {
+    let Some(batch_id) = batch_id else {
+        return Ok(());
+    };
+    super::batch::completed(ctx, batch_id).await
+}
+
+/// What the preamble of an action decided.
+enum Prepared {
+    /// The instance is known but the server named is not: load the
+    /// instance's listing from its agent, then prepare again.
+    Refresh(instances::InstanceRow),
+    DeadLetter(String),
+    /// The transaction id got a row between reading and writing it (a
+    /// command sent to two servers under one id): prepare again.
+    Again,
+    /// Nothing (more) to call: publish these events, committed already.
+    Done {
+        events: serde_json::Value,
+        batch_id: Option<i64>,
+    },
+    /// Call the agent; the first attempt is admitted by the breaker and
+    /// counted, and the server's lock (and its backend's guard lock when
+    /// rule 10 applies) is held.
+    Call(Box<Call>),
+}
+
+struct Call {
+    action_id: i64,
+    batch_id: Option<i64>,
+    target: ServerTarget,
+    /// The server's row as read under its lock.
+    server: ServerRow,
+    previous: StatePair,
+    endpoint: AgentEndpoint,
+    backend: BackendName,
+    server_name: ServerName,
+}
+
+/// Everything before the agent call, on one connection in one blocking
+/// call: resolve the target, claim the transaction id, lock the server,
+/// check order, activity, the guard and the breaker, count the attempt.
+/// An action that ends here is committed here.
+fn prepare(
+    session: &mut Session,
+    req: &ActionRequest,
+    requested_at: DateTime<Utc>,
+    breaker_settings: &BreakerSettings,
+    may_refresh: bool,
+) -> Result<Prepared, DbError> {
+    let txn = req.transaction_id;
+    let target = match &req.target {
+        Target::ServerId(id) => inventory::find_server(session.conn(), *id)?,
+        Target::Names {
+            instance,
+            backend,
+            server,
+        } => {
+            let found = inventory::find_server_by_names(
+                session.conn(),
+                instance,
+                backend.as_str(),
+                server.as_str(),
+            )?;
+            if found.is_none()
+                && may_refresh
+                && let Some(row) = instances::find_by_name(session.conn(), instance)?
+                && row.is_active
+                && row.breaker_state == "closed"
+            {
+                return Ok(Prepared::Refresh(row));
+            }
+            found
+        }
+    };
     let new = NewAction {
         transaction_id: txn,
         server_id: target.as_ref().map(|t| t.server.id),
@@ -103,175 +214,214 @@ async fn process(
         force: req.force,
         requested_at,
     };
-    let (row, existing) = match db::run(&ctx.pool, move |c| actions::claim(c, &new)).await? {
-        Claim::New(row) => (row, false),
-        Claim::Existing(row) => (row, true),
-    };
-    if existing && row.action != req.action.as_str() {
-        return Ok(Disposition::DeadLetter(format!(
-            "transaction_id {txn} was already used for another command ({} on server {:?})",
-            row.action, row.server_id
-        )));
-    }
-    // A duplicate of a finished action: its final events again, nothing else.
-    if row.status().is_final() {
-        tracing::info!(status = %row.status, "duplicate of a finished action; re-publishing its events");
-        ctx.publisher
-            .publish_stored(&ctx.topology, &row.events)
-            .await?;
-        batch_progress(ctx, row.batch_id).await?;
-        return Ok(Disposition::Ack);
-    }
-    if existing && row.server_id != target.as_ref().map(|t| t.server.id) {
-        return Ok(Disposition::DeadLetter(format!(
-            "transaction_id {txn} was already used for another server ({:?})",
-            row.server_id
-        )));
-    }
-
     let Some(target) = target else {
-        let facts = facts(req, None);
-        let detail = format!(
-            "no live server matches the target {:?}",
-            describe(&req.target)
-        );
-        let outcome = failed(&facts, FailureCode::NotFound, &detail);
-        let id = row.id;
-        let events = outcome.events.clone();
-        db::run(&ctx.pool, move |c| {
-            actions::finish(c, id, &outcome, None, None)
-        })
-        .await?;
-        tracing::info!(error = "not_found", "action failed");
-        ctx.publisher.publish_stored(&ctx.topology, &events).await?;
-        batch_progress(ctx, row.batch_id).await?;
-        return Ok(Disposition::Ack);
+        return not_found(session, req, new);
     };
 
-    let mut lock = ServerLock::acquire(&ctx.pool, target.server.id).await?;
-    let result = locked(ctx, req, requested_at, &target, row.id, &mut lock).await;
-    lock.release().await;
-    let events = result?;
-    ctx.publisher.publish_stored(&ctx.topology, &events).await?;
-    batch_progress(ctx, row.batch_id).await?;
-    Ok(Disposition::Ack)
-}
-
-/// After an action of a batch finished: `batch.completed` when it was the last.
-async fn batch_progress(ctx: &WorkerContext, batch_id: Option<i64>) -> Result<(), Trouble> {
-    let Some(batch_id) = batch_id else {
-        return Ok(());
-    };
-    super::batch::completed(ctx, batch_id).await
-}
-
-/// The part that runs while the server is locked. Returns the events to
-/// publish (already committed with the outcome).
-async fn locked(
-    ctx: &WorkerContext,
-    req: &ActionRequest,
-    requested_at: DateTime<Utc>,
-    target: &ServerTarget,
-    action_id: i64,
-    lock: &mut ServerLock,
-) -> Result<serde_json::Value, Trouble> {
-    let txn = req.transaction_id;
+    // Under the server's lock: a delivery of the same command waits here
+    // for this one, then finds its row.
+    session.lock_server(target.server.id)?;
     let server_id = target.server.id;
-    let (row, server) = lock
-        .run(move |c| {
-            Ok((
-                actions::get_by_transaction(c, txn)?,
-                inventory::server(c, server_id)?,
-            ))
-        })
-        .await?;
-    if let Some(row) = row
-        && row.status().is_final()
+    let existing = actions::get_by_transaction(session.conn(), txn)?;
+    if let Some(row) = existing.as_ref()
+        && let Some(end) = check_existing(session, req, row, Some(server_id))?
     {
-        // Another delivery finished it while we waited for the lock.
-        return Ok(row.events);
+        return Ok(end);
     }
-    let server = server.unwrap_or_else(|| target.server.clone());
+    let batch_id = existing.as_ref().map_or(req.batch_id, |r| r.batch_id);
+    let existing_id = existing.as_ref().map(|r| r.id);
+    // An action that ends before the call: its row is written (or
+    // finished) with the outcome, and the locks go.
+    let done = |session: &mut Session, outcome: Outcome| -> Result<Prepared, DbError> {
+        let events = outcome.events.clone();
+        match existing_id {
+            Some(id) => actions::finish(session.conn(), id, &outcome, None, None)?,
+            None => {
+                let row = NewAction {
+                    status: outcome.status.as_str().to_owned(),
+                    ..new.clone()
+                };
+                if actions::insert_finished(session.conn(), &row, &outcome)?.is_none() {
+                    return Ok(Prepared::Again);
+                }
+            }
+        }
+        session.unlock_all()?;
+        Ok(Prepared::Done { events, batch_id })
+    };
+    let server =
+        inventory::server(session.conn(), server_id)?.unwrap_or_else(|| target.server.clone());
     let previous = stored_pair(&server.admin_state, &server.op_state);
-    let facts = facts(req, Some(target));
+    let facts = facts(req, Some(&target));
 
     if is_superseded(requested_at, server.last_requested_at) {
-        let outcome = Outcome {
-            status: ActionStatus::Superseded,
-            error: None,
-            error_detail: Some(format!(
-                "a command requested at {} was already applied",
-                server
-                    .last_requested_at
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_default()
-            )),
-            events: serde_json::json!([facts.superseded(Some(previous))]),
-        };
-        let events = outcome.events.clone();
-        lock.run(move |c| actions::finish(c, action_id, &outcome, None, None))
-            .await?;
         tracing::info!(status = "superseded", "action superseded");
-        return Ok(events);
+        let detail = format!(
+            "a command requested at {} was already applied",
+            server
+                .last_requested_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default()
+        );
+        return done(
+            session,
+            Outcome {
+                status: ActionStatus::Superseded,
+                error: None,
+                error_detail: Some(detail),
+                events: serde_json::json!([facts.superseded(Some(previous))]),
+            },
+        );
     }
     if !target.instance.is_active {
         let detail = format!("instance {} is not active", target.instance.name);
-        return finish_failed(
-            lock,
-            action_id,
-            failed(&facts, FailureCode::Invalid, &detail),
-        )
-        .await;
+        return done(session, failed(&facts, FailureCode::Invalid, &detail));
     }
 
     // Rule 10: taking a server out must not leave its backend without a
-    // ready server. Guarded actions in one backend run one at a time (a
-    // backend lock held until the outcome is committed), so two of them —
-    // or a whole batch — cannot empty it together.
-    let guarded = if guard_applies(req, &previous) {
-        let backend_id = server.backend_id;
-        lock.lock_backend(backend_id).await?;
-        let ready_others = lock
-            .run(move |c| inventory::ready_servers_besides(c, backend_id, server_id))
-            .await?;
-        if ready_others == 0 {
-            lock.release_backend(backend_id).await?;
+    // ready server. Guarded actions in one backend run one at a time (the
+    // backend's lock is held until the outcome is committed), so two of
+    // them — or a whole batch — cannot empty it together.
+    if guard_applies(req, &previous) {
+        session.lock_backend(server.backend_id)?;
+        if inventory::ready_servers_besides(session.conn(), server.backend_id, server_id)? == 0 {
             let detail = format!(
                 "{} would leave backend {} with no ready server; send force: true to do it anyway",
                 req.action, target.backend_name
             );
-            let outcome = Outcome {
-                status: ActionStatus::Rejected,
-                error: None,
-                error_detail: Some(detail.clone()),
-                events: serde_json::json!([facts.rejected(&detail, previous)]),
-            };
-            let events = outcome.events.clone();
-            lock.run(move |c| actions::finish(c, action_id, &outcome, None, None))
-                .await?;
             tracing::info!(status = "rejected", "action rejected by the guard");
-            return Ok(events);
+            return done(
+                session,
+                Outcome {
+                    status: ActionStatus::Rejected,
+                    error: None,
+                    error_detail: Some(detail.clone()),
+                    events: serde_json::json!([facts.rejected(&detail, previous)]),
+                },
+            );
         }
-        Some(backend_id)
-    } else {
-        None
-    };
-    let result = apply(
-        ctx,
-        req,
-        requested_at,
-        target,
-        action_id,
-        lock,
-        previous,
-        &server,
-        &facts,
-    )
-    .await;
-    if let Some(backend_id) = guarded {
-        lock.release_backend(backend_id).await?;
     }
-    result
+
+    // Names in the database came from HAProxy through the agent; they are
+    // parsed again before they go anywhere near a request path.
+    let names = match (
+        BackendName::parse(&target.backend_name),
+        ServerName::parse(&target.server.server_name),
+    ) {
+        (Ok(b), Ok(s)) => (b, s),
+        (Err(e), _) | (_, Err(e)) => {
+            return done(
+                session,
+                failed(&facts, FailureCode::Invalid, &e.to_string()),
+            );
+        }
+    };
+    let endpoint = match refresh::endpoint(&target.instance) {
+        Ok(e) => e,
+        Err(detail) => return done(session, failed(&facts, FailureCode::AgentError, &detail)),
+    };
+    // The instance row loaded with the target is fresh enough when it shows
+    // a closed breaker; otherwise the breaker decides (and may make this
+    // call its half-open probe).
+    if target.instance.breaker_state != "closed"
+        && !breaker::admission_on(session.conn(), target.instance.id, breaker_settings)?
+    {
+        let detail = format!(
+            "the circuit breaker of instance {} is open",
+            target.instance.name
+        );
+        return done(session, failed(&facts, FailureCode::CircuitOpen, &detail));
+    }
+    let action_id = match existing_id {
+        Some(id) => {
+            actions::begin_attempt(session.conn(), id, true)?;
+            id
+        }
+        None => {
+            let row = NewAction {
+                status: ActionStatus::Running.as_str().to_owned(),
+                ..new
+            };
+            match actions::insert_started(session.conn(), &row)? {
+                Some(id) => id,
+                None => return Ok(Prepared::Again),
+            }
+        }
+    };
+    Ok(Prepared::Call(Box::new(Call {
+        action_id,
+        batch_id,
+        server,
+        previous,
+        endpoint,
+        backend: names.0,
+        server_name: names.1,
+        target,
+    })))
+}
+
+/// The target names no live server: the action fails with `not_found`
+/// (or, for a duplicate, ends as its first delivery did).
+fn not_found(
+    session: &mut Session,
+    req: &ActionRequest,
+    new: NewAction,
+) -> Result<Prepared, DbError> {
+    let row = match actions::claim(session.conn(), &new)? {
+        Claim::New(row) => row,
+        Claim::Existing(row) => {
+            if let Some(end) = check_existing(session, req, &row, None)? {
+                return Ok(end);
+            }
+            row
+        }
+    };
+    let detail = format!(
+        "no live server matches the target {:?}",
+        describe(&req.target)
+    );
+    tracing::info!(error = "not_found", "action failed");
+    let outcome = failed(&facts(req, None), FailureCode::NotFound, &detail);
+    let events = outcome.events.clone();
+    actions::finish(session.conn(), row.id, &outcome, None, None)?;
+    Ok(Prepared::Done {
+        events,
+        batch_id: row.batch_id,
+    })
+}
+
+/// What a row that the transaction id has already says: another command
+/// under the same id is dead-lettered, a finished one is re-announced,
+/// `None` means carry on with it.
+fn check_existing(
+    session: &mut Session,
+    req: &ActionRequest,
+    row: &ActionRow,
+    server_id: Option<i64>,
+) -> Result<Option<Prepared>, DbError> {
+    let txn = req.transaction_id;
+    if row.action != req.action.as_str() {
+        return Ok(Some(Prepared::DeadLetter(format!(
+            "transaction_id {txn} was already used for another command ({} on server {:?})",
+            row.action, row.server_id
+        ))));
+    }
+    // A duplicate of a finished action: its final events again, nothing else.
+    if row.status().is_final() {
+        tracing::info!(status = %row.status, "duplicate of a finished action; re-publishing its events");
+        session.unlock_all()?;
+        return Ok(Some(Prepared::Done {
+            events: row.events.clone(),
+            batch_id: row.batch_id,
+        }));
+    }
+    if row.server_id != server_id {
+        return Ok(Some(Prepared::DeadLetter(format!(
+            "transaction_id {txn} was already used for another server ({:?})",
+            row.server_id
+        ))));
+    }
+    Ok(None)
 }
 
 /// Whether rule 10's guard applies: a `drain` or `maint` without `force` of
@@ -282,29 +432,30 @@ fn guard_applies(req: &ActionRequest, previous: &StatePair) -> bool {
         && previous.admin_state == crate::domain::AdminState::Ready
 }
 
-/// Calls the agent and commits the outcome (the server is locked).
-#[allow(clippy::too_many_arguments)]
+/// Calls the agent (the server is locked), then commits the outcome and
+/// releases the locks. Returns the events to publish.
 async fn apply(
     ctx: &WorkerContext,
     req: &ActionRequest,
     requested_at: DateTime<Utc>,
-    target: &ServerTarget,
-    action_id: i64,
-    lock: &mut ServerLock,
-    previous: StatePair,
-    server: &crate::db::inventory::ServerRow,
-    facts: &ActionFacts<'_>,
+    call: Call,
+    mut lock: ServerLock,
 ) -> Result<serde_json::Value, Trouble> {
-    let server_id = server.id;
-
-    let outcome = match call_with_retries(ctx, req, target, action_id, lock).await? {
+    let facts = facts(req, Some(&call.target));
+    let action_id = call.action_id;
+    let outcome = match call_with_retries(ctx, req, &call, &mut lock).await? {
         Ok(changed) => changed,
         Err((code, detail)) => {
             tracing::info!(error = %code, detail = %detail, "action failed");
-            return finish_failed(lock, action_id, failed(facts, code, &detail)).await;
+            let outcome = failed(&facts, code, &detail);
+            let events = outcome.events.clone();
+            lock.finish(move |c| actions::finish(c, action_id, &outcome, None, None))
+                .await?;
+            return Ok(events);
         }
     };
 
+    let previous = call.previous;
     let current = StatePair {
         admin_state: outcome.server.admin_state,
         op_state: outcome.server.op_state,
@@ -314,6 +465,7 @@ async fn apply(
     if changed {
         events.push(facts.state_changed(previous, current));
     }
+    let server_id = call.server.id;
     let write = ServerWrite {
         server_id,
         admin_state: current.admin_state,
@@ -321,7 +473,8 @@ async fn apply(
         weight: i32::try_from(outcome.server.weight).unwrap_or(i32::MAX),
         current_sessions: i64::try_from(outcome.server.current_sessions).unwrap_or(i64::MAX),
         check_status: outcome.server.check_status.clone(),
-        last_requested_at: server
+        last_requested_at: call
+            .server
             .last_requested_at
             .map_or(requested_at, |t| t.max(requested_at)),
         changed,
@@ -334,15 +487,18 @@ async fn apply(
         new_op_state: current.op_state,
         actor: req.actor.clone(),
     });
-    let outcome = Outcome {
-        status: ActionStatus::Success,
-        error: None,
-        error_detail: None,
-        events: serde_json::to_value(&events).unwrap_or_default(),
-    };
-    let stored = outcome.events.clone();
-    lock.run(move |c| actions::finish(c, action_id, &outcome, Some(&write), history.as_ref()))
+    let stored = serde_json::to_value(&events).unwrap_or_default();
+    let instance_id = call.target.instance.id;
+    let to_store = stored.clone();
+    // The breaker's success, the outcome and the unlock: one blocking call.
+    let transition = lock
+        .finish(move |c| {
+            let transition = breaker::record_success_on(c, instance_id)?;
+            actions::finish_success(c, action_id, &to_store, &write, history.as_ref())?;
+            Ok(transition)
+        })
         .await?;
+    note(ctx, &call.target.instance, transition).await?;
     tracing::info!(
         status = "success",
         admin_state = %current.admin_state,
@@ -351,17 +507,6 @@ async fn apply(
         "action applied"
     );
     Ok(stored)
-}
-
-async fn finish_failed(
-    lock: &mut ServerLock,
-    action_id: i64,
-    outcome: Outcome,
-) -> Result<serde_json::Value, Trouble> {
-    let events = outcome.events.clone();
-    lock.run(move |c| actions::finish(c, action_id, &outcome, None, None))
-        .await?;
-    Ok(events)
 }
 
 fn failed(facts: &ActionFacts<'_>, code: FailureCode, detail: &str) -> Outcome {
@@ -394,47 +539,18 @@ fn describe(target: &Target) -> String {
     }
 }
 
-/// Finds the live server. A server named but not known yet is looked for
-/// again after loading its instance's listing from the agent.
-async fn resolve(ctx: &WorkerContext, target: &Target) -> Result<Option<ServerTarget>, DbError> {
-    match target.clone() {
-        Target::ServerId(id) => db::run(&ctx.pool, move |c| inventory::find_server(c, id)).await,
-        Target::Names {
-            instance,
-            backend,
-            server,
-        } => {
-            let (i, b, s) = (instance.clone(), backend.to_string(), server.to_string());
-            let found = db::run(&ctx.pool, move |c| {
-                inventory::find_server_by_names(c, &i, &b, &s)
-            })
-            .await?;
-            if found.is_some() {
-                return Ok(found);
+/// Loads an instance's servers from its agent, for a command that names a
+/// server not known yet.
+async fn load_listing(ctx: &WorkerContext, instance: &instances::InstanceRow) {
+    match refresh::refresh(&ctx.pool, &ctx.agents, instance, &ctx.template).await {
+        Ok(r) => {
+            tracing::info!(instance = %instance.name, counts = %r.counts, "loaded the instance's servers");
+            if let Err(e) = publish_all(ctx, &r.events).await {
+                tracing::warn!(error = %e, "could not publish the findings of a refresh");
             }
-            let i = instance.clone();
-            let Some(row) = db::run(&ctx.pool, move |c| instances::find_by_name(c, &i)).await?
-            else {
-                return Ok(None);
-            };
-            if row.is_active && row.breaker_state == "closed" {
-                match refresh::refresh(&ctx.pool, &ctx.agents, &row, &ctx.template).await {
-                    Ok(r) => {
-                        tracing::info!(instance = %row.name, counts = %r.counts, "loaded the instance's servers");
-                        if let Err(e) = publish_all(ctx, &r.events).await {
-                            tracing::warn!(error = %e, "could not publish the findings of a refresh");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(instance = %row.name, error = %e, "could not load the instance's servers")
-                    }
-                }
-            }
-            let (b, s) = (backend.to_string(), server.to_string());
-            db::run(&ctx.pool, move |c| {
-                inventory::find_server_by_names(c, &instance, &b, &s)
-            })
-            .await
+        }
+        Err(e) => {
+            tracing::warn!(instance = %instance.name, error = %e, "could not load the instance's servers")
         }
     }
 }
@@ -442,40 +558,31 @@ async fn resolve(ctx: &WorkerContext, target: &Target) -> Result<Option<ServerTa
 type CallOutcome = Result<StateChanged, (FailureCode, String)>;
 
 /// Calls the agent through the instance's breaker, retrying what may
-/// succeed on retry.
+/// succeed on retry. The first attempt was admitted and counted by
+/// [`prepare`]; a success is recorded with the outcome.
 async fn call_with_retries(
     ctx: &WorkerContext,
     req: &ActionRequest,
-    target: &ServerTarget,
-    action_id: i64,
+    call: &Call,
     lock: &mut ServerLock,
 ) -> Result<CallOutcome, Trouble> {
-    let instance = &target.instance;
-    let endpoint = match refresh::endpoint(instance) {
-        Ok(e) => e,
-        Err(detail) => return Ok(Err((FailureCode::AgentError, detail))),
-    };
-    // Names in the database came from HAProxy through the agent; they are
-    // parsed again before they go anywhere near a request path.
-    let (backend, server) = match (
-        BackendName::parse(&target.backend_name),
-        ServerName::parse(&target.server.server_name),
-    ) {
-        (Ok(b), Ok(s)) => (b, s),
-        (Err(e), _) | (_, Err(e)) => return Ok(Err((FailureCode::Invalid, e.to_string()))),
-    };
+    let instance = &call.target.instance;
+    let action_id = call.action_id;
     let mut last: Option<CallError> = None;
     for attempt in 1..=ctx.retry.max_attempts {
-        // The instance row loaded with the target is fresh enough for the
-        // first call when it shows a closed breaker; later calls read again.
-        let closed_at_load = attempt == 1 && instance.breaker_state == "closed";
         // Breaker reads and writes go through the server lock's connection:
         // an action must not need a second pooled connection while it holds
         // locks others wait for (that exhausted the pool under load).
         let (id, settings) = (instance.id, ctx.breaker.clone());
-        if !closed_at_load
+        if attempt > 1
             && !lock
-                .run(move |c| breaker::admission_on(c, id, &settings))
+                .run(move |c| {
+                    let admitted = breaker::admission_on(c, id, &settings)?;
+                    if admitted {
+                        actions::begin_attempt(c, action_id, false)?;
+                    }
+                    Ok(admitted)
+                })
                 .await?
         {
             return Ok(Err(match last {
@@ -489,30 +596,24 @@ async fn call_with_retries(
                 ),
             }));
         }
-        lock.run(move |c| actions::begin_attempt(c, action_id, attempt == 1))
-            .await?;
         match ctx
             .agents
-            .set_state(&endpoint, &backend, &server, req.action, req.transaction_id)
+            .set_state(
+                &call.endpoint,
+                &call.backend,
+                &call.server_name,
+                req.action,
+                req.transaction_id,
+            )
             .await
         {
-            Ok(changed) => {
-                note(
-                    ctx,
-                    instance,
-                    lock.run(move |c| breaker::record_success_on(c, id)).await?,
-                )
-                .await?;
-                return Ok(Ok(changed));
-            }
+            Ok(changed) => return Ok(Ok(changed)),
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "agent call failed");
                 let transition = if e.counts_for_breaker() {
-                    {
-                        let settings = ctx.breaker.clone();
-                        lock.run(move |c| breaker::record_failure_on(c, id, &settings))
-                            .await?
-                    }
+                    let settings = ctx.breaker.clone();
+                    lock.run(move |c| breaker::record_failure_on(c, id, &settings))
+                        .await?
                 } else {
                     lock.run(move |c| breaker::record_success_on(c, id)).await?
                 };
