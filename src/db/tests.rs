@@ -20,7 +20,7 @@ const ALL_MIGRATIONS: [&str; 4] = [
     "2026-11-28-000001_ac_tables",
     "2026-11-28-000002_haproxy_tables",
     "2026-11-28-000003_sync_runs",
-    "2026-11-28-000004_batch_index_partial",
+    "2026-11-28-000004_action_path_writes",
 ];
 
 const MODULE_TABLES: [&str; 8] = [
