@@ -30,7 +30,61 @@ pub enum ServersStateParseError {
 /// # Errors
 /// [`ServersStateParseError`] when the header is missing or a row is malformed.
 pub fn parse(text: &str) -> Result<Vec<ServerStateRow>, ServersStateParseError> {
-    let mut header: Option<Vec<&str>> = None;
+    parse_rows(text, None)
+}
+
+/// The row of server `server` in the reply of `show servers state
+/// <backend>`, without building the rows of the others (the agent reads one
+/// server out of a whole backend after every change). Rows of other servers
+/// are skipped unread.
+///
+/// # Errors
+/// [`ServersStateParseError`] when the header is missing or that row is
+/// malformed.
+pub fn find(text: &str, server: &str) -> Result<Option<ServerStateRow>, ServersStateParseError> {
+    Ok(parse_rows(text, Some(server))?.into_iter().next())
+}
+
+/// Where the used columns are, read once from the header.
+struct Columns {
+    backend_id: usize,
+    backend: usize,
+    server_id: usize,
+    server: usize,
+    addr: usize,
+    port: Option<usize>,
+    op_code: usize,
+    admin_bits: usize,
+    user_weight: usize,
+}
+
+impl Columns {
+    fn of(header: &str) -> Result<Self, ServersStateParseError> {
+        let names: Vec<&str> = header.split_whitespace().collect();
+        let at = |wanted: &'static str| names.iter().position(|n| *n == wanted);
+        let need =
+            |wanted: &'static str| at(wanted).ok_or(ServersStateParseError::MissingColumn(wanted));
+        Ok(Self {
+            backend_id: need("be_id")?,
+            backend: need("be_name")?,
+            server_id: need("srv_id")?,
+            server: need("srv_name")?,
+            addr: need("srv_addr")?,
+            port: at("srv_port"),
+            op_code: need("srv_op_state")?,
+            admin_bits: need("srv_admin_state")?,
+            user_weight: need("srv_uweight")?,
+        })
+    }
+}
+
+fn parse_rows(
+    text: &str,
+    only: Option<&str>,
+) -> Result<Vec<ServerStateRow>, ServersStateParseError> {
+    // The header's columns; a header lacking one is an error only once a
+    // row needs it.
+    let mut columns: Option<Result<Columns, ServersStateParseError>> = None;
     let mut rows = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -38,52 +92,57 @@ pub fn parse(text: &str) -> Result<Vec<ServerStateRow>, ServersStateParseError> 
             continue;
         }
         if let Some(h) = line.strip_prefix('#') {
-            header = Some(h.split_whitespace().collect());
+            columns = Some(Columns::of(h));
             continue;
         }
-        let Some(names) = header.as_ref() else {
+        let Some(cols) = columns.as_ref() else {
             // The version line comes before the header.
             if line.chars().all(|c| c.is_ascii_digit()) {
                 continue;
             }
             return Err(ServersStateParseError::MissingHeader);
         };
-        let col = |wanted: &'static str| {
-            names
-                .iter()
-                .position(|n| *n == wanted)
-                .ok_or(ServersStateParseError::MissingColumn(wanted))
-        };
+        let cols = cols.as_ref().map_err(Clone::clone)?;
         let fields: Vec<&str> = line.split_whitespace().collect();
+        if let Some(server) = only
+            && fields.get(cols.server) != Some(&server)
+        {
+            continue;
+        }
         let bad = |reason: String| ServersStateParseError::BadLine {
             line: index + 1,
             reason,
         };
-        let text_at = |wanted: &'static str| -> Result<&str, ServersStateParseError> {
-            let i = col(wanted)?;
+        let text_at = |i: usize, wanted: &str| -> Result<&str, ServersStateParseError> {
             fields
                 .get(i)
                 .copied()
                 .ok_or_else(|| bad(format!("missing {wanted}")))
         };
-        let num_at = |wanted: &'static str| -> Result<u32, ServersStateParseError> {
-            let raw = text_at(wanted)?;
+        let num_at = |i: usize, wanted: &str| -> Result<u32, ServersStateParseError> {
+            let raw = text_at(i, wanted)?;
             raw.parse()
                 .map_err(|_| bad(format!("{wanted} is not a number: {raw:?}")))
         };
         rows.push(ServerStateRow {
-            backend_id: num_at("be_id")?,
-            backend: text_at("be_name")?.to_owned(),
-            server_id: num_at("srv_id")?,
-            server: text_at("srv_name")?.to_owned(),
-            addr: text_at("srv_addr")?.to_owned(),
-            port: text_at("srv_port").ok().and_then(|p| p.parse().ok()),
-            op_code: num_at("srv_op_state")?,
-            admin_bits: num_at("srv_admin_state")?,
-            user_weight: num_at("srv_uweight")?,
+            backend_id: num_at(cols.backend_id, "be_id")?,
+            backend: text_at(cols.backend, "be_name")?.to_owned(),
+            server_id: num_at(cols.server_id, "srv_id")?,
+            server: text_at(cols.server, "srv_name")?.to_owned(),
+            addr: text_at(cols.addr, "srv_addr")?.to_owned(),
+            port: cols
+                .port
+                .and_then(|i| fields.get(i))
+                .and_then(|p| p.parse().ok()),
+            op_code: num_at(cols.op_code, "srv_op_state")?,
+            admin_bits: num_at(cols.admin_bits, "srv_admin_state")?,
+            user_weight: num_at(cols.user_weight, "srv_uweight")?,
         });
+        if only.is_some() {
+            break;
+        }
     }
-    if header.is_none() {
+    if columns.is_none() {
         return Err(ServersStateParseError::MissingHeader);
     }
     Ok(rows)
@@ -121,6 +180,28 @@ mod tests {
                 find("nolb", "n1_api_1").server_id
             ),
             (5, 1)
+        );
+    }
+
+    #[test]
+    fn find_returns_the_one_row_asked_for_and_skips_the_others() {
+        let all = parse(FIXTURE).expect("fixture parses");
+        for row in &all {
+            let found = find(FIXTURE, &row.server).expect("fixture parses");
+            let first = all.iter().find(|r| r.server == row.server);
+            assert_eq!(found.as_ref(), first, "server {}", row.server);
+        }
+        assert_eq!(find(FIXTURE, "no-such-server").expect("parses"), None);
+        // A malformed row of another server does not matter to `find`.
+        let text = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n\
+                    3 b 1 bad 10.0.0.1 x 0 1\n3 b 2 good 10.0.0.2 2 1 1\n";
+        assert!(parse(text).is_err());
+        let good = find(text, "good").expect("parses").expect("found");
+        assert_eq!((good.server_id, good.admin_bits, good.op_code), (2, 1, 2));
+        assert!(find(text, "bad").is_err());
+        assert_eq!(
+            find("1\n3 b 1 s 10.0.0.1 2 0 1\n", "s"),
+            Err(ServersStateParseError::MissingHeader)
         );
     }
 

@@ -241,10 +241,8 @@ impl Haproxy {
         if reply.starts_with("Can't find backend") {
             return Err(RuntimeError::NoSuchBackend(backend.to_string()));
         }
-        servers_state::parse(reply)
+        servers_state::find(reply, server.as_str())
             .map_err(|e| RuntimeError::Unreadable(e.to_string()))?
-            .into_iter()
-            .find(|r| r.server == server.as_str())
             .ok_or_else(|| RuntimeError::NoSuchServer(backend.to_string(), server.to_string()))
     }
 
