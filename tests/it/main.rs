@@ -8,6 +8,7 @@ mod batch_guard;
 mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;
+mod faults;
 mod harness_selftest;
 mod message_schemas;
 mod sync;
