@@ -10,5 +10,6 @@ mod fagent_states;
 mod fagent_traffic;
 mod faults;
 mod harness_selftest;
+mod load;
 mod message_schemas;
 mod sync;
