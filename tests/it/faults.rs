@@ -307,6 +307,10 @@ async fn two_workers_and_two_schedulers_at_once_apply_a_batch_once_and_sync_once
         "{ticks} scheduler ticks (2 syncs each) gave {runs} scheduled sync runs; \
          {sync_history} sync history rows"
     );
+    assert_eq!(
+        sync_history, 0,
+        "nothing changed behind the module's back: the syncs recorded no change of their own"
+    );
     assert!(runs >= 4, "the schedulers kept ticking: {runs} runs");
     assert!(
         runs < ticks * 2,

@@ -202,6 +202,10 @@ async fn ten_instances_of_1000_servers_take_5000_actions_and_a_sync_per_second_e
         "every forced sync was handled once"
     );
     assert_eq!(failed, 0);
+    assert_eq!(
+        sync_history, 0,
+        "nothing changed behind the module's back: the syncs recorded no change of their own"
+    );
     assert!(ok >= i64::try_from(INSTANCES).expect("count"));
     assert!(
         peak_rss > 0 && hwm > 0,
