@@ -211,8 +211,10 @@ async fn ten_instances_of_1000_servers_take_5000_actions_and_a_sync_per_second_e
         peak_rss > 0 && hwm > 0,
         "the worker's memory was sampled ({samples} samples)"
     );
+    // The last VmHWM read may predate the last VmRSS sample by one read.
+    let peak = peak_rss.max(hwm);
     assert!(
-        hwm <= RSS_TARGET_KB,
-        "the worker's peak RSS {hwm} kB is over the {RSS_TARGET_KB} kB target"
+        peak <= RSS_TARGET_KB,
+        "the worker's peak RSS {peak} kB is over the {RSS_TARGET_KB} kB target"
     );
 }
