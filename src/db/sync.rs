@@ -13,6 +13,7 @@ use diesel::sql_types::{
 use uuid::Uuid;
 
 use super::DbError;
+use crate::domain::action::server_lock_key;
 use crate::domain::event::StatePair;
 use crate::domain::mapping::{AppCandidate, Link, Matcher};
 use crate::domain::reconcile::{BackendRef, Plan, StoredBackend, StoredServer};
@@ -287,7 +288,11 @@ pub fn apply(
         .bind::<Array<Int8>, _>(&plan.removed_servers)
         .load(conn)?;
 
-        // Updates, revived rows included.
+        // Updates, revived rows included. A state change is applied only to
+        // a server no action is working on (see `busy_servers`), and only if
+        // the stored state is still the one the plan was made from: an
+        // action that committed since then already recorded the change.
+        let busy = busy_servers(conn, plan)?;
         let mut u = UpdateColumns::default();
         for up in &plan.updates {
             u.id.push(up.id);
@@ -298,18 +303,23 @@ pub fn apply(
             u.check.push(up.check_status.clone());
             u.admin.push(up.admin_state.as_str().to_owned());
             u.op.push(up.op_state.as_str().to_owned());
-            u.change.push(up.state_change.is_some());
+            let (prev_admin, prev_op) = up.state_change.map_or((None, None), |(prev, _)| {
+                (Some(prev.admin_state.as_str().to_owned()), Some(prev.op_state.as_str().to_owned()))
+            });
+            u.prev_admin.push(prev_admin);
+            u.prev_op.push(prev_op);
+            u.change.push(up.state_change.is_some() && !busy.contains(&up.id));
         }
         let updated: Vec<Applies> = diesel::sql_query(
             "UPDATE haproxy_servers s SET \
                address = u.address, port = u.port, weight = u.weight, current_sessions = u.sessions, \
                check_status = u.chk, removed_at = NULL, last_seen_at = $10, \
-               admin_state = CASE WHEN u.change AND (s.state_written_at IS NULL OR s.state_written_at <= $10) THEN u.admin ELSE s.admin_state END, \
-               op_state = CASE WHEN u.change AND (s.state_written_at IS NULL OR s.state_written_at <= $10) THEN u.op ELSE s.op_state END, \
-               state_changed_at = CASE WHEN u.change AND (s.state_written_at IS NULL OR s.state_written_at <= $10) THEN now() ELSE s.state_changed_at END, \
-               state_written_at = CASE WHEN u.change AND (s.state_written_at IS NULL OR s.state_written_at <= $10) THEN $10 ELSE s.state_written_at END \
-             FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::int4[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::bool[]) \
-                  AS u(id, address, port, weight, sessions, chk, admin, op, change) \
+               admin_state = CASE WHEN u.change AND (s.state_written_at IS NULL OR s.state_written_at <= $10) AND s.admin_state = u.prev_admin AND s.op_state = u.prev_op THEN u.admin ELSE s.admin_state END, \
+               op_state = CASE WHEN u.change AND (s.state_written_at IS NULL OR s.state_written_at <= $10) AND s.admin_state = u.prev_admin AND s.op_state = u.prev_op THEN u.op ELSE s.op_state END, \
+               state_changed_at = CASE WHEN u.change AND (s.state_written_at IS NULL OR s.state_written_at <= $10) AND s.admin_state = u.prev_admin AND s.op_state = u.prev_op THEN now() ELSE s.state_changed_at END, \
+               state_written_at = CASE WHEN u.change AND (s.state_written_at IS NULL OR s.state_written_at <= $10) AND s.admin_state = u.prev_admin AND s.op_state = u.prev_op THEN $10 ELSE s.state_written_at END \
+             FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::int4[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::bool[], $11::text[], $12::text[]) \
+                  AS u(id, address, port, weight, sessions, chk, admin, op, change, prev_admin, prev_op) \
              WHERE s.id = u.id \
              RETURNING s.id, (u.change AND s.state_written_at = $10) AS state_applied",
         )
@@ -323,6 +333,8 @@ pub fn apply(
         .bind::<Array<Text>, _>(&u.op)
         .bind::<Array<Bool>, _>(&u.change)
         .bind::<Timestamptz, _>(fetched_at)
+        .bind::<Array<Nullable<Text>>, _>(&u.prev_admin)
+        .bind::<Array<Nullable<Text>>, _>(&u.prev_op)
         .load(conn)?;
         applied.updated = updated.len();
         let state_applied: std::collections::HashSet<i64> =
@@ -405,6 +417,41 @@ pub fn apply(
         }
         Ok(applied)
     })
+}
+
+#[derive(QueryableByName)]
+struct Busy {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// The servers with a planned state change that an action is working on:
+/// their lock (rule 3) is held, so the change the snapshot shows may be that
+/// action's, applied at HAProxy and not committed yet. Their state is left
+/// to the action (the next sync sees the outcome). Every other server with a
+/// planned change is locked until this transaction ends, so no action can
+/// start on it meanwhile; an action that held it before has committed.
+fn busy_servers(
+    conn: &mut PgConnection,
+    plan: &Plan,
+) -> Result<std::collections::HashSet<i64>, DbError> {
+    let (ids, keys): (Vec<i64>, Vec<i64>) = plan
+        .updates
+        .iter()
+        .filter(|up| up.state_change.is_some())
+        .map(|up| (up.id, server_lock_key(up.id)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let busy: Vec<Busy> = diesel::sql_query(
+        "SELECT k.id FROM UNNEST($1::int8[], $2::int8[]) AS k(id, key) \
+         WHERE NOT pg_try_advisory_xact_lock(k.key)",
+    )
+    .bind::<Array<Int8>, _>(&ids)
+    .bind::<Array<Int8>, _>(&keys)
+    .load(conn)?;
+    Ok(busy.into_iter().map(|b| b.id).collect())
 }
 
 /// Links newly inserted servers: the cache of (instance, address, port,
@@ -529,6 +576,9 @@ struct UpdateColumns {
     admin: Vec<String>,
     op: Vec<String>,
     change: Vec<bool>,
+    /// The stored state the plan's change starts from (None without one).
+    prev_admin: Vec<Option<String>>,
+    prev_op: Vec<Option<String>>,
 }
 
 #[derive(Default)]

@@ -8,6 +8,8 @@ mod batch_guard;
 mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;
+mod faults;
 mod harness_selftest;
+mod load;
 mod message_schemas;
 mod sync;

@@ -287,8 +287,18 @@ async fn a_renamed_backend_keeps_its_servers_application_links() {
     );
 }
 
-#[tokio::test]
-async fn an_action_applied_while_a_slow_sync_is_in_flight_is_not_overwritten() {
+/// Backend `web` with `s1` and `s2` behind a socket spy, registered as
+/// `lb-1`, and a worker.
+struct Spied {
+    sys: TestSystem,
+    id: i64,
+    spy: SocketSpy,
+    _agent: TestAgent,
+    _haproxy: TestHaproxy,
+    _app: HttpBackends,
+}
+
+async fn spied_web_with_worker() -> Spied {
     let a = HttpBackends::start(&["a"]).await;
     let haproxy = TestHaproxy::start(&format!(
         "backend web\n{}",
@@ -300,6 +310,20 @@ async fn an_action_applied_while_a_slow_sync_is_in_flight_is_not_overwritten() {
     let mut sys = TestSystem::start().await;
     let id = sys.register_agent("lb-1", &agent).await;
     sys.start_worker(sys.config());
+    Spied {
+        sys,
+        id,
+        spy,
+        _agent: agent,
+        _haproxy: haproxy,
+        _app: a,
+    }
+}
+
+#[tokio::test]
+async fn an_action_applied_while_a_slow_sync_is_in_flight_is_not_overwritten() {
+    let Spied { sys, spy, id, .. } = &spied_web_with_worker().await;
+    let id = *id;
 
     // The sync's reading of HAProxy reaches it 1.5 s late: it shows s1 ready.
     spy.set_reply_delay("show stat -1 6 -1$", Duration::from_millis(1500));
@@ -319,11 +343,59 @@ async fn an_action_applied_while_a_slow_sync_is_in_flight_is_not_overwritten() {
         counts["kept_states"], 1,
         "the stale reading was not applied: {counts}"
     );
-    assert_eq!(server_row(&sys, "web", "s1").await.expect("s1").1, "drain");
+    assert_eq!(server_row(sys, "web", "s1").await.expect("s1").1, "drain");
     assert_eq!(
         sys.count("SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync'")
             .await,
         0
+    );
+}
+
+#[tokio::test]
+async fn a_sync_that_sees_an_action_applied_but_not_yet_committed_does_not_record_it_again() {
+    let Spied { sys, spy, id, .. } = &spied_web_with_worker().await;
+    let id = *id;
+
+    // HAProxy applies the drain at once, but the answer reaches the worker
+    // 1.5 s later: meanwhile the change is at HAProxy and not in PostgreSQL.
+    spy.set_reply_delay("set server", Duration::from_millis(1500));
+    let txn = Uuid::new_v4();
+    sys.publish_action(
+        &json!({"transaction_id": txn, "action": "drain", "actor": "user:alice",
+        "target": {"instance": "lb-1", "backend": "web", "server": "s1"}}),
+    )
+    .await;
+    eventually(WAIT, "the drain to reach HAProxy", || async {
+        (spy.count("set server web/s1 state drain") == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sync = sys.publish_sync(Some(id)).await;
+    let (status, counts) = sys.wait_sync(sync, WAIT).await;
+    assert_eq!(status, "success", "{counts}");
+    sys.wait_event("action.succeeded", txn, WAIT).await;
+    assert_eq!(
+        counts["state_changes"], 0,
+        "the action's own change, in flight, is not a change behind the module's back: {counts}"
+    );
+    assert_eq!(server_row(sys, "web", "s1").await.expect("s1").1, "drain");
+    assert_eq!(
+        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync'")
+            .await,
+        0,
+        "one change, one history row: the action's"
+    );
+    assert_eq!(
+        sys.count(
+            "SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'action'"
+        )
+        .await,
+        1
+    );
+    assert!(
+        events_of(sys, "server.state_changed", "s1")
+            .iter()
+            .all(|e| e["transaction_id"] == txn.to_string())
     );
 }
 

@@ -52,22 +52,56 @@ impl TestHaproxy {
         h
     }
 
+    /// Reloads HAProxy the way `systemctl reload` does, with the same
+    /// config: a new process takes the stats socket over (HAProxy swaps the
+    /// socket file atomically, so the socket never stops answering) and the
+    /// old one is told to finish (`-sf`) and exits. Like any reload without
+    /// a `server-state-file`, the new process starts from the config: every
+    /// runtime change (`set server … state`) is lost.
+    pub async fn reload_graceful(&mut self) {
+        let old = self.child.take().expect("haproxy is running");
+        self.launch(&["-sf".to_owned(), old.id().to_string()]).await;
+        let mut old = old;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while old.try_wait().ok().flatten().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old haproxy did not exit after the reload: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
-        let log = std::fs::File::create(self.dir.path().join("haproxy.log")).expect("log file");
+        self.launch(&[]).await;
+    }
+
+    /// Starts a haproxy process with the config (and `extra` arguments) and
+    /// waits until that process answers on the socket.
+    async fn launch(&mut self, extra: &[String]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("haproxy.log"))
+            .expect("log file");
         let child = Command::new(haproxy_bin())
             .arg("-db")
             .arg("-f")
             .arg(&self.config)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("haproxy must be installed (apt-get install haproxy)");
+        let pid_line = format!("Pid: {}\n", child.id());
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(info) = self.try_cmd("show info").await
                 && info.contains("Name: HAProxy")
+                && info.contains(&pid_line)
             {
                 return;
             }

@@ -6,8 +6,11 @@
 
 pub mod agent;
 pub mod backends;
+pub mod final_check;
+pub mod fleet;
 pub mod haproxy;
 pub mod proxy;
+pub mod rng;
 pub mod spy;
 pub mod system;
 
@@ -16,8 +19,11 @@ use std::time::Duration;
 
 pub use agent::TestAgent;
 pub use backends::HttpBackends;
+pub use final_check::{assert_db_matches_haproxy, differences_from_haproxy, final_check};
+pub use fleet::SpiedLb;
 pub use haproxy::TestHaproxy;
 pub use proxy::TcpProxy;
+pub use rng::SeededRng;
 pub use spy::SocketSpy;
 pub use system::TestSystem;
 

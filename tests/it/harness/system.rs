@@ -143,11 +143,13 @@ impl TestSystem {
         self.workers.push((tx, handle));
     }
 
-    /// Starts a worker as a child process of the real binary.
-    pub fn spawn_worker_process(&self, config: &Config, log: &std::path::Path) -> Child {
-        let log = std::fs::File::create(log).expect("worker log");
-        Command::new(env!("CARGO_BIN_EXE_haproxy-control"))
-            .args(["--log-format", "text", "worker"])
+    /// The real binary running `role`, with the connection settings of
+    /// `config`, logging (text) to `log`.
+    fn role_command(config: &Config, role: &str, log: &std::path::Path) -> Command {
+        let log = std::fs::File::create(log).expect("role log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_haproxy-control"));
+        command
+            .args(["--log-format", "text", role])
             .env("DATABASE_URL", &config.database.url)
             .env("AMQP_URL", &config.amqp.url)
             .env("AMQP_PREFIX", &config.amqp.prefix)
@@ -155,6 +157,24 @@ impl TestSystem {
                 "AMQP_RECONNECT_ATTEMPTS",
                 config.amqp.reconnect_attempts.to_string(),
             )
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        command
+    }
+
+    /// Starts a scheduler as a child process of the real binary, ticking
+    /// every `config.sync.interval_secs`.
+    pub fn spawn_scheduler_process(&self, config: &Config, log: &std::path::Path) -> Child {
+        Self::role_command(config, "scheduler", log)
+            .env("SYNC_INTERVAL_SECS", config.sync.interval_secs.to_string())
+            .spawn()
+            .expect("scheduler process")
+    }
+
+    /// Starts a worker as a child process of the real binary.
+    pub fn spawn_worker_process(&self, config: &Config, log: &std::path::Path) -> Child {
+        Self::role_command(config, "worker", log)
             .env("WORKER_PREFETCH", config.worker.prefetch.to_string())
             .env(
                 "WORKER_RETRY_BACKOFF_MS",
@@ -166,9 +186,6 @@ impl TestSystem {
                     .collect::<Vec<_>>()
                     .join(","),
             )
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .expect("worker process")
     }
@@ -360,6 +377,26 @@ impl TestSystem {
         .expect("count query")
     }
 
+    /// The `id` column of a query's rows.
+    pub async fn ids(&self, sql: &str) -> Vec<i64> {
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+        }
+        let sql = sql.to_owned();
+        db::run(&self.pool, move |c| {
+            use diesel::RunQueryDsl;
+            Ok(diesel::sql_query(sql)
+                .load::<Id>(c)?
+                .into_iter()
+                .map(|r| r.id)
+                .collect())
+        })
+        .await
+        .expect("ids query")
+    }
+
     /// Takes every message from the dead-letter queue.
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
         let ch = self.conn.create_channel().await.expect("channel");
@@ -393,6 +430,15 @@ impl TestSystem {
 
     /// Messages waiting in a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
+        self.queue_state(queue)
+            .await
+            .map_or(0, |(messages, _)| messages)
+    }
+
+    /// Messages waiting in a queue (ready ones: a message delivered and not
+    /// acked yet is counted again once its consumer is gone) and its
+    /// consumers; None when the queue does not exist.
+    pub async fn queue_state(&self, queue: &str) -> Option<(u32, u32)> {
         let ch = self.conn.create_channel().await.expect("channel");
         ch.queue_declare(
             queue.into(),
@@ -403,8 +449,8 @@ impl TestSystem {
             FieldTable::default(),
         )
         .await
-        .map(|q| q.message_count())
-        .unwrap_or(0)
+        .map(|q| (q.message_count(), q.consumer_count()))
+        .ok()
     }
 
     /// Stops the in-process workers and waits for them.

@@ -1,0 +1,68 @@
+//! One HAProxy with many backends, each with servers `s1..sN` and a
+//! `spare`, behind a socket spy and an agent: the load balancer the fault
+//! and load tests drive.
+
+use super::{HttpBackends, SocketSpy, TestAgent, TestHaproxy};
+
+/// The spare server of every backend. No test touches it, so the guard of
+/// rule 10 (never the last ready server) never refuses an action on `s*`.
+pub const SPARE: &str = "spare";
+
+pub struct SpiedLb {
+    _app: HttpBackends,
+    pub haproxy: TestHaproxy,
+    pub spy: SocketSpy,
+    pub agent: TestAgent,
+}
+
+/// Backend `k` (from 1) is named `bk`.
+pub fn backend_name(k: usize) -> String {
+    format!("b{k}")
+}
+
+impl SpiedLb {
+    /// `backends` backends `b1..`, each with `per_backend` servers `s1..`
+    /// and the spare, all pointing at one small HTTP server (no checks).
+    pub async fn start(backends: usize, per_backend: usize) -> Self {
+        let app = HttpBackends::start(&["app"]).await;
+        let addr = app.addr("app");
+        let mut body = String::new();
+        for k in 1..=backends {
+            body.push_str(&format!("backend {}\n", backend_name(k)));
+            for i in 1..=per_backend {
+                body.push_str(&format!("  server s{i} {addr}\n"));
+            }
+            body.push_str(&format!("  server {SPARE} {addr}\n"));
+        }
+        let haproxy = TestHaproxy::start(&body).await;
+        let spy = SocketSpy::start(&haproxy.socket).await;
+        let agent = TestAgent::start(&spy.socket).await;
+        Self {
+            _app: app,
+            haproxy,
+            spy,
+            agent,
+        }
+    }
+
+    /// How many servers (spares apart) HAProxy shows with exactly these
+    /// `srv_admin_state` bits (0 ready, 8 drain, 1 maint).
+    pub async fn servers_with_bits(&self, bits: u32) -> usize {
+        self.haproxy
+            .admin_bits()
+            .await
+            .into_iter()
+            .filter(|(name, b)| !name.ends_with(&format!("/{SPARE}")) && *b == bits)
+            .count()
+    }
+
+    /// Whether every spare is still ready in HAProxy.
+    pub async fn spares_ready(&self) -> bool {
+        self.haproxy
+            .admin_bits()
+            .await
+            .into_iter()
+            .filter(|(name, _)| name.ends_with(&format!("/{SPARE}")))
+            .all(|(_, b)| b == 0)
+    }
+}
