@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod api;
 pub mod backends;
 pub mod haproxy;
 pub mod proxy;
