@@ -9,5 +9,6 @@ mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;
 mod harness_selftest;
+mod hostile;
 mod message_schemas;
 mod sync;

@@ -7,7 +7,9 @@
 pub mod agent;
 pub mod api;
 pub mod backends;
+pub mod corpus;
 pub mod haproxy;
+pub mod lb;
 pub mod proxy;
 pub mod spy;
 pub mod system;

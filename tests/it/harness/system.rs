@@ -391,6 +391,21 @@ impl TestSystem {
         out
     }
 
+    /// Takes dead letters until at least `n` have arrived or `within`
+    /// passes, and returns all it took (fewer than `n` on a timeout, so the
+    /// caller can say which are missing).
+    pub async fn wait_dead_letters(&self, n: usize, within: Duration) -> Vec<DeadLetter> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut all = Vec::new();
+        loop {
+            all.extend(self.dead_letters().await);
+            if all.len() >= n || tokio::time::Instant::now() > deadline {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Messages waiting in a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.expect("channel");
