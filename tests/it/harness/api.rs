@@ -111,20 +111,20 @@ impl Api {
         self.finish(method, path, rb).await
     }
 
-    /// Sends a raw body with the given content type.
+    /// Sends raw bytes (not always UTF-8) with the given content type.
     pub async fn send_raw(
         &self,
         method: Method,
         path: &str,
         token: &str,
         content_type: Option<&str>,
-        body: &str,
+        body: impl AsRef<[u8]>,
     ) -> (u16, Value) {
         let mut rb = self
             .http
             .request(method.clone(), format!("{}{path}", self.url))
             .bearer_auth(token)
-            .body(body.to_owned());
+            .body(body.as_ref().to_vec());
         if let Some(ct) = content_type {
             rb = rb.header("content-type", ct);
         }
