@@ -13,28 +13,15 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use crate::harness::api::{ADMIN, Api, OPERATOR, VIEWER};
+use crate::harness::TestSystem;
+use crate::harness::api::{ADMIN, Api, LiveApi, OPERATOR, VIEWER};
 use crate::harness::corpus::{examples, fixtures, read};
 use crate::harness::lb::SpiedLb;
-use crate::harness::{HttpBackends, TestSystem};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The transaction id every corpus message carries.
 const CORPUS_TXN: &str = "5f0c6f4e-1b7e-4a52-9d0e-2f4f2a8f3c11";
-
-/// Backend `web` of `web1_shop_1` and `web2_shop_1`: the names the corpus
-/// aims at, so a message that slipped through would reach a real server.
-/// The socket spy counts what reaches HAProxy.
-async fn lb() -> SpiedLb {
-    let backends = HttpBackends::start(&["a", "b"]).await;
-    let config = format!(
-        "backend web\n  server web1_shop_1 {}\n  server web2_shop_1 {}\n",
-        backends.addr("a"),
-        backends.addr("b")
-    );
-    SpiedLb::start(backends, &config).await
-}
 
 /// A message of the hostile corpus: where it goes, what it is, its body.
 struct Hostile {
@@ -84,7 +71,9 @@ fn hostile_messages() -> Vec<Hostile> {
 
 #[tokio::test]
 async fn every_hostile_message_is_dead_lettered_with_a_reason_and_nothing_reaches_haproxy() {
-    let lb = lb().await;
+    // Backend `web` of `web1_shop_1` and `web2_shop_1`: the names the corpus
+    // aims at, so a message that slipped through would reach a real server.
+    let lb = SpiedLb::web_of_two().await;
     let mut sys = TestSystem::start().await;
     sys.register_agent("lb-1", &lb.agent).await;
     let servers_before = sys.count("SELECT count(*) AS n FROM haproxy_servers").await;
@@ -292,13 +281,7 @@ async fn every_hostile_message_is_dead_lettered_with_a_reason_and_nothing_reache
         bits.contains(&("web/web1_shop_1".to_owned(), 8)),
         "{bits:?}"
     );
-    for queue in [
-        &sys.topology.actions_queue,
-        &sys.topology.batches_queue,
-        &sys.topology.sync_queue,
-    ] {
-        assert_eq!(sys.depth(queue).await, 0, "{queue}");
-    }
+    sys.assert_no_commands_waiting().await;
 }
 
 /// `raw` as one percent-encoded URL path segment or query value.
@@ -387,12 +370,9 @@ async fn raw_get(api: &Api, target: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn the_api_answers_hostile_input_with_json_4xx_never_5xx_and_sends_nothing() {
-    let lb = lb().await;
-    let mut sys = TestSystem::start().await;
-    let instance = sys.register_agent("lb-1", &lb.agent).await;
-    let server = sys.server_id("lb-1", "web", "web1_shop_1").await;
-    sys.start_worker(sys.config());
-    let api = Api::start(&sys).await;
+    let live = LiveApi::start().await;
+    let (lb, sys, api) = (&live.lb, &live.sys, &live.api);
+    let (instance, server) = (live.instance, live.server);
     let backends = api
         .ok(&format!("/api/haproxy/instances/{instance}/backends"))
         .await;
@@ -525,7 +505,7 @@ async fn the_api_answers_hostile_input_with_json_4xx_never_5xx_and_sends_nothing
         "/api/haproxy/instances/1/backends/../../../../etc/passwd",
         "/../../../../etc/passwd",
     ] {
-        let (status, body) = raw_get(&api, target).await;
+        let (status, body) = raw_get(api, target).await;
         assert_eq!(status, 404, "{target}: {body}");
         let value: Value = serde_json::from_str(&body).expect("a JSON error");
         assert_eq!(value["error"]["code"], "not_found", "{target}: {body}");
@@ -583,13 +563,7 @@ async fn the_api_answers_hostile_input_with_json_4xx_never_5xx_and_sends_nothing
     assert_eq!(page["items"], json!([]), "{page}");
 
     // Nothing was published, written or sent to HAProxy ...
-    for queue in [
-        &sys.topology.actions_queue,
-        &sys.topology.batches_queue,
-        &sys.topology.sync_queue,
-    ] {
-        assert_eq!(sys.depth(queue).await, 0, "{queue}");
-    }
+    sys.assert_no_commands_waiting().await;
     assert_eq!(count("haproxy_actions").await, 0);
     assert_eq!(count("haproxy_batches").await, 0);
     assert_eq!(
@@ -607,12 +581,7 @@ async fn the_api_answers_hostile_input_with_json_4xx_never_5xx_and_sends_nothing
         lb.spy.lines("")
     );
     // ... while the same API, worker and HAProxy do act on a good request.
-    let (status, accepted) = api
-        .post(&action_path, OPERATOR, &json!({"action": "drain"}))
+    live.assert_an_operator_action_succeeds(&json!({"action": "drain"}))
         .await;
-    assert_eq!(status, 202, "{accepted}");
-    let txn = accepted["transaction_id"].as_str().expect("transaction id");
-    assert_eq!(api.wait_action(txn).await["status"], "success");
-    assert_eq!(lb.spy.count("set server"), 1);
-    api.stop().await;
+    live.stop().await;
 }

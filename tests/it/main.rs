@@ -11,4 +11,5 @@ mod fagent_traffic;
 mod harness_selftest;
 mod hostile;
 mod message_schemas;
+mod security;
 mod sync;

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::lb::SpiedLb;
 use super::{TestSystem, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -245,4 +246,53 @@ pub async fn seed_inventory(sys: &TestSystem) {
            SELECT 90000 + g, 9001, 's' || g, '127.0.0.1', 8000 + g, 'ready', 'up' FROM generate_series(1, 7) g;"
     ))
     .await;
+}
+
+/// The whole stack for API tests that must see what reaches HAProxy:
+/// instance `lb-1` ([`SpiedLb::web_of_two`]) registered and synced, a
+/// worker, and the API.
+pub struct LiveApi {
+    pub lb: SpiedLb,
+    pub sys: TestSystem,
+    pub api: Api,
+    /// The instance's id and `web1_shop_1`'s.
+    pub instance: i64,
+    pub server: i64,
+}
+
+impl LiveApi {
+    pub async fn start() -> LiveApi {
+        let lb = SpiedLb::web_of_two().await;
+        let mut sys = TestSystem::start().await;
+        let instance = sys.register_agent("lb-1", &lb.agent).await;
+        let server = sys.server_id("lb-1", "web", "web1_shop_1").await;
+        sys.start_worker(sys.config());
+        let api = Api::start(&sys).await;
+        LiveApi {
+            lb,
+            sys,
+            api,
+            instance,
+            server,
+        }
+    }
+
+    /// An operator's request on `web1_shop_1` is accepted, applied once
+    /// on the socket and succeeds: proof that refusals before it were about
+    /// the request, not a broken setup.
+    pub async fn assert_an_operator_action_succeeds(&self, body: &Value) {
+        let path = format!("/api/haproxy/servers/{}/action", self.server);
+        let (status, accepted) = self
+            .api
+            .send(Method::POST, &path, Some(OPERATOR), Some(body))
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        let txn = accepted["transaction_id"].as_str().expect("transaction id");
+        assert_eq!(self.api.wait_action(txn).await["status"], "success");
+        assert_eq!(self.lb.spy.count("set server"), 1);
+    }
+
+    pub async fn stop(self) {
+        self.api.stop().await;
+    }
 }

@@ -24,4 +24,16 @@ impl SpiedLb {
             agent,
         }
     }
+
+    /// Backend `web` of `web1_shop_1` and `web2_shop_1`, each in front of
+    /// its own HTTP server.
+    pub async fn web_of_two() -> SpiedLb {
+        let backends = HttpBackends::start(&["a", "b"]).await;
+        let config = format!(
+            "backend web\n  server web1_shop_1 {}\n  server web2_shop_1 {}\n",
+            backends.addr("a"),
+            backends.addr("b")
+        );
+        Self::start(backends, &config).await
+    }
 }

@@ -406,6 +406,17 @@ impl TestSystem {
         }
     }
 
+    /// No command waits in the action, batch or sync queue.
+    pub async fn assert_no_commands_waiting(&self) {
+        for queue in [
+            &self.topology.actions_queue,
+            &self.topology.batches_queue,
+            &self.topology.sync_queue,
+        ] {
+            assert_eq!(self.depth(queue).await, 0, "commands waiting in {queue}");
+        }
+    }
+
     /// Messages waiting in a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.expect("channel");
