@@ -140,12 +140,6 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// A `reason` as commands take it, and storable (no NUL).
 fn reason(raw: Option<String>) -> Result<Option<String>, ApiError> {
-    if raw.as_deref().is_some_and(|r| r.contains('\0')) {
-        return Err(ApiError::unprocessable(
-            "invalid_reason",
-            "reason must not contain NUL characters",
-        ));
-    }
     crate::queue::message::parse_reason(raw)
         .map_err(|e| ApiError::unprocessable("invalid_reason", e.0))
 }

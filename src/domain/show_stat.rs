@@ -103,10 +103,16 @@ pub fn parse(text: &str) -> Result<Vec<StatRow>, StatParseError> {
             "3" => StatKind::Listener,
             other => return Err(bad(format!("unknown type {other:?}"))),
         };
+        let (proxy, name) = (get(cols.pxname), get(cols.svname));
+        if proxy.is_empty() || name.is_empty() {
+            return Err(bad(format!(
+                "a row without a proxy or server name ({proxy:?}, {name:?})"
+            )));
+        }
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         rows.push(StatRow {
-            proxy: get(cols.pxname).to_owned(),
-            name: get(cols.svname).to_owned(),
+            proxy: proxy.to_owned(),
+            name: name.to_owned(),
             kind,
             status: get(cols.status).to_owned(),
             weight: get(cols.weight).parse().ok(),
@@ -189,6 +195,32 @@ mod tests {
             parse(&text),
             Err(StatParseError::BadLine { line: 2, .. })
         ));
+    }
+
+    /// Found by `fuzz/fuzz_targets/show_stat.rs` (minimized): a row whose
+    /// `pxname` (or `svname`) is empty parsed as a server of no backend.
+    #[test]
+    fn refuses_a_row_without_a_proxy_or_server_name() {
+        let crash = "# pxname,svname,qcur,qmax,scur,,status,weight,chkfailmit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,,0,0,0,-,,0,,\n\n\n,0,0,,,,,0,0,,0,0,,0,0,0,0,0,000,0\n\n";
+        assert!(matches!(
+            parse(crash),
+            Err(StatParseError::BadLine { line: 4, .. })
+        ));
+        // A real server row of the fixture with its pxname or svname blanked.
+        let header = FIXTURE.lines().next().unwrap_or_default();
+        let web1 = FIXTURE
+            .lines()
+            .find_map(|l| l.strip_prefix("web,web1_shop_1,"))
+            .unwrap_or_default();
+        assert!(parse(&format!("{header}\nweb,web1_shop_1,{web1}\n")).is_ok());
+        for names in [",web1_shop_1", "web,"] {
+            let text = format!("{header}\n{names},{web1}\n");
+            assert!(
+                matches!(parse(&text), Err(StatParseError::BadLine { line: 2, ref reason }) if reason.contains("without a proxy or server name")),
+                "{names}: {:?}",
+                parse(&text)
+            );
+        }
     }
 
     #[test]

@@ -252,12 +252,16 @@ pub(crate) fn parse_actor(raw: &str) -> Result<String, InvalidMessage> {
     Ok(raw.to_owned())
 }
 
+/// Free text, but without NUL: PostgreSQL cannot store it in a `text`
+/// column, so a NUL that got past here failed every insert and the message
+/// went round until the broker's delivery limit instead of being refused.
 pub(crate) fn parse_reason(raw: Option<String>) -> Result<Option<String>, InvalidMessage> {
     match raw {
         Some(r) if r.len() > MAX_REASON_LEN => Err(invalid(format!(
             "reason is {} bytes; the limit is {MAX_REASON_LEN}",
             r.len()
         ))),
+        Some(r) if r.contains('\0') => Err(invalid("reason must not contain NUL characters")),
         other => Ok(other),
     }
 }
@@ -481,6 +485,14 @@ mod tests {
             );
         }
         assert!(parse_action(b"{not json").is_err());
+        let mut nul = valid();
+        nul["reason"] = json!("deploy\u{0}1.4.2");
+        assert!(
+            parse_action(&body(nul))
+                .expect_err("NUL in reason")
+                .0
+                .contains("NUL")
+        );
         assert!(
             parse_action(&vec![b' '; MAX_MESSAGE_BYTES + 1])
                 .expect_err("too big")

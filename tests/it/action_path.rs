@@ -8,22 +8,14 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::harness::lb::SpiedLb as Lb;
 use crate::harness::proxy::Mode;
-use crate::harness::{
-    HttpBackends, SocketSpy, TcpProxy, TestAgent, TestHaproxy, TestSystem, eventually,
-};
+use crate::harness::{HttpBackends, TcpProxy, TestSystem, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// One HAProxy with backend `web` of `n` servers `s1..sn` and `spare` (no checks), a
 /// socket spy between it and its agent.
-struct Lb {
-    _backends: HttpBackends,
-    haproxy: TestHaproxy,
-    spy: SocketSpy,
-    agent: TestAgent,
-}
-
 async fn lb(n: usize) -> Lb {
     let backends = HttpBackends::start(&["app"]).await;
     let addr = backends.addr("app");
@@ -33,15 +25,7 @@ async fn lb(n: usize) -> Lb {
         .map(|i| format!("  server s{i} {addr}\n"))
         .chain(std::iter::once(format!("  server spare {addr}\n")))
         .collect();
-    let haproxy = TestHaproxy::start(&format!("backend web\n{servers}")).await;
-    let spy = SocketSpy::start(&haproxy.socket).await;
-    let agent = TestAgent::start(&spy.socket).await;
-    Lb {
-        _backends: backends,
-        haproxy,
-        spy,
-        agent,
-    }
+    Lb::start(backends, &format!("backend web\n{servers}")).await
 }
 
 fn action(txn: Uuid, action: &str, target: Value) -> Value {

@@ -1,239 +1,19 @@
 //! The HTTP API on a real listening socket, against the real stack:
 //! PostgreSQL, RabbitMQ, workers, real HAProxy processes and agents.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use haproxy_control::config::{ApiRole, ApiTokenConfig, Config};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::harness::api::{
+    ADMIN, Api, FAGENT_SECRET, OPERATOR, VIEWER, assert_error, seed_inventory,
+};
 use crate::harness::proxy::Mode;
 use crate::harness::{HttpBackends, TcpProxy, TestAgent, TestHaproxy, TestSystem, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-const VIEWER: &str = "viewer-token-0001";
-const OPERATOR: &str = "operator-token-0002";
-const ADMIN: &str = "admin-token-0003";
-/// The agent token of instances these tests insert by SQL.
-const FAGENT_SECRET: &str = "fagent-secret-do-not-show";
-
-/// A running API and an HTTP client for it. Every GET answer is kept, so a
-/// test can check that no agent token ever appears in one.
-struct Api {
-    url: String,
-    http: reqwest::Client,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<anyhow::Result<()>>,
-    gets: Mutex<Vec<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Api {
-    async fn start(sys: &TestSystem) -> Api {
-        Self::start_with(sys.config()).await
-    }
-
-    /// Operator and admin tokens inline in the config, the viewer's in a
-    /// tokens file (`role actor token` lines).
-    async fn start_with(mut config: Config) -> Api {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("api.tokens");
-        std::fs::write(
-            &file,
-            format!("# role actor token\nviewer user:vera {VIEWER}\n"),
-        )
-        .expect("tokens file");
-        config.api.tokens_file = Some(file);
-        config.api.tokens = vec![
-            ApiTokenConfig {
-                token: Some(OPERATOR.into()),
-                token_file: None,
-                actor: "user:olga".into(),
-                role: ApiRole::Operator,
-            },
-            ApiTokenConfig {
-                token: Some(ADMIN.into()),
-                token_file: None,
-                actor: "user:adam".into(),
-                role: ApiRole::Admin,
-            },
-        ];
-        config.api.pool_size = 4;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind api");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, rx) = watch::channel(false);
-        let task =
-            tokio::spawn(
-                async move { haproxy_control::api::serve_on(listener, &config, rx).await },
-            );
-        let http = haproxy_control::http_client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("client");
-        let api = Api {
-            url,
-            http,
-            stop,
-            task,
-            gets: Mutex::default(),
-            _dir: dir,
-        };
-        eventually(WAIT, "the API to answer /healthz", || async {
-            let r = api.http.get(format!("{}/healthz", api.url)).send().await;
-            r.ok().filter(|r| r.status() == 200).map(|_| ())
-        })
-        .await;
-        api
-    }
-
-    /// Sends a request; asserts the answer is JSON and never a 5xx.
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        let mut rb = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url));
-        if let Some(t) = token {
-            rb = rb.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            rb = rb.json(b);
-        }
-        self.finish(method, path, rb).await
-    }
-
-    /// Sends a raw body with the given content type.
-    async fn send_raw(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        content_type: Option<&str>,
-        body: &str,
-    ) -> (u16, Value) {
-        let mut rb = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url))
-            .bearer_auth(token)
-            .body(body.to_owned());
-        if let Some(ct) = content_type {
-            rb = rb.header("content-type", ct);
-        }
-        self.finish(method, path, rb).await
-    }
-
-    async fn finish(
-        &self,
-        method: Method,
-        path: &str,
-        rb: reqwest::RequestBuilder,
-    ) -> (u16, Value) {
-        let r = rb.send().await.expect("the API answers");
-        let status = r.status().as_u16();
-        let is_json = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        let text = r.text().await.expect("body");
-        // Only readiness may answer a 5xx (503: not ready).
-        assert!(
-            status < 500 || (path == "/readyz" && status == 503),
-            "{method} {path}: {status} {text}"
-        );
-        assert!(is_json, "{method} {path}: {status} is not JSON: {text}");
-        if method == Method::GET {
-            self.gets.lock().expect("gets").push(text.clone());
-        }
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{method} {path}: {status} {text}: {e}"));
-        (status, value)
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.send(Method::GET, path, Some(token), None).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        self.send(Method::POST, path, Some(token), Some(body)).await
-    }
-
-    async fn put(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        self.send(Method::PUT, path, Some(token), Some(body)).await
-    }
-
-    /// A GET that must answer 200.
-    async fn ok(&self, path: &str) -> Value {
-        let (status, body) = self.get(path, VIEWER).await;
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    /// Plain text (metrics).
-    async fn text(&self, path: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("the API answers");
-        (r.status().as_u16(), r.text().await.expect("body"))
-    }
-
-    /// Polls an action until it is final.
-    async fn wait_action(&self, transaction_id: &str) -> Value {
-        eventually(
-            WAIT,
-            &format!("action {transaction_id} to finish"),
-            || async {
-                let body = self
-                    .ok(&format!("/api/haproxy/actions/{transaction_id}"))
-                    .await;
-                let done = !matches!(body["status"].as_str(), Some("pending" | "running"));
-                done.then_some(body)
-            },
-        )
-        .await
-    }
-
-    /// No GET answer so far held `secret`.
-    fn assert_never_shown(&self, secret: &str) {
-        let gets = self.gets.lock().expect("gets");
-        assert!(!gets.is_empty());
-        for body in gets.iter() {
-            assert!(!body.contains(secret), "a GET answer shows a token: {body}");
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
-
-#[track_caller]
-fn assert_error(answer: &(u16, Value), status: u16, code: &str) {
-    let (s, body) = answer;
-    assert_eq!(*s, status, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-}
 
 fn ids(page: &Value) -> Vec<i64> {
     page["items"]
@@ -267,20 +47,6 @@ async fn all_pages(api: &Api, path: &str, limit: usize) -> (Vec<i64>, usize) {
         assert!(pages < 100, "endless pagination");
     }
     (out, pages)
-}
-
-/// One instance (id 901, `lb-sql`) with backend `web` (id 9001) holding
-/// seven servers `s1`..`s7` (ids 90001..90007), all ready and up, written
-/// straight into the database: no HAProxy needed.
-async fn seed_inventory(sys: &TestSystem) {
-    sys.exec(&format!(
-        "INSERT INTO haproxy_instances (id, name, fagent_url, fagent_token_ref) \
-           VALUES (901, 'lb-sql', 'http://127.0.0.1:9', 'token:{FAGENT_SECRET}'); \
-         INSERT INTO haproxy_backends (id, haproxy_id, backend_name) VALUES (9001, 901, 'web'); \
-         INSERT INTO haproxy_servers (id, backend_id, server_name, address, port, admin_state, op_state) \
-           SELECT 90000 + g, 9001, 's' || g, '127.0.0.1', 8000 + g, 'ready', 'up' FROM generate_series(1, 7) g;"
-    ))
-    .await;
 }
 
 #[tokio::test]

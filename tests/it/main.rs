@@ -10,6 +10,8 @@ mod fagent_states;
 mod fagent_traffic;
 mod faults;
 mod harness_selftest;
+mod hostile;
 mod load;
 mod message_schemas;
+mod security;
 mod sync;

@@ -5,58 +5,21 @@
 //! `schemas/event.schema.json`.
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use haproxy_control::domain::event::{
     Event, EventType, NamedRef, ServerRef, StatePair, StatusCounts,
 };
 use haproxy_control::domain::{AdminState, OpState};
-use haproxy_control::queue::message::{MAX_MESSAGE_BYTES, parse_action};
+use haproxy_control::queue::message::{MAX_MESSAGE_BYTES, parse_action, parse_batch, parse_sync};
 use jsonschema::Validator;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::harness::corpus::{fixtures, json_files, read, root, shown};
+
 const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixtures(kind: &str, folder: &str) -> PathBuf {
-    root()
-        .join("tests/fixtures/messages")
-        .join(kind)
-        .join(folder)
-}
-
-/// The path relative to the crate, for messages.
-fn shown(path: &Path) -> String {
-    path.strip_prefix(root())
-        .unwrap_or(path)
-        .display()
-        .to_string()
-}
-
-/// Every `*.json` file directly in `dir`, sorted.
-fn json_files(dir: &Path) -> Vec<PathBuf> {
-    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|entry| {
-            entry
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-                .path()
-        })
-        .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
-        .collect();
-    files.sort();
-    files
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", shown(path)))
-}
 
 fn schema_document(file: &str) -> Value {
     let path = root().join("schemas").join(file);
@@ -150,20 +113,27 @@ fn every_schema_file_is_json_and_a_draft_2020_12_schema_whose_examples_pass() {
     }
 }
 
-#[test]
-fn every_action_example_gets_the_same_verdict_from_the_schema_and_the_parser() {
-    let schema = validator("command.action.schema.json");
+/// Every example of `kind` in `valid/` is accepted and every one in
+/// `invalid/` refused, by the schema and by the worker's parser alike.
+fn assert_schema_and_parser_agree(
+    kind: &str,
+    parser: fn(&[u8]) -> Result<(), String>,
+    at_least: (usize, usize),
+) {
+    let schema = validator(&format!("command.{kind}.schema.json"));
     let mut wrong = Vec::new();
-    for (folder, accepted, at_least) in [("valid", true, 6), ("invalid", false, 15)] {
-        let files = json_files(&fixtures("action", folder));
+    for (folder, accepted, at_least) in
+        [("valid", true, at_least.0), ("invalid", false, at_least.1)]
+    {
+        let files = json_files(&fixtures(kind, folder));
         assert!(
             files.len() >= at_least,
-            "only {} examples in action/{folder}/",
+            "only {} examples in {kind}/{folder}/",
             files.len()
         );
         for path in files {
             let body = read(&path);
-            let (by_schema, by_parser) = (schema_verdict(&schema, &body), parser_verdict(&body));
+            let (by_schema, by_parser) = (schema_verdict(&schema, &body), parser(&body));
             if by_schema.is_ok() != accepted || by_parser.is_ok() != accepted {
                 wrong.push(format!(
                     "{}:\n    schema {}\n    parser {}",
@@ -176,9 +146,28 @@ fn every_action_example_gets_the_same_verdict_from_the_schema_and_the_parser() {
     }
     assert!(
         wrong.is_empty(),
-        "{} action example(s) where the schema, the parser and the folder do not agree:\n{}",
+        "{} {kind} example(s) where the schema, the parser and the folder do not agree:\n{}",
         wrong.len(),
         wrong.join("\n")
+    );
+}
+
+#[test]
+fn every_action_example_gets_the_same_verdict_from_the_schema_and_the_parser() {
+    assert_schema_and_parser_agree("action", parser_verdict, (6, 15));
+}
+
+#[test]
+fn every_batch_and_sync_example_gets_the_same_verdict_from_the_schema_and_the_parser() {
+    assert_schema_and_parser_agree(
+        "batch",
+        |body| parse_batch(body).map(|_| ()).map_err(|e| e.0),
+        (3, 15),
+    );
+    assert_schema_and_parser_agree(
+        "sync",
+        |body| parse_sync(body).map(|_| ()).map_err(|e| e.0),
+        (2, 10),
     );
 }
 

@@ -5,10 +5,13 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod api;
 pub mod backends;
+pub mod corpus;
 pub mod final_check;
 pub mod fleet;
 pub mod haproxy;
+pub mod lb;
 pub mod proxy;
 pub mod rng;
 pub mod spy;

@@ -428,6 +428,32 @@ impl TestSystem {
         out
     }
 
+    /// Takes dead letters until at least `n` have arrived or `within`
+    /// passes, and returns all it took (fewer than `n` on a timeout, so the
+    /// caller can say which are missing).
+    pub async fn wait_dead_letters(&self, n: usize, within: Duration) -> Vec<DeadLetter> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut all = Vec::new();
+        loop {
+            all.extend(self.dead_letters().await);
+            if all.len() >= n || tokio::time::Instant::now() > deadline {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// No command waits in the action, batch or sync queue.
+    pub async fn assert_no_commands_waiting(&self) {
+        for queue in [
+            &self.topology.actions_queue,
+            &self.topology.batches_queue,
+            &self.topology.sync_queue,
+        ] {
+            assert_eq!(self.depth(queue).await, 0, "commands waiting in {queue}");
+        }
+    }
+
     /// Messages waiting in a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
         self.queue_state(queue)

@@ -1,0 +1,4 @@
+//! `crate::queue::message` as in the service, so its paths hold here too.
+
+#[path = "../../src/queue/message.rs"]
+pub mod message;
