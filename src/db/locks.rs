@@ -39,13 +39,28 @@ impl Session {
         self.lock(server_lock_key(server_id))
     }
 
-    /// Waits for the guard lock of a backend (rule 10), held until the
-    /// session is released.
+    /// Waits for the lock of a server and then the guard lock of its
+    /// backend, in one statement (one round trip). Only guarded actions
+    /// hold a backend's lock, and they take their server's first, so no
+    /// two sessions wait for each other.
     ///
     /// # Errors
     /// [`DbError`] when the lock query fails.
-    pub fn lock_backend(&mut self, backend_id: i64) -> Result<(), DbError> {
-        self.lock(backend_guard_lock_key(backend_id))
+    pub fn lock_server_and_backend(
+        &mut self,
+        server_id: i64,
+        backend_id: i64,
+    ) -> Result<(), DbError> {
+        let (server, backend) = (
+            server_lock_key(server_id),
+            backend_guard_lock_key(backend_id),
+        );
+        diesel::sql_query("SELECT pg_advisory_lock($1), pg_advisory_lock($2)")
+            .bind::<BigInt, _>(server)
+            .bind::<BigInt, _>(backend)
+            .execute(&mut self.conn)?;
+        self.keys.extend([server, backend]);
+        Ok(())
     }
 
     fn lock(&mut self, key: i64) -> Result<(), DbError> {
@@ -129,14 +144,6 @@ impl ServerLock {
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
-    }
-
-    /// Waits for the lock of `server_id`.
-    ///
-    /// # Errors
-    /// [`DbError`] when no connection can be had or the lock query fails.
-    pub async fn acquire(pool: &PgPool, server_id: i64) -> Result<Self, DbError> {
-        Ok(Self::open(pool, move |s| s.lock_server(server_id)).await?.0)
     }
 
     /// Waits for the sync lock of an instance.

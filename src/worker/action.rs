@@ -219,8 +219,14 @@ fn prepare(
     };
 
     // Under the server's lock: a delivery of the same command waits here
-    // for this one, then finds its row.
-    session.lock_server(target.server.id)?;
+    // for this one, then finds its row. A drain or maint without force may
+    // meet rule 10's guard: it takes its backend's guard lock at once too
+    // (one round trip), whether or not the server turns out to be ready.
+    if may_be_guarded(req) {
+        session.lock_server_and_backend(target.server.id, target.server.backend_id)?;
+    } else {
+        session.lock_server(target.server.id)?;
+    }
     let server_id = target.server.id;
     let existing = actions::get_by_transaction(session.conn(), txn)?;
     if let Some(row) = existing.as_ref()
@@ -282,24 +288,23 @@ fn prepare(
     // ready server. Guarded actions in one backend run one at a time (the
     // backend's lock is held until the outcome is committed), so two of
     // them — or a whole batch — cannot empty it together.
-    if guard_applies(req, &previous) {
-        session.lock_backend(server.backend_id)?;
-        if inventory::ready_servers_besides(session.conn(), server.backend_id, server_id)? == 0 {
-            let detail = format!(
-                "{} would leave backend {} with no ready server; send force: true to do it anyway",
-                req.action, target.backend_name
-            );
-            tracing::info!(status = "rejected", "action rejected by the guard");
-            return done(
-                session,
-                Outcome {
-                    status: ActionStatus::Rejected,
-                    error: None,
-                    error_detail: Some(detail.clone()),
-                    events: serde_json::json!([facts.rejected(&detail, previous)]),
-                },
-            );
-        }
+    if guard_applies(req, &previous)
+        && inventory::ready_servers_besides(session.conn(), server.backend_id, server_id)? == 0
+    {
+        let detail = format!(
+            "{} would leave backend {} with no ready server; send force: true to do it anyway",
+            req.action, target.backend_name
+        );
+        tracing::info!(status = "rejected", "action rejected by the guard");
+        return done(
+            session,
+            Outcome {
+                status: ActionStatus::Rejected,
+                error: None,
+                error_detail: Some(detail.clone()),
+                events: serde_json::json!([facts.rejected(&detail, previous)]),
+            },
+        );
     }
 
     // Names in the database came from HAProxy through the agent; they are
@@ -424,12 +429,15 @@ fn check_existing(
     Ok(None)
 }
 
+/// Whether rule 10's guard may apply: a `drain` or `maint` without `force`.
+fn may_be_guarded(req: &ActionRequest) -> bool {
+    req.action != crate::domain::AdminState::Ready && !req.force
+}
+
 /// Whether rule 10's guard applies: a `drain` or `maint` without `force` of
 /// a server that is `ready` now.
 fn guard_applies(req: &ActionRequest, previous: &StatePair) -> bool {
-    req.action != crate::domain::AdminState::Ready
-        && !req.force
-        && previous.admin_state == crate::domain::AdminState::Ready
+    may_be_guarded(req) && previous.admin_state == crate::domain::AdminState::Ready
 }
 
 /// Calls the agent (the server is locked), then commits the outcome and
