@@ -185,10 +185,13 @@ impl SyncHandler {
                 l
             }
             Err(e) => {
+                // As on the action path: a call the agent answered (a 4xx,
+                // e.g. 401 for a wrong token) shows a live agent, so it
+                // counts as a success for the breaker.
                 let transition = if e.counts_for_breaker() {
                     breaker::record_failure(&ctx.pool, instance.id, &ctx.breaker).await?
                 } else {
-                    breaker::Transition::None
+                    breaker::record_success(&ctx.pool, instance.id).await?
                 };
                 super::action::note_transition(ctx, instance, transition).await?;
                 return failed(format!("{}: {e}", e.failure_code())).await;

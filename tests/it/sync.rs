@@ -456,6 +456,55 @@ async fn an_agent_down_during_sync_fails_it_counts_for_the_breaker_and_leaves_th
 }
 
 #[tokio::test]
+async fn an_agent_refusing_the_sync_with_4xx_is_alive_for_the_breaker() {
+    let a = HttpBackends::start(&["a"]).await;
+    let haproxy =
+        TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
+    let agent = TestAgent::start(&haproxy.socket).await;
+    let mut sys = TestSystem::start().await;
+    let id = sys.register_agent("lb-1", &agent).await;
+    // Two failures counted already, and now the agent refuses our token.
+    sys.exec(&format!(
+        "UPDATE haproxy_instances SET consecutive_failures = 2, \
+         fagent_token_ref = 'token:not-the-agents-token' WHERE id = {id}"
+    ))
+    .await;
+    sys.start_worker(sys.config());
+
+    let txn = sys.publish_sync(Some(id)).await;
+    let (status, _) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(status, "failed");
+    let failed = eventually(WAIT, "instance.sync_failed", || async {
+        sys.events()
+            .into_iter()
+            .find(|e| e["type"] == "instance.sync_failed")
+    })
+    .await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("agent_error") && e.contains("401")),
+        "{failed}"
+    );
+    // The agent answered: the count starts over and the breaker stays
+    // closed (as an action answered 401 does), instead of a third failure.
+    assert_eq!(
+        sys.count(&format!(
+            "SELECT count(*) AS n FROM haproxy_instances WHERE id = {id} \
+             AND consecutive_failures = 0 AND breaker_state = 'closed'"
+        ))
+        .await,
+        1
+    );
+    assert!(
+        !sys.events()
+            .iter()
+            .any(|e| e["type"] == "instance.circuit_opened"),
+        "no breaker transition"
+    );
+}
+
+#[tokio::test]
 async fn a_sync_of_every_instance_and_duplicate_scheduler_ticks() {
     let a = HttpBackends::start(&["a"]).await;
     let h1 = TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
