@@ -399,6 +399,20 @@ async fn a_sync_that_sees_an_action_applied_but_not_yet_committed_does_not_recor
     );
 }
 
+/// Publishes a sync of instance `id`, expects it to fail, and returns its
+/// `instance.sync_failed` event.
+async fn failed_sync(sys: &TestSystem, id: i64) -> serde_json::Value {
+    let txn = sys.publish_sync(Some(id)).await;
+    let (status, _) = sys.wait_sync(txn, WAIT).await;
+    assert_eq!(status, "failed");
+    eventually(WAIT, "instance.sync_failed", || async {
+        sys.events()
+            .into_iter()
+            .find(|e| e["type"] == "instance.sync_failed")
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_agent_down_during_sync_fails_it_counts_for_the_breaker_and_leaves_the_data() {
     let a = HttpBackends::start(&["a"]).await;
@@ -423,15 +437,7 @@ async fn an_agent_down_during_sync_fails_it_counts_for_the_breaker_and_leaves_th
     sys.start_worker(sys.config());
 
     proxy.set_mode(Mode::Reset);
-    let txn = sys.publish_sync(Some(id)).await;
-    let (status, _) = sys.wait_sync(txn, WAIT).await;
-    assert_eq!(status, "failed");
-    let failed = eventually(WAIT, "instance.sync_failed", || async {
-        sys.events()
-            .into_iter()
-            .find(|e| e["type"] == "instance.sync_failed")
-    })
-    .await;
+    let failed = failed_sync(&sys, id).await;
     assert_eq!(failed["instance"]["name"], "lb-1");
     assert!(
         failed["error"]
@@ -471,15 +477,7 @@ async fn an_agent_refusing_the_sync_with_4xx_is_alive_for_the_breaker() {
     .await;
     sys.start_worker(sys.config());
 
-    let txn = sys.publish_sync(Some(id)).await;
-    let (status, _) = sys.wait_sync(txn, WAIT).await;
-    assert_eq!(status, "failed");
-    let failed = eventually(WAIT, "instance.sync_failed", || async {
-        sys.events()
-            .into_iter()
-            .find(|e| e["type"] == "instance.sync_failed")
-    })
-    .await;
+    let failed = failed_sync(&sys, id).await;
     assert!(
         failed["error"]
             .as_str()
