@@ -9,6 +9,7 @@ pub mod db;
 pub mod domain;
 pub mod fagent;
 pub mod http_client;
+pub mod http_error;
 pub mod queue;
 pub mod scheduler;
 pub mod telemetry;

@@ -2,55 +2,13 @@
 //! to HTTP in one place. Infrastructure trouble is a 503 or an opaque 500
 //! whose cause is logged, never sent.
 
-use axum::Json;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
+use axum::http::StatusCode;
 
 use crate::db::DbError;
-
-/// The body of every error answer.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-/// What went wrong: a stable machine-readable `code` and a sentence for people.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// E.g. `malformed_json`, `unauthorized`, `not_found`, `transaction_conflict`, `invalid_action`.
-    pub code: String,
-    pub message: String,
-}
-
-/// An error answer.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
+pub use crate::fagent::wire::{ErrorBody, ErrorDetail};
+pub use crate::http_error::HttpError as ApiError;
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// 400.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// 401.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-    }
-
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
@@ -98,25 +56,6 @@ impl From<DbError> for ApiError {
             }
             _ => Self::internal(&e),
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        response
     }
 }
 

@@ -36,14 +36,16 @@ pub struct StateChanged {
     pub server: ServerSnapshot,
 }
 
-/// Every error answer: `{"error": {"code": "…", "message": "…"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What went wrong: a stable machine-readable `code` and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
+    /// E.g. `malformed_json`, `unauthorized`, `not_found`, `transaction_conflict`, `invalid_action`.
     pub code: String,
     pub message: String,
 }
