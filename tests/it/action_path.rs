@@ -284,17 +284,8 @@ async fn commands_for_one_server_are_serialised_and_for_different_servers_run_in
 async fn an_unreachable_agent_is_retried_then_the_breaker_opens_and_later_closes() {
     let lb1 = lb(1).await;
     let lb2 = lb(1).await;
-    let agent_addr = lb1
-        .agent
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("agent address");
-    let proxy = TcpProxy::start(agent_addr).await;
     let mut sys = TestSystem::start().await;
-    let lb1_id = sys
-        .register("lb-1", &format!("http://{}", proxy.addr), &lb1.agent.token)
-        .await;
+    let (lb1_id, proxy) = sys.register_behind_proxy("lb-1", &lb1.agent).await;
     sys.register("lb-2", &lb2.agent.url, &lb2.agent.token).await;
     let mut config = sys.config();
     config.worker.breaker_open_secs = 2;
@@ -566,17 +557,8 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_the_delivery_limit(
 #[tokio::test]
 async fn an_agent_answering_500_or_hanging_is_retried_and_counted_for_the_breaker() {
     let lb = lb(1).await;
-    let agent_addr = lb
-        .agent
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("agent address");
-    let proxy = TcpProxy::start(agent_addr).await;
     let mut sys = TestSystem::start().await;
-    let id = sys
-        .register("lb-1", &format!("http://{}", proxy.addr), &lb.agent.token)
-        .await;
+    let (id, proxy) = sys.register_behind_proxy("lb-1", &lb.agent).await;
     let mut config = sys.config();
     config.worker.agent_timeout_ms = 300;
     config.worker.breaker_failures = 10; // this test looks at retries, not at opening

@@ -8,9 +8,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::harness::proxy::Mode;
-use crate::harness::{
-    HttpBackends, SocketSpy, TcpProxy, TestAgent, TestHaproxy, TestSystem, eventually,
-};
+use crate::harness::{HttpBackends, SocketSpy, TestAgent, TestHaproxy, TestSystem, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -422,18 +420,8 @@ async fn an_agent_down_during_sync_fails_it_counts_for_the_breaker_and_leaves_th
     ))
     .await;
     let agent = TestAgent::start(&haproxy.socket).await;
-    let proxy = TcpProxy::start(
-        agent
-            .url
-            .trim_start_matches("http://")
-            .parse()
-            .expect("addr"),
-    )
-    .await;
     let mut sys = TestSystem::start().await;
-    let id = sys
-        .register("lb-1", &format!("http://{}", proxy.addr), &agent.token)
-        .await;
+    let (id, proxy) = sys.register_behind_proxy("lb-1", &agent).await;
     sys.start_worker(sys.config());
 
     proxy.set_mode(Mode::Reset);

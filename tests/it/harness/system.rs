@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{TestAgent, eventually};
+use super::{TcpProxy, TestAgent, eventually};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -216,6 +216,22 @@ impl TestSystem {
 
     pub async fn register_agent(&self, name: &str, agent: &TestAgent) -> i64 {
         self.register(name, &agent.url, &agent.token).await
+    }
+
+    /// Registers `agent` as instance `name` behind a [`TcpProxy`] the test
+    /// controls (to refuse, reset, hang or answer 500); returns the
+    /// instance's id and the proxy.
+    pub async fn register_behind_proxy(&self, name: &str, agent: &TestAgent) -> (i64, TcpProxy) {
+        let agent_addr = agent
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("agent address");
+        let proxy = TcpProxy::start(agent_addr).await;
+        let id = self
+            .register(name, &format!("http://{}", proxy.addr), &agent.token)
+            .await;
+        (id, proxy)
     }
 
     /// The id of a server by instance, backend and server name.
