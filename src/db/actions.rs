@@ -1,16 +1,15 @@
 //! `haproxy_actions` and the history rows an action writes. An action's
 //! outcome, its server's new state, its history row and its final events
-//! commit together in [`finish`].
+//! commit together in [`finish_success`] (or [`finish`] when no server changed).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::DbError;
-use super::schema::{
-    haproxy_actions as a, haproxy_server_status_history as h, haproxy_servers as s,
-};
+use super::schema::haproxy_actions as a;
 use crate::domain::action::{ActionStatus, FailureCode};
+use crate::domain::event::StatePair;
 use crate::domain::{AdminState, OpState};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -173,28 +172,19 @@ pub struct ServerWrite {
     pub check_status: Option<String>,
     /// The newest `requested_at` applied to the server, this one included.
     pub last_requested_at: DateTime<Utc>,
-    pub changed: bool,
 }
 
-/// A history row with source `action`.
+/// The history row (source `action`) of an action that changed its
+/// server's state; the new state is the [`ServerWrite`]'s.
 #[derive(Debug, Clone)]
 pub struct HistoryWrite {
-    pub server_id: i64,
-    pub previous_admin_state: AdminState,
-    pub new_admin_state: AdminState,
-    pub previous_op_state: OpState,
-    pub new_op_state: OpState,
+    pub previous: StatePair,
     pub actor: String,
 }
 
-/// Commits the outcome, the server's new state and its history row together.
-pub fn finish(
-    conn: &mut PgConnection,
-    action_id: i64,
-    outcome: &Outcome,
-    server: Option<&ServerWrite>,
-    history: Option<&HistoryWrite>,
-) -> Result<(), DbError> {
+/// Commits the outcome of an action that changed no server (failed,
+/// superseded, rejected) durably.
+pub fn finish(conn: &mut PgConnection, action_id: i64, outcome: &Outcome) -> Result<(), DbError> {
     conn.transaction(|conn| {
         super::durable(conn)?;
         diesel::update(a::table.find(action_id))
@@ -206,40 +196,6 @@ pub fn finish(
                 a::finished_at.eq(diesel::dsl::now),
             ))
             .execute(conn)?;
-        if let Some(w) = server {
-            let now = Utc::now();
-            let target = s::table.find(w.server_id);
-            let values = (
-                s::admin_state.eq(w.admin_state.as_str()),
-                s::op_state.eq(w.op_state.as_str()),
-                s::weight.eq(w.weight),
-                s::current_sessions.eq(w.current_sessions),
-                s::check_status.eq(w.check_status.as_deref()),
-                s::state_written_at.eq(now),
-                s::last_requested_at.eq(w.last_requested_at),
-            );
-            if w.changed {
-                diesel::update(target)
-                    .set((values, s::state_changed_at.eq(now)))
-                    .execute(conn)?;
-            } else {
-                diesel::update(target).set(values).execute(conn)?;
-            }
-        }
-        if let Some(hw) = history {
-            diesel::insert_into(h::table)
-                .values((
-                    h::server_id.eq(hw.server_id),
-                    h::previous_admin_state.eq(Some(hw.previous_admin_state.as_str())),
-                    h::new_admin_state.eq(hw.new_admin_state.as_str()),
-                    h::previous_op_state.eq(Some(hw.previous_op_state.as_str())),
-                    h::new_op_state.eq(hw.new_op_state.as_str()),
-                    h::source.eq("action"),
-                    h::actor.eq(&hw.actor),
-                    h::action_id.eq(Some(action_id)),
-                ))
-                .execute(conn)?;
-        }
         Ok(())
     })
 }
@@ -291,8 +247,8 @@ struct FinishCounts {
 }
 
 /// Commits a successful action: its outcome, the server's state read back
-/// and, when that state changed, the history row (`history` must be given
-/// exactly when `server.changed`), together and durably, in one statement.
+/// and, when that state changed (`history` is given), its history row,
+/// together and durably, in one statement.
 ///
 /// # Errors
 /// [`DbError`].
@@ -304,7 +260,7 @@ pub fn finish_success(
     history: Option<&HistoryWrite>,
 ) -> Result<(), DbError> {
     use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
-    let changed = server.changed && history.is_some();
+    let changed = history.is_some();
     let counts: FinishCounts = diesel::sql_query(FINISH_SUCCESS)
         .bind::<BigInt, _>(action_id)
         .bind::<Jsonb, _>(events)
@@ -316,8 +272,8 @@ pub fn finish_success(
         .bind::<Nullable<Text>, _>(server.check_status.as_deref())
         .bind::<Timestamptz, _>(server.last_requested_at)
         .bind::<Bool, _>(changed)
-        .bind::<Nullable<Text>, _>(history.map(|h| h.previous_admin_state.as_str()))
-        .bind::<Nullable<Text>, _>(history.map(|h| h.previous_op_state.as_str()))
+        .bind::<Nullable<Text>, _>(history.map(|h| h.previous.admin_state.as_str()))
+        .bind::<Nullable<Text>, _>(history.map(|h| h.previous.op_state.as_str()))
         .bind::<Text, _>(history.map_or("", |h| h.actor.as_str()))
         .get_result(conn)?;
     if counts.actions != 1 || counts.servers != 1 || counts.history != i64::from(changed) {

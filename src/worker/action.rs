@@ -1,6 +1,6 @@
 //! The `action` handler. It reads like DESIGN.md's rules: parse (or
-//! dead-letter), skip a finished duplicate, resolve the server, claim the
-//! transaction id, lock the server, check order and breaker, call the agent
+//! dead-letter), resolve the server, lock it, skip a finished duplicate,
+//! check order, guard and breaker, record the transaction id, call the agent
 //! with retries, commit outcome + state + history + events together, publish,
 //! and only then ack.
 
@@ -168,9 +168,10 @@ struct Call {
 }
 
 /// Everything before the agent call, on one connection in one blocking
-/// call: resolve the target, claim the transaction id, lock the server,
-/// check order, activity, the guard and the breaker, count the attempt.
-/// An action that ends here is committed here.
+/// call: resolve the target, lock the server, look the transaction id up,
+/// check order, activity, the guard and the breaker, then record the
+/// action with its first attempt counted. An action that ends here is
+/// committed here.
 fn prepare(
     session: &mut Session,
     req: &ActionRequest,
@@ -241,7 +242,7 @@ fn prepare(
     let done = |session: &mut Session, outcome: Outcome| -> Result<Prepared, DbError> {
         let events = outcome.events.clone();
         match existing_id {
-            Some(id) => actions::finish(session.conn(), id, &outcome, None, None)?,
+            Some(id) => actions::finish(session.conn(), id, &outcome)?,
             None => {
                 let row = NewAction {
                     status: outcome.status.as_str().to_owned(),
@@ -388,7 +389,7 @@ fn not_found(
     tracing::info!(error = "not_found", "action failed");
     let outcome = failed(&facts(req, None), FailureCode::NotFound, &detail);
     let events = outcome.events.clone();
-    actions::finish(session.conn(), row.id, &outcome, None, None)?;
+    actions::finish(session.conn(), row.id, &outcome)?;
     Ok(Prepared::Done {
         events,
         batch_id: row.batch_id,
@@ -457,7 +458,7 @@ async fn apply(
             tracing::info!(error = %code, detail = %detail, "action failed");
             let outcome = failed(&facts, code, &detail);
             let events = outcome.events.clone();
-            lock.finish(move |c| actions::finish(c, action_id, &outcome, None, None))
+            lock.finish(move |c| actions::finish(c, action_id, &outcome))
                 .await?;
             return Ok(events);
         }
@@ -473,9 +474,8 @@ async fn apply(
     if changed {
         events.push(facts.state_changed(previous, current));
     }
-    let server_id = call.server.id;
     let write = ServerWrite {
-        server_id,
+        server_id: call.server.id,
         admin_state: current.admin_state,
         op_state: current.op_state,
         weight: i32::try_from(outcome.server.weight).unwrap_or(i32::MAX),
@@ -485,14 +485,9 @@ async fn apply(
             .server
             .last_requested_at
             .map_or(requested_at, |t| t.max(requested_at)),
-        changed,
     };
     let history = changed.then(|| HistoryWrite {
-        server_id,
-        previous_admin_state: previous.admin_state,
-        new_admin_state: current.admin_state,
-        previous_op_state: previous.op_state,
-        new_op_state: current.op_state,
+        previous,
         actor: req.actor.clone(),
     });
     let stored = serde_json::to_value(&events).unwrap_or_default();
