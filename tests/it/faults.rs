@@ -84,7 +84,7 @@ fn assert_distinct_set_server(lb: &SpiedLb, n: usize) {
 async fn a_worker_sigkilled_at_random_points_of_a_500_action_batch_loses_and_doubles_nothing() {
     // 25 backends of 20 servers and a spare: the batch's drains are guarded
     // one backend at a time, so 25 run in parallel.
-    let lb = SpiedLb::start(25, 20).await;
+    let lb = SpiedLb::fleet(25, 20).await;
     let sys = TestSystem::start().await;
     sys.register_agent("lb-1", &lb.agent).await;
     lb.spy.set_delay("set server", SET_SERVER_DELAY);
@@ -150,7 +150,7 @@ async fn a_worker_sigkilled_at_random_points_of_a_500_action_batch_loses_and_dou
 #[tokio::test]
 async fn haproxy_reloaded_in_the_middle_of_a_batch_the_batch_finishes_once_and_the_next_sync_shows_the_lost_states()
  {
-    let mut lb = SpiedLb::start(25, 20).await;
+    let mut lb = SpiedLb::fleet(25, 20).await;
     let sys = TestSystem::start().await;
     let id = sys.register_agent("lb-1", &lb.agent).await;
     lb.spy.set_delay("set server", SET_SERVER_DELAY);
@@ -236,8 +236,8 @@ async fn haproxy_reloaded_in_the_middle_of_a_batch_the_batch_finishes_once_and_t
 /// actions never overwrote what an action wrote (rule 6).
 #[tokio::test]
 async fn two_workers_and_two_schedulers_at_once_apply_a_batch_once_and_sync_once_per_tick() {
-    let lb1 = SpiedLb::start(10, 25).await;
-    let lb2 = SpiedLb::start(10, 25).await;
+    let lb1 = SpiedLb::fleet(10, 25).await;
+    let lb2 = SpiedLb::fleet(10, 25).await;
     let sys = TestSystem::start().await;
     sys.register_agent("lb-1", &lb1.agent).await;
     sys.register_agent("lb-2", &lb2.agent).await;

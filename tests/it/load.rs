@@ -84,7 +84,7 @@ impl Drop for RssSampler {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_instances_of_1000_servers_take_5000_actions_and_a_sync_per_second_each_for_60_s() {
     let setup = Instant::now();
-    let lbs = join_all((0..INSTANCES).map(|_| SpiedLb::start(BACKENDS, PER_BACKEND))).await;
+    let lbs = join_all((0..INSTANCES).map(|_| SpiedLb::fleet(BACKENDS, PER_BACKEND))).await;
     let sys = TestSystem::start().await;
     let mut instance_ids = Vec::new();
     for (i, lb) in lbs.iter().enumerate() {

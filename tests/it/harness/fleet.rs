@@ -2,18 +2,12 @@
 //! `spare`, behind a socket spy and an agent: the load balancer the fault
 //! and load tests drive.
 
-use super::{HttpBackends, SocketSpy, TestAgent, TestHaproxy};
+use super::HttpBackends;
+use super::lb::SpiedLb;
 
 /// The spare server of every backend. No test touches it, so the guard of
 /// rule 10 (never the last ready server) never refuses an action on `s*`.
 pub const SPARE: &str = "spare";
-
-pub struct SpiedLb {
-    _app: HttpBackends,
-    pub haproxy: TestHaproxy,
-    pub spy: SocketSpy,
-    pub agent: TestAgent,
-}
 
 /// Backend `k` (from 1) is named `bk`.
 pub fn backend_name(k: usize) -> String {
@@ -23,7 +17,7 @@ pub fn backend_name(k: usize) -> String {
 impl SpiedLb {
     /// `backends` backends `b1..`, each with `per_backend` servers `s1..`
     /// and the spare, all pointing at one small HTTP server (no checks).
-    pub async fn start(backends: usize, per_backend: usize) -> Self {
+    pub async fn fleet(backends: usize, per_backend: usize) -> Self {
         let app = HttpBackends::start(&["app"]).await;
         let addr = app.addr("app");
         let mut body = String::new();
@@ -34,15 +28,7 @@ impl SpiedLb {
             }
             body.push_str(&format!("  server {SPARE} {addr}\n"));
         }
-        let haproxy = TestHaproxy::start(&body).await;
-        let spy = SocketSpy::start(&haproxy.socket).await;
-        let agent = TestAgent::start(&spy.socket).await;
-        Self {
-            _app: app,
-            haproxy,
-            spy,
-            agent,
-        }
+        Self::start(app, &body).await
     }
 
     /// How many servers (spares apart) HAProxy shows with exactly these
