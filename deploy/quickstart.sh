@@ -37,7 +37,7 @@ if [ "${1:-}" = "stop" ]; then
 fi
 
 deploy/ensure-deps.sh
-# jq: the HTTP API tour (README, "HTTP API") picks ids out of answers with it.
+# jq: the HTTP API tour (docs/operations.md) picks ids out of answers with it.
 command -v jq >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
 echo "building haproxy-control (debug profile, shared with the tests)"
 cargo build -q --bin haproxy-control
@@ -175,7 +175,7 @@ Or straight to the fagent:
        -d "{\"state\":\"drain\",\"transaction_id\":\"\$(cat /proc/sys/kernel/random/uuid)\"}" \\
        http://127.0.0.1:$FAGENT_PORT/v1/backends/web/servers/web3_shop_1/state
 
-Or through the HTTP API (the whole tour: README, section "HTTP API"):
+Or through the HTTP API (the whole tour: docs/operations.md):
   API=http://127.0.0.1:$API_PORT
   H="Authorization: Bearer \$(awk '\$1 == "operator" {print \$3}' $API_TOKENS)"
   curl -s -H "\$H" \$API/api/haproxy/instances | jq
