@@ -3,11 +3,14 @@
 //! of sending the same `set server` commands straight to the stats socket.
 //!
 //! Run: `cargo bench --bench action_path` (env: BENCH_ACTIONS=5000,
-//! BENCH_RATE=50, BENCH_PACED_ACTIONS=500, BENCH_PREFETCH=64).
+//! BENCH_RATE=50, BENCH_PACED_ACTIONS=500, BENCH_PREFETCH=64). It ends with
+//! a markdown row for `docs/benchmarks.md` (date, commit, machine, figures).
 
 #[path = "../tests/it/harness/mod.rs"]
 #[allow(unused_imports)]
 mod harness;
+
+mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -46,6 +49,8 @@ async fn main() {
     let rate = env_usize("BENCH_RATE", 50);
     let paced = env_usize("BENCH_PACED_ACTIONS", 500).min(BACKENDS * SERVERS_PER_BACKEND);
     let prefetch = env_usize("BENCH_PREFETCH", 64);
+    // Taken before the run: the commit is the code that was built.
+    let run = common::RunInfo::collect();
 
     let app = HttpBackends::start(&["app"]).await;
     let addr = app.addr("app");
@@ -175,25 +180,65 @@ async fn main() {
         BACKENDS,
         SERVERS_PER_BACKEND
     );
-    println!(
-        "floor: {actions} set server commands straight to the socket in {} ({:.0}/s)",
+    // Each figure formatted once, for the log lines and the markdown row.
+    let floor_figure = format!(
+        "{} ({:.0}/s)",
         ms(floor),
         actions as f64 / floor.as_secs_f64()
     );
-    println!(
-        "burst: {actions} actions published in {}, all succeeded after {} => {:.0} actions/s; publish->action.succeeded p50 {} p99 {}",
-        ms(publish_time),
-        ms(total),
-        actions as f64 / total.as_secs_f64(),
+    let throughput = format!("{:.0} actions/s", actions as f64 / total.as_secs_f64());
+    let burst_latency = format!(
+        "p50 {}, p99 {}",
         ms(percentile(&lat, 50.0)),
         ms(percentile(&lat, 99.0))
     );
-    println!(
-        "paced: {paced} actions at {rate}/s: publish->action.succeeded p50 {} p99 {} max {}",
+    let paced_latency = format!(
+        "p50 {}, p99 {}, max {}",
         ms(percentile(&paced_lat, 50.0)),
         ms(percentile(&paced_lat, 99.0)),
         ms(paced_lat.last().copied().unwrap_or_default())
     );
+    println!("floor: {actions} set server commands straight to the socket in {floor_figure}");
+    println!(
+        "burst: {actions} actions published in {}, all succeeded after {} => {throughput}; publish->action.succeeded {burst_latency}",
+        ms(publish_time),
+        ms(total),
+    );
+    println!("paced: {paced} actions at {rate}/s: publish->action.succeeded {paced_latency}");
+
+    let succeeded = |n: usize, of: usize| {
+        if n < of {
+            format!(" (only {n} of {of} succeeded)")
+        } else {
+            String::new()
+        }
+    };
+    let row = run.row(&[
+        format!(
+            "`BENCH_ACTIONS={actions} BENCH_RATE={rate} BENCH_PACED_ACTIONS={paced} BENCH_PREFETCH={prefetch}`, sslmode {}",
+            sslmode()
+        ),
+        floor_figure,
+        format!("{throughput}{}", succeeded(done.len(), actions)),
+        burst_latency,
+        format!("{paced_latency}{}", succeeded(paced_done.len(), paced)),
+    ]);
+    common::print_rows("Action path: runs", &[row]);
+}
+
+/// The `sslmode` the bench's database connections ask for: the one in
+/// `TEST_DATABASE_ADMIN_URL`, else libpq's default `prefer` (TLS on loopback
+/// too). The URL itself is not printed: it may hold a password.
+fn sslmode() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .ok()
+        .and_then(|url| {
+            let (_, query) = url.split_once('?')?;
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("sslmode=").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "prefer".into())
 }
 
 /// Waits for the final event of every transaction; returns when each

@@ -3,7 +3,11 @@
 //! 50,000 servers, all new / no change / 1 % changed; and the worker's CPU
 //! for a fleet of 100 instances × 1,000 servers synced once a minute.
 //!
-//! Run: `cargo bench --bench reconcile` (BENCH_SIZES=1000,10000,50000).
+//! Run: `cargo bench --bench reconcile` (BENCH_SIZES=1000,10000,50000). It
+//! ends with markdown rows for `docs/benchmarks.md` (date, commit, machine,
+//! figures).
+
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -94,7 +98,10 @@ async fn main() {
     let database = TestDatabase::create().expect("database");
     let pool = database.pool(4).expect("pool");
 
+    // Taken before the run: the commit is the code that was built.
+    let run = common::RunInfo::collect();
     println!("servers | all new | no change | 1 % changed (state changes)");
+    let mut rows = Vec::new();
     for &n in &sizes {
         let inst = instance(&pool, &format!("lb-{n}")).await;
         let t = Instant::now();
@@ -124,6 +131,12 @@ async fn main() {
             ms(one_pct),
             r.counts["state_changes"]
         );
+        rows.push(run.row(&[
+            n.to_string(),
+            ms(new),
+            ms(unchanged),
+            format!("{} ({})", ms(one_pct), r.counts["state_changes"]),
+        ]));
     }
 
     // Fleet cost: one 1,000-server no-change sync as the worker does it —
@@ -141,14 +154,25 @@ async fn main() {
             .await
             .expect("sync");
     }
+    let wall = t.elapsed();
     let cpu = cpu_seconds() - cpu0;
     let per_sync = cpu / f64::from(rounds);
     println!(
         "fleet: {rounds} no-change syncs of 1,000 servers took {} wall, {:.2} s worker CPU => {:.1} ms CPU per sync; \
          100 instances once a minute => {:.2} % of one core",
-        ms(t.elapsed()),
+        ms(wall),
         cpu,
         per_sync * 1000.0,
         per_sync * 100.0 / 60.0 * 100.0
+    );
+    common::print_rows("Reconcile: runs", &rows);
+    common::print_rows(
+        "Reconcile: fleet cost",
+        &[run.row(&[
+            format!("{rounds} no-change syncs of 1,000 servers"),
+            format!("{cpu:.2} s ({:.1} ms per sync)", per_sync * 1000.0),
+            ms(wall / rounds),
+            format!("{:.2} % of one core", per_sync * 100.0 / 60.0 * 100.0),
+        ])],
     );
 }
