@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -10,6 +11,7 @@ pub mod domain;
 pub mod fagent;
 pub mod http_client;
 pub mod http_error;
+pub mod http_extract;
 pub mod queue;
 pub mod scheduler;
 pub mod telemetry;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
+use crate::app::{App, Role};
 use crate::config::Config;
 use crate::db::{self, PgPool, history, instances};
 use crate::domain::action::scheduled_sync_id;
@@ -19,16 +20,12 @@ use crate::queue::topology::{ROUTE_SYNC, Topology};
 /// # Errors
 /// When PostgreSQL or RabbitMQ cannot be reached at start.
 pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let pool = db::pool_off_runtime(&config.database.url, 2, false).await?;
-    let topology = Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
-    let conn = crate::queue::connect_with(
-        &config.amqp.url,
-        "haproxy-control scheduler",
-        config.amqp.reconnect_attempts,
-    )
-    .await?;
-    topology.declare(&conn.create_channel().await?).await?;
-    let publisher = Publisher::new(&conn).await?;
+    let App {
+        pool,
+        conn,
+        topology,
+        publisher,
+    } = App::connect(config, Role::SCHEDULER, 2).await?;
     let interval = Duration::from_secs(config.sync.interval_secs.max(1));
     let retention = Duration::from_secs(config.sync.history_retention_days.saturating_mul(86_400));
     let mut tick = tokio::time::interval(interval);

@@ -25,8 +25,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::app::{App, Role};
 use crate::config::Config;
-use crate::db::{self, PgPool};
+use crate::db::PgPool;
 use crate::queue::publisher::Outgoing;
 use crate::queue::{Publisher, Topology};
 use auth::Tokens;
@@ -95,21 +96,12 @@ async fn serve_with(
             "no API tokens configured ([api] tokens or API_TOKENS_FILE): every call but health, metrics and the OpenAPI document answers 401"
         );
     }
-    let pool =
-        db::pool_off_runtime(&config.database.url, config.api.pool_size.max(2), false).await?;
-    db::run(&pool, db::run_migrations).await?;
-    let topology = Arc::new(Topology::with_prefix(
-        &config.amqp.prefix,
-        config.amqp.delivery_limit,
-    ));
-    let conn = crate::queue::connect_with(
-        &config.amqp.url,
-        "haproxy-control api",
-        config.amqp.reconnect_attempts,
-    )
-    .await?;
-    topology.declare(&conn.create_channel().await?).await?;
-    let publisher = Publisher::new(&conn).await?;
+    let App {
+        pool,
+        conn,
+        topology,
+        publisher,
+    } = App::connect(config, Role::API, config.api.pool_size.max(2)).await?;
     let amqp = Arc::new(conn);
     let state = ApiState {
         pool,

@@ -1,6 +1,8 @@
 //! The circuit breaker's rules (DESIGN.md rule 4), as pure decisions over the
-//! state every worker shares through PostgreSQL. The threshold decision itself
-//! is failsafe's `consecutive_failures` policy (see `worker::breaker`).
+//! state every worker shares through PostgreSQL: whether a call may go out
+//! ([`admit`]) and whether a failed call opens the breaker
+//! ([`failure_opens`], failsafe's `consecutive_failures` policy as one
+//! comparison; `worker::breaker`'s tests hold it to failsafe's).
 
 use std::fmt;
 use std::str::FromStr;
@@ -83,6 +85,15 @@ pub fn admit(
         }
         BreakerState::Open | BreakerState::HalfOpen => Admission::Reject,
     }
+}
+
+/// Whether a failed call opens the breaker: the half-open probe failed, or
+/// a closed breaker's consecutive failures (`failures_before` plus this one)
+/// reach `threshold`. An open breaker stays as it is.
+pub fn failure_opens(state: BreakerState, failures_before: i32, threshold: u32) -> bool {
+    state == BreakerState::HalfOpen
+        || (state == BreakerState::Closed
+            && i64::from(failures_before.max(0)) + 1 >= i64::from(threshold))
 }
 
 #[cfg(test)]

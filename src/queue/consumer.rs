@@ -3,7 +3,9 @@
 //! durable (DESIGN.md rule 2).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use backon::Retryable as _;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use lapin::Connection;
@@ -12,7 +14,9 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
+use super::message::InvalidMessage;
 use super::publisher::{Outgoing, Publisher, string_headers};
 use super::topology::Topology;
 
@@ -38,9 +42,81 @@ pub enum Disposition {
     Requeue,
 }
 
-/// Processes one message.
+/// Processes one message; what the consumer calls (`Arc<dyn Handler>`).
+/// Every [`MessageHandler`] is one.
 pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, message: Incoming) -> BoxFuture<'static, Disposition>;
+}
+
+/// How long a message that hit infrastructure trouble (database or broker
+/// down) is kept before it is given back to the broker.
+#[derive(Debug, Clone, Copy)]
+pub struct TroublePolicy {
+    /// Waits between in-process attempts; after the last one, the message
+    /// is requeued.
+    pub retries: &'static [Duration],
+    /// Wait before the requeue, so a broker redelivering at once does not
+    /// spin on a database that is down.
+    pub pause_before_requeue: Duration,
+}
+
+/// One command kind's handler. The opening every handler shares is written
+/// once, in its [`Handler`] impl: parse or dead-letter, open the span,
+/// process with retries on trouble ([`TroublePolicy`]), else requeue.
+pub trait MessageHandler: Send + Sync + 'static {
+    type Request: Send + Sync + 'static;
+    /// Infrastructure trouble: the message is kept and processed again.
+    type Trouble: std::fmt::Display + Send;
+
+    const TROUBLE: TroublePolicy;
+
+    /// Parses and validates a body; an error dead-letters the message.
+    ///
+    /// # Errors
+    /// [`InvalidMessage`] with the reason.
+    fn parse(&self, data: &[u8]) -> Result<Self::Request, InvalidMessage>;
+
+    /// The span the message is processed in.
+    fn span(&self, request: &Self::Request) -> tracing::Span;
+
+    /// Processes a parsed message; the outcome is durable when this returns
+    /// a disposition.
+    fn process(
+        &self,
+        request: &Self::Request,
+    ) -> impl Future<Output = Result<Disposition, Self::Trouble>> + Send;
+}
+
+impl<H: MessageHandler> Handler for H {
+    fn handle(self: Arc<Self>, message: Incoming) -> BoxFuture<'static, Disposition> {
+        Box::pin(async move {
+            let request = match self.parse(&message.data) {
+                Ok(r) => r,
+                Err(e) => return Disposition::DeadLetter(e.0),
+            };
+            let span = self.span(&request);
+            process_kept(&*self, &request).instrument(span).await
+        })
+    }
+}
+
+/// [`MessageHandler::process`], retried in process on trouble, then
+/// requeued.
+async fn process_kept<H: MessageHandler>(handler: &H, request: &H::Request) -> Disposition {
+    let policy = H::TROUBLE;
+    let processed = (|| handler.process(request))
+        .retry(policy.retries.iter().copied())
+        .sleep(tokio::time::sleep)
+        .notify(|e, _| tracing::warn!(error = %e, "infrastructure trouble; retrying the message"))
+        .await;
+    match processed {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "infrastructure trouble; giving the message back to the broker");
+            tokio::time::sleep(policy.pause_before_requeue).await;
+            Disposition::Requeue
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +138,7 @@ pub struct ConsumerSpec {
     pub prefetch: u16,
     pub publisher: Publisher,
     pub topology: Arc<Topology>,
-    pub handler: Arc<dyn HandlerDyn>,
+    pub handler: Arc<dyn Handler>,
     /// How long the connection may be down before the consumer gives up.
     pub max_outage: std::time::Duration,
 }
@@ -110,20 +186,8 @@ pub async fn consume(
     let result = loop {
         tokio::select! {
             _ = watchdog.tick() => {
-                let status = conn.status();
-                if status.errored() {
-                    break Err(ConsumeError::Lost("in error"));
-                }
-                if status.closed() {
-                    break Err(ConsumeError::Lost("closed"));
-                }
-                if status.connected() {
-                    down_since = None;
-                } else {
-                    let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() > max_outage {
-                        break Err(ConsumeError::Outage(since.elapsed()));
-                    }
+                if let Err(e) = check_connection(conn, &mut down_since, max_outage) {
+                    break Err(e);
                 }
             }
             changed = shutdown.changed() => {
@@ -156,20 +220,34 @@ pub async fn consume(
     result
 }
 
-/// Object-safe form of [`Handler`].
-pub trait HandlerDyn: Send + Sync + 'static {
-    fn handle_dyn(&self, message: Incoming) -> BoxFuture<'static, Disposition>;
-}
-
-impl<H: Handler> HandlerDyn for Arc<H> {
-    fn handle_dyn(&self, message: Incoming) -> BoxFuture<'static, Disposition> {
-        self.clone().handle(message)
+/// The watchdog's check: a connection in error or closed is lost, and one
+/// down longer than `max_outage` is given up on.
+fn check_connection(
+    conn: &Connection,
+    down_since: &mut Option<tokio::time::Instant>,
+    max_outage: Duration,
+) -> Result<(), ConsumeError> {
+    let status = conn.status();
+    if status.errored() {
+        return Err(ConsumeError::Lost("in error"));
     }
+    if status.closed() {
+        return Err(ConsumeError::Lost("closed"));
+    }
+    if status.connected() {
+        *down_since = None;
+    } else {
+        let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() > max_outage {
+            return Err(ConsumeError::Outage(since.elapsed()));
+        }
+    }
+    Ok(())
 }
 
 async fn process(
     delivery: Delivery,
-    handler: Arc<dyn HandlerDyn>,
+    handler: Arc<dyn Handler>,
     publisher: Publisher,
     topology: Arc<Topology>,
 ) {
@@ -184,7 +262,7 @@ async fn process(
             .as_ref()
             .map(|m| m.to_string()),
     };
-    let disposition = handler.handle_dyn(incoming.clone()).await;
+    let disposition = handler.handle(incoming.clone()).await;
     let settled = match disposition {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
         Disposition::Requeue => {

@@ -6,7 +6,7 @@ pub mod message;
 pub mod publisher;
 pub mod topology;
 
-pub use consumer::{Disposition, Handler, Incoming};
+pub use consumer::{Disposition, Handler, Incoming, MessageHandler, TroublePolicy};
 pub use publisher::Publisher;
 pub use topology::Topology;
 
@@ -35,11 +35,15 @@ pub async fn connect_with(
 ) -> Result<lapin::Connection, lapin::Error> {
     let props = lapin::ConnectionProperties::default()
         .enable_auto_recover()
-        .configure_backoff(move |b| {
-            b.with_min_delay(std::time::Duration::from_millis(500))
-                .with_max_delay(std::time::Duration::from_secs(5))
-                .with_max_times(reconnect_attempts)
-        })
+        .with_backoff(reconnect_backoff(reconnect_attempts))
         .with_connection_name(name.into());
     lapin::Connection::connect(url, props).await
+}
+
+/// The waits between reconnection attempts: 0.5 s doubling up to 5 s.
+pub fn reconnect_backoff(reconnect_attempts: usize) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(500))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_max_times(reconnect_attempts)
 }

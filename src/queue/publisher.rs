@@ -1,6 +1,9 @@
 //! Publishing with publisher confirms. A publish interrupted by a broker
 //! outage is re-sent after lapin's recovery (lapin does not re-send it).
 
+use std::time::Duration;
+
+use backon::Retryable as _;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
@@ -18,8 +21,15 @@ pub enum PublishError {
     Serialize(String),
 }
 
-/// How many times one publish is re-sent across broker recoveries.
+/// How many times one publish is sent, across broker recoveries.
 const PUBLISH_ATTEMPTS: usize = 5;
+
+/// A failed send.
+enum Attempt {
+    /// Interrupted by an outage the connection has recovered from.
+    Recovered(lapin::Error),
+    Failed(PublishError),
+}
 
 /// A channel in confirm mode. Cheap to clone; safe to share across tasks.
 #[derive(Clone)]
@@ -58,40 +68,51 @@ impl Publisher {
     /// # Errors
     /// [`PublishError`] when the broker nacks it or stays unreachable.
     pub async fn publish(&self, m: Outgoing<'_>) -> Result<(), PublishError> {
-        let mut last = None;
-        for _ in 0..PUBLISH_ATTEMPTS {
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_message_id(m.message_id.into())
-                .with_headers(m.headers.clone());
-            let sent = self
-                .channel
-                .basic_publish(
-                    m.exchange.into(),
-                    m.routing_key.into(),
-                    BasicPublishOptions::default(),
-                    m.body,
-                    properties,
-                )
-                .await;
-            let confirmed = match sent {
-                Ok(confirm) => confirm.await,
-                Err(e) => Err(e),
-            };
-            match confirmed {
-                Ok(c) if c.is_ack() => return Ok(()),
-                Ok(_) => return Err(PublishError::Nacked),
-                Err(e) => {
-                    tracing::warn!(error = %e, exchange = m.exchange, "publish failed; waiting for broker recovery");
-                    if let Err(e2) = self.channel.wait_for_recovery(e.clone()).await {
-                        return Err(PublishError::Broker(e2));
-                    }
-                    last = Some(e);
+        let resends = std::iter::repeat_n(Duration::ZERO, PUBLISH_ATTEMPTS - 1);
+        (|| self.publish_once(&m))
+            .retry(resends)
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, Attempt::Recovered(_)))
+            .await
+            .map_err(|e| match e {
+                Attempt::Recovered(e) => PublishError::Broker(e),
+                Attempt::Failed(e) => e,
+            })
+    }
+
+    /// One send and its confirm. A send the broker outage interrupted is
+    /// [`Attempt::Recovered`] once lapin's recovery is done: send it again.
+    async fn publish_once(&self, m: &Outgoing<'_>) -> Result<(), Attempt> {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(m.message_id.into())
+            .with_headers(m.headers.clone());
+        let sent = self
+            .channel
+            .basic_publish(
+                m.exchange.into(),
+                m.routing_key.into(),
+                BasicPublishOptions::default(),
+                m.body,
+                properties,
+            )
+            .await;
+        let confirmed = match sent {
+            Ok(confirm) => confirm.await,
+            Err(e) => Err(e),
+        };
+        match confirmed {
+            Ok(c) if c.is_ack() => Ok(()),
+            Ok(_) => Err(Attempt::Failed(PublishError::Nacked)),
+            Err(e) => {
+                tracing::warn!(error = %e, exchange = m.exchange, "publish failed; waiting for broker recovery");
+                match self.channel.wait_for_recovery(e.clone()).await {
+                    Ok(()) => Err(Attempt::Recovered(e)),
+                    Err(e2) => Err(Attempt::Failed(PublishError::Broker(e2))),
                 }
             }
         }
-        Err(last.map_or(PublishError::Nacked, PublishError::Broker))
     }
 
     /// Publishes a status event on the events exchange, routed by its type.

@@ -4,12 +4,11 @@
 //! with retries, commit outcome + state + history + events together, publish,
 //! and only then ack.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
-use tracing::Instrument;
 
 use super::breaker::{self, BreakerSettings, Transition};
 use super::events::{ActionFacts, circuit, stored_pair};
@@ -23,12 +22,14 @@ use crate::domain::event::{EventType, StatePair};
 use crate::domain::{BackendName, ServerName};
 use crate::fagent::client::{AgentEndpoint, CallError};
 use crate::fagent::wire::StateChanged;
-use crate::queue::message::parse_action;
+use crate::queue::message::{InvalidMessage, parse_action};
 use crate::queue::publisher::PublishError;
-use crate::queue::{Disposition, Handler, Incoming};
+use crate::queue::{Disposition, MessageHandler, TroublePolicy};
 
 /// Waits between in-process retries of a message whose processing hit
-/// infrastructure trouble (database or broker down), before giving it back.
+/// infrastructure trouble (database or broker down), before giving it back:
+/// an action holds no lock while it waits, and a quick retry keeps its
+/// place ahead of later commands for its server.
 const TROUBLE_BACKOFF: [Duration; 4] = [
     Duration::from_millis(500),
     Duration::from_secs(1),
@@ -46,41 +47,33 @@ impl ActionHandler {
     }
 }
 
-impl Handler for ActionHandler {
-    fn handle(self: Arc<Self>, message: Incoming) -> BoxFuture<'static, Disposition> {
-        Box::pin(async move {
-            let request = match parse_action(&message.data) {
-                Ok(r) => r,
-                Err(e) => return Disposition::DeadLetter(e.0),
-            };
-            let received_at = Utc::now();
-            let span = tracing::info_span!(
-                "action",
-                transaction_id = %request.transaction_id,
-                action = %request.action,
-                actor = %request.actor,
-            );
-            async move {
-                for (attempt, wait) in TROUBLE_BACKOFF.iter().enumerate() {
-                    match process(&self.ctx, &request, received_at).await {
-                        Ok(d) => return d,
-                        Err(e) => {
-                            tracing::warn!(error = %e, attempt, "infrastructure trouble; retrying the message");
-                            tokio::time::sleep(*wait).await;
-                        }
-                    }
-                }
-                match process(&self.ctx, &request, received_at).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!(error = %e, "giving the message back to the broker");
-                        Disposition::Requeue
-                    }
-                }
-            }
-            .instrument(span)
-            .await
-        })
+impl MessageHandler for ActionHandler {
+    /// The command, and when it was received (its `requested_at` when it
+    /// carries none).
+    type Request = (ActionRequest, DateTime<Utc>);
+    type Trouble = Trouble;
+
+    const TROUBLE: TroublePolicy = TroublePolicy {
+        retries: &TROUBLE_BACKOFF,
+        pause_before_requeue: Duration::ZERO,
+    };
+
+    fn parse(&self, data: &[u8]) -> Result<Self::Request, InvalidMessage> {
+        Ok((parse_action(data)?, Utc::now()))
+    }
+
+    fn span(&self, (request, _): &Self::Request) -> tracing::Span {
+        tracing::info_span!(
+            "action",
+            transaction_id = %request.transaction_id,
+            action = %request.action,
+            actor = %request.actor,
+        )
+    }
+
+    async fn process(&self, request: &Self::Request) -> Result<Disposition, Trouble> {
+        let (request, received_at) = request;
+        process(&self.ctx, request, *received_at).await
     }
 }
 
@@ -162,16 +155,20 @@ struct Call {
     /// The server's row as read under its lock.
     server: ServerRow,
     previous: StatePair,
+    agent: AgentTarget,
+}
+
+/// The agent and the names a call addresses, parsed.
+struct AgentTarget {
     endpoint: AgentEndpoint,
     backend: BackendName,
     server_name: ServerName,
 }
 
 /// Everything before the agent call, on one connection in one blocking
-/// call: resolve the target, lock the server, look the transaction id up,
-/// check order, activity, the guard and the breaker, then record the
-/// action with its first attempt counted. An action that ends here is
-/// committed here.
+/// call, in DESIGN.md's order: resolve the target, lock the server, dedupe
+/// on the transaction id, then [`Pending::decide`] (order, activity, guard,
+/// breaker, record). An action that ends here is committed here.
 fn prepare(
     session: &mut Session,
     req: &ActionRequest,
@@ -179,8 +176,36 @@ fn prepare(
     breaker_settings: &BreakerSettings,
     may_refresh: bool,
 ) -> Result<Prepared, DbError> {
-    let txn = req.transaction_id;
-    let target = match &req.target {
+    let target = match resolve(session, req, may_refresh)? {
+        Resolved::Server(target) => target,
+        Resolved::Refresh(instance) => return Ok(Prepared::Refresh(instance)),
+        Resolved::NoServer => {
+            return not_found(session, req, new_action(req, requested_at, None));
+        }
+    };
+    lock(session, req, &target)?;
+    match dedupe(session, req, requested_at, target)? {
+        ControlFlow::Continue(pending) => pending.decide(breaker_settings),
+        ControlFlow::Break(end) => Ok(end),
+    }
+}
+
+/// What the target of an action resolved to.
+enum Resolved {
+    Server(ServerTarget),
+    /// The instance is known, active and reachable, but not the server:
+    /// its listing may name it.
+    Refresh(instances::InstanceRow),
+    NoServer,
+}
+
+/// Resolve: the live server the target names.
+fn resolve(
+    session: &mut Session,
+    req: &ActionRequest,
+    may_refresh: bool,
+) -> Result<Resolved, DbError> {
+    let found = match &req.target {
         Target::ServerId(id) => inventory::find_server(session.conn(), *id)?,
         Target::Names {
             instance,
@@ -197,16 +222,259 @@ fn prepare(
                 && may_refresh
                 && let Some(row) = instances::find_by_name(session.conn(), instance)?
                 && row.is_active
-                && row.breaker_state == "closed"
+                && breaker_closed(&row)
             {
-                return Ok(Prepared::Refresh(row));
+                return Ok(Resolved::Refresh(row));
             }
             found
         }
     };
-    let new = NewAction {
-        transaction_id: txn,
-        server_id: target.as_ref().map(|t| t.server.id),
+    Ok(found.map_or(Resolved::NoServer, Resolved::Server))
+}
+
+/// Lock: under the server's lock a delivery of the same command waits for
+/// this one, then finds its row. A drain or maint without force may meet
+/// rule 10's guard: it takes its backend's guard lock at once too (one round
+/// trip), whether or not the server turns out to be ready.
+fn lock(session: &mut Session, req: &ActionRequest, target: &ServerTarget) -> Result<(), DbError> {
+    if may_be_guarded(req) {
+        session.lock_server_and_backend(target.server.id, target.server.backend_id)
+    } else {
+        session.lock_server(target.server.id)
+    }
+}
+
+/// Dedupe: a row the transaction id already has ends a finished duplicate
+/// or another command; otherwise the action carries on, with the server's
+/// row read again under its lock.
+fn dedupe<'a>(
+    session: &'a mut Session,
+    req: &'a ActionRequest,
+    requested_at: DateTime<Utc>,
+    target: ServerTarget,
+) -> Result<ControlFlow<Prepared, Pending<'a>>, DbError> {
+    let server_id = target.server.id;
+    let existing = actions::get_by_transaction(session.conn(), req.transaction_id)?;
+    if let Some(row) = existing.as_ref()
+        && let Some(end) = check_existing(session, req, row, Some(server_id))?
+    {
+        return Ok(ControlFlow::Break(end));
+    }
+    let server =
+        inventory::server(session.conn(), server_id)?.unwrap_or_else(|| target.server.clone());
+    Ok(ControlFlow::Continue(Pending {
+        previous: stored_pair(&server.admin_state, &server.op_state),
+        occurred_at: Utc::now(),
+        batch_id: existing.as_ref().map_or(req.batch_id, |r| r.batch_id),
+        existing_id: existing.as_ref().map(|r| r.id),
+        new: new_action(req, requested_at, Some(server_id)),
+        session,
+        req,
+        requested_at,
+        target,
+        server,
+    }))
+}
+
+/// An action under its locks, past dedupe: what the checks before the call
+/// read, and how one that ends before the call is recorded ([`Self::end`]).
+struct Pending<'a> {
+    session: &'a mut Session,
+    req: &'a ActionRequest,
+    requested_at: DateTime<Utc>,
+    target: ServerTarget,
+    /// The server's row as read under its lock.
+    server: ServerRow,
+    previous: StatePair,
+    /// When the events of an action that ends before the call occurred.
+    occurred_at: DateTime<Utc>,
+    batch_id: Option<i64>,
+    /// The row of an earlier delivery that did not finish.
+    existing_id: Option<i64>,
+    new: NewAction,
+}
+
+impl Pending<'_> {
+    /// The checks in DESIGN.md's order; the first that fails ends the
+    /// action, else it is recorded as running.
+    fn decide(mut self, breaker_settings: &BreakerSettings) -> Result<Prepared, DbError> {
+        if let Some(outcome) = self.order().or_else(|| self.inactive()) {
+            return self.end(outcome);
+        }
+        if let Some(outcome) = self.guard()? {
+            return self.end(outcome);
+        }
+        let agent = match self.agent_target() {
+            Ok(agent) => agent,
+            Err(outcome) => return self.end(outcome),
+        };
+        if let Some(outcome) = self.breaker(breaker_settings)? {
+            return self.end(outcome);
+        }
+        self.record(agent)
+    }
+
+    fn facts(&self) -> ActionFacts<'_> {
+        ActionFacts {
+            occurred_at: self.occurred_at,
+            ..facts(self.req, Some(&self.target))
+        }
+    }
+
+    /// Order (rule 3): a command older than the newest one applied to the
+    /// server is superseded.
+    fn order(&self) -> Option<Outcome> {
+        if !is_superseded(self.requested_at, self.server.last_requested_at) {
+            return None;
+        }
+        tracing::info!(status = "superseded", "action superseded");
+        let detail = format!(
+            "a command requested at {} was already applied",
+            self.server
+                .last_requested_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default()
+        );
+        Some(Outcome {
+            status: ActionStatus::Superseded,
+            error: None,
+            error_detail: Some(detail),
+            events: serde_json::json!([self.facts().superseded(Some(self.previous))]),
+        })
+    }
+
+    /// An inactive instance takes no command.
+    fn inactive(&self) -> Option<Outcome> {
+        let instance = &self.target.instance;
+        (!instance.is_active).then(|| {
+            let detail = format!("instance {} is not active", instance.name);
+            failed(&self.facts(), FailureCode::Invalid, &detail)
+        })
+    }
+
+    /// Guard (rule 10): taking a server out must not leave its backend
+    /// without a ready server. Guarded actions in one backend run one at a
+    /// time (the backend's lock is held until the outcome is committed), so
+    /// two of them — or a whole batch — cannot empty it together.
+    fn guard(&mut self) -> Result<Option<Outcome>, DbError> {
+        if !guard_applies(self.req, &self.previous)
+            || inventory::ready_servers_besides(
+                self.session.conn(),
+                self.server.backend_id,
+                self.server.id,
+            )? > 0
+        {
+            return Ok(None);
+        }
+        let detail = format!(
+            "{} would leave backend {} with no ready server; send force: true to do it anyway",
+            self.req.action, self.target.backend_name
+        );
+        tracing::info!(status = "rejected", "action rejected by the guard");
+        Ok(Some(Outcome {
+            status: ActionStatus::Rejected,
+            error: None,
+            error_detail: Some(detail.clone()),
+            events: serde_json::json!([self.facts().rejected(&detail, self.previous)]),
+        }))
+    }
+
+    /// Where the call goes. Names in the database came from HAProxy through
+    /// the agent; they are parsed again before they go anywhere near a
+    /// request path.
+    fn agent_target(&self) -> Result<AgentTarget, Outcome> {
+        let names = BackendName::parse(&self.target.backend_name)
+            .and_then(|b| Ok((b, ServerName::parse(&self.target.server.server_name)?)));
+        let (backend, server_name) =
+            names.map_err(|e| failed(&self.facts(), FailureCode::Invalid, &e.to_string()))?;
+        let endpoint = refresh::endpoint(&self.target.instance)
+            .map_err(|detail| failed(&self.facts(), FailureCode::AgentError, &detail))?;
+        Ok(AgentTarget {
+            endpoint,
+            backend,
+            server_name,
+        })
+    }
+
+    /// Breaker (rule 4). The instance row loaded with the target is fresh
+    /// enough when it shows a closed breaker; otherwise the breaker decides
+    /// (and may make this call its half-open probe).
+    fn breaker(&mut self, settings: &BreakerSettings) -> Result<Option<Outcome>, DbError> {
+        let instance = &self.target.instance;
+        if breaker_closed(instance)
+            || breaker::admission_on(self.session.conn(), instance.id, settings)?
+        {
+            return Ok(None);
+        }
+        let detail = format!("the circuit breaker of instance {} is open", instance.name);
+        Ok(Some(failed(
+            &self.facts(),
+            FailureCode::CircuitOpen,
+            &detail,
+        )))
+    }
+
+    /// Record: the action is running, its first attempt counted.
+    fn record(self, agent: AgentTarget) -> Result<Prepared, DbError> {
+        let action_id = match self.existing_id {
+            Some(id) => {
+                actions::begin_attempt(self.session.conn(), id, true)?;
+                id
+            }
+            None => {
+                let row = NewAction {
+                    status: ActionStatus::Running.as_str().to_owned(),
+                    ..self.new
+                };
+                match actions::insert_started(self.session.conn(), &row)? {
+                    Some(id) => id,
+                    None => return Ok(Prepared::Again),
+                }
+            }
+        };
+        Ok(Prepared::Call(Box::new(Call {
+            action_id,
+            batch_id: self.batch_id,
+            server: self.server,
+            previous: self.previous,
+            agent,
+            target: self.target,
+        })))
+    }
+
+    /// Ends the action before the call: its row is written (or finished)
+    /// with the outcome, and the locks go.
+    fn end(self, outcome: Outcome) -> Result<Prepared, DbError> {
+        let events = outcome.events.clone();
+        match self.existing_id {
+            Some(id) => actions::finish(self.session.conn(), id, &outcome)?,
+            None => {
+                let row = NewAction {
+                    status: outcome.status.as_str().to_owned(),
+                    ..self.new
+                };
+                if actions::insert_finished(self.session.conn(), &row, &outcome)?.is_none() {
+                    return Ok(Prepared::Again);
+                }
+            }
+        }
+        self.session.unlock_all()?;
+        Ok(Prepared::Done {
+            events,
+            batch_id: self.batch_id,
+        })
+    }
+}
+
+/// The row an action is recorded with.
+fn new_action(
+    req: &ActionRequest,
+    requested_at: DateTime<Utc>,
+    server_id: Option<i64>,
+) -> NewAction {
+    NewAction {
+        transaction_id: req.transaction_id,
+        server_id,
         batch_id: req.batch_id,
         action: req.action.as_str().to_owned(),
         status: ActionStatus::Pending.as_str().to_owned(),
@@ -214,156 +482,12 @@ fn prepare(
         reason: req.reason.clone(),
         force: req.force,
         requested_at,
-    };
-    let Some(target) = target else {
-        return not_found(session, req, new);
-    };
+    }
+}
 
-    // Under the server's lock: a delivery of the same command waits here
-    // for this one, then finds its row. A drain or maint without force may
-    // meet rule 10's guard: it takes its backend's guard lock at once too
-    // (one round trip), whether or not the server turns out to be ready.
-    if may_be_guarded(req) {
-        session.lock_server_and_backend(target.server.id, target.server.backend_id)?;
-    } else {
-        session.lock_server(target.server.id)?;
-    }
-    let server_id = target.server.id;
-    let existing = actions::get_by_transaction(session.conn(), txn)?;
-    if let Some(row) = existing.as_ref()
-        && let Some(end) = check_existing(session, req, row, Some(server_id))?
-    {
-        return Ok(end);
-    }
-    let batch_id = existing.as_ref().map_or(req.batch_id, |r| r.batch_id);
-    let existing_id = existing.as_ref().map(|r| r.id);
-    // An action that ends before the call: its row is written (or
-    // finished) with the outcome, and the locks go.
-    let done = |session: &mut Session, outcome: Outcome| -> Result<Prepared, DbError> {
-        let events = outcome.events.clone();
-        match existing_id {
-            Some(id) => actions::finish(session.conn(), id, &outcome)?,
-            None => {
-                let row = NewAction {
-                    status: outcome.status.as_str().to_owned(),
-                    ..new.clone()
-                };
-                if actions::insert_finished(session.conn(), &row, &outcome)?.is_none() {
-                    return Ok(Prepared::Again);
-                }
-            }
-        }
-        session.unlock_all()?;
-        Ok(Prepared::Done { events, batch_id })
-    };
-    let server =
-        inventory::server(session.conn(), server_id)?.unwrap_or_else(|| target.server.clone());
-    let previous = stored_pair(&server.admin_state, &server.op_state);
-    let facts = facts(req, Some(&target));
-
-    if is_superseded(requested_at, server.last_requested_at) {
-        tracing::info!(status = "superseded", "action superseded");
-        let detail = format!(
-            "a command requested at {} was already applied",
-            server
-                .last_requested_at
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default()
-        );
-        return done(
-            session,
-            Outcome {
-                status: ActionStatus::Superseded,
-                error: None,
-                error_detail: Some(detail),
-                events: serde_json::json!([facts.superseded(Some(previous))]),
-            },
-        );
-    }
-    if !target.instance.is_active {
-        let detail = format!("instance {} is not active", target.instance.name);
-        return done(session, failed(&facts, FailureCode::Invalid, &detail));
-    }
-
-    // Rule 10: taking a server out must not leave its backend without a
-    // ready server. Guarded actions in one backend run one at a time (the
-    // backend's lock is held until the outcome is committed), so two of
-    // them — or a whole batch — cannot empty it together.
-    if guard_applies(req, &previous)
-        && inventory::ready_servers_besides(session.conn(), server.backend_id, server_id)? == 0
-    {
-        let detail = format!(
-            "{} would leave backend {} with no ready server; send force: true to do it anyway",
-            req.action, target.backend_name
-        );
-        tracing::info!(status = "rejected", "action rejected by the guard");
-        return done(
-            session,
-            Outcome {
-                status: ActionStatus::Rejected,
-                error: None,
-                error_detail: Some(detail.clone()),
-                events: serde_json::json!([facts.rejected(&detail, previous)]),
-            },
-        );
-    }
-
-    // Names in the database came from HAProxy through the agent; they are
-    // parsed again before they go anywhere near a request path.
-    let names = match (
-        BackendName::parse(&target.backend_name),
-        ServerName::parse(&target.server.server_name),
-    ) {
-        (Ok(b), Ok(s)) => (b, s),
-        (Err(e), _) | (_, Err(e)) => {
-            return done(
-                session,
-                failed(&facts, FailureCode::Invalid, &e.to_string()),
-            );
-        }
-    };
-    let endpoint = match refresh::endpoint(&target.instance) {
-        Ok(e) => e,
-        Err(detail) => return done(session, failed(&facts, FailureCode::AgentError, &detail)),
-    };
-    // The instance row loaded with the target is fresh enough when it shows
-    // a closed breaker; otherwise the breaker decides (and may make this
-    // call its half-open probe).
-    if target.instance.breaker_state != "closed"
-        && !breaker::admission_on(session.conn(), target.instance.id, breaker_settings)?
-    {
-        let detail = format!(
-            "the circuit breaker of instance {} is open",
-            target.instance.name
-        );
-        return done(session, failed(&facts, FailureCode::CircuitOpen, &detail));
-    }
-    let action_id = match existing_id {
-        Some(id) => {
-            actions::begin_attempt(session.conn(), id, true)?;
-            id
-        }
-        None => {
-            let row = NewAction {
-                status: ActionStatus::Running.as_str().to_owned(),
-                ..new
-            };
-            match actions::insert_started(session.conn(), &row)? {
-                Some(id) => id,
-                None => return Ok(Prepared::Again),
-            }
-        }
-    };
-    Ok(Prepared::Call(Box::new(Call {
-        action_id,
-        batch_id,
-        server,
-        previous,
-        endpoint,
-        backend: names.0,
-        server_name: names.1,
-        target,
-    })))
+/// Whether an instance's row shows a closed breaker.
+fn breaker_closed(instance: &instances::InstanceRow) -> bool {
+    instance.breaker_state == "closed"
 }
 
 /// The target names no live server: the action fails with `not_found`
@@ -561,8 +685,11 @@ async fn load_listing(ctx: &WorkerContext, instance: &instances::InstanceRow) {
 type CallOutcome = Result<StateChanged, (FailureCode, String)>;
 
 /// Calls the agent through the instance's breaker, retrying what may
-/// succeed on retry. The first attempt was admitted and counted by
-/// [`prepare`]; a success is recorded with the outcome.
+/// succeed on retry (rule 5, waits from [`RetryPolicy::backoff`]). The
+/// first attempt was admitted and counted by [`prepare`]; a success is
+/// recorded with the outcome.
+///
+/// [`RetryPolicy::backoff`]: super::retry::RetryPolicy::backoff
 async fn call_with_retries(
     ctx: &WorkerContext,
     req: &ActionRequest,
@@ -570,24 +697,11 @@ async fn call_with_retries(
     lock: &mut ServerLock,
 ) -> Result<CallOutcome, Trouble> {
     let instance = &call.target.instance;
-    let action_id = call.action_id;
+    let mut delays = ctx.retry.backoff();
     let mut last: Option<CallError> = None;
-    for attempt in 1..=ctx.retry.max_attempts {
-        // Breaker reads and writes go through the server lock's connection:
-        // an action must not need a second pooled connection while it holds
-        // locks others wait for (that exhausted the pool under load).
-        let (id, settings) = (instance.id, ctx.breaker.clone());
-        if attempt > 1
-            && !lock
-                .run(move |c| {
-                    let admitted = breaker::admission_on(c, id, &settings)?;
-                    if admitted {
-                        actions::begin_attempt(c, action_id, false)?;
-                    }
-                    Ok(admitted)
-                })
-                .await?
-        {
+    let mut attempt = 1;
+    loop {
+        if attempt > 1 && !admit_retry(ctx, call, lock).await? {
             return Ok(Err(match last {
                 None => (
                     FailureCode::CircuitOpen,
@@ -599,42 +713,71 @@ async fn call_with_retries(
                 ),
             }));
         }
-        match ctx
+        let agent = &call.agent;
+        let e = match ctx
             .agents
             .set_state(
-                &call.endpoint,
-                &call.backend,
-                &call.server_name,
+                &agent.endpoint,
+                &agent.backend,
+                &agent.server_name,
                 req.action,
                 req.transaction_id,
             )
             .await
         {
             Ok(changed) => return Ok(Ok(changed)),
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "agent call failed");
-                let transition = if e.counts_for_breaker() {
-                    let settings = ctx.breaker.clone();
-                    lock.run(move |c| breaker::record_failure_on(c, id, &settings))
-                        .await?
-                } else {
-                    lock.run(move |c| breaker::record_success_on(c, id)).await?
-                };
-                note(ctx, instance, transition).await?;
-                if !e.is_transient() {
-                    return Ok(Err((e.failure_code(), e.to_string())));
-                }
-                last = Some(e);
-                if attempt < ctx.retry.max_attempts {
-                    tokio::time::sleep(ctx.retry.delay_before_retry(attempt)).await;
-                }
-            }
-        }
+            Err(e) => e,
+        };
+        tracing::warn!(attempt, error = %e, "agent call failed");
+        record_call_failure(ctx, instance, &e, lock).await?;
+        let delay = delays.next();
+        let Some(delay) = delay.filter(|_| e.is_transient()) else {
+            return Ok(Err((e.failure_code(), e.to_string())));
+        };
+        last = Some(e);
+        tokio::time::sleep(delay).await;
+        attempt += 1;
     }
-    Ok(Err(match last {
-        Some(e) => (e.failure_code(), e.to_string()),
-        None => (FailureCode::AgentError, "no attempt was made".into()),
-    }))
+}
+
+/// Whether the breaker lets a retry go out; if so it is counted. Breaker
+/// reads and writes go through the server lock's connection: an action
+/// must not need a second pooled connection while it holds locks others
+/// wait for (that exhausted the pool under load).
+async fn admit_retry(
+    ctx: &WorkerContext,
+    call: &Call,
+    lock: &mut ServerLock,
+) -> Result<bool, DbError> {
+    let (id, settings, action_id) = (call.target.instance.id, ctx.breaker.clone(), call.action_id);
+    lock.run(move |c| {
+        let admitted = breaker::admission_on(c, id, &settings)?;
+        if admitted {
+            actions::begin_attempt(c, action_id, false)?;
+        }
+        Ok(admitted)
+    })
+    .await
+}
+
+/// Records a failed call with the breaker: a call the agent answered (a
+/// 4xx) shows a live agent, so it counts as a success.
+async fn record_call_failure(
+    ctx: &WorkerContext,
+    instance: &instances::InstanceRow,
+    e: &CallError,
+    lock: &mut ServerLock,
+) -> Result<(), Trouble> {
+    let id = instance.id;
+    let transition = if e.counts_for_breaker() {
+        let settings = ctx.breaker.clone();
+        lock.run(move |c| breaker::record_failure_on(c, id, &settings))
+            .await?
+    } else {
+        lock.run(move |c| breaker::record_success_on(c, id)).await?
+    };
+    note(ctx, instance, transition).await?;
+    Ok(())
 }
 
 async fn publish_all(

@@ -4,20 +4,19 @@
 //! id; the last one to finish publishes `batch.completed`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
-use futures::future::BoxFuture;
-use tracing::Instrument;
 
 use super::events::batch_completed;
 use super::{Trouble, WorkerContext};
 use crate::db;
 use crate::db::batches::{self, NewBatch};
 use crate::domain::action::{BatchRequest, batch_action_id};
-use crate::queue::message::parse_batch;
+use crate::queue::message::{InvalidMessage, parse_batch};
 use crate::queue::publisher::Outgoing;
 use crate::queue::topology::ROUTE_ACTION;
-use crate::queue::{Disposition, Handler, Incoming};
+use crate::queue::{Disposition, MessageHandler, TroublePolicy};
 
 pub struct BatchHandler {
     ctx: Arc<WorkerContext>,
@@ -29,32 +28,30 @@ impl BatchHandler {
     }
 }
 
-impl Handler for BatchHandler {
-    fn handle(self: Arc<Self>, message: Incoming) -> BoxFuture<'static, Disposition> {
-        Box::pin(async move {
-            let request = match parse_batch(&message.data) {
-                Ok(r) => r,
-                Err(e) => return Disposition::DeadLetter(e.0),
-            };
-            let span = tracing::info_span!(
-                "batch",
-                transaction_id = %request.transaction_id,
-                action = %request.action,
-                actor = %request.actor,
-            );
-            async move {
-                match expand(&self.ctx, &request).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "batch hit infrastructure trouble; giving it back");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        Disposition::Requeue
-                    }
-                }
-            }
-            .instrument(span)
-            .await
-        })
+impl MessageHandler for BatchHandler {
+    type Request = BatchRequest;
+    type Trouble = Trouble;
+
+    const TROUBLE: TroublePolicy = TroublePolicy {
+        retries: &[],
+        pause_before_requeue: Duration::from_secs(1),
+    };
+
+    fn parse(&self, data: &[u8]) -> Result<BatchRequest, InvalidMessage> {
+        parse_batch(data)
+    }
+
+    fn span(&self, request: &BatchRequest) -> tracing::Span {
+        tracing::info_span!(
+            "batch",
+            transaction_id = %request.transaction_id,
+            action = %request.action,
+            actor = %request.actor,
+        )
+    }
+
+    async fn process(&self, request: &BatchRequest) -> Result<Disposition, Trouble> {
+        expand(&self.ctx, request).await
     }
 }
 

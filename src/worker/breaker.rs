@@ -1,17 +1,19 @@
 //! The circuit breaker per HAProxy instance, shared by every worker through
-//! its row in `haproxy_instances` (DESIGN.md rule 4). failsafe's
-//! `consecutive_failures` policy decides when failures open it; PostgreSQL
-//! holds the count and the state so every worker and the API see the same.
+//! its row in `haproxy_instances` (DESIGN.md rule 4). PostgreSQL holds the
+//! count and the state so every worker and the API see the same; the rule
+//! that opens it is [`failure_opens`]. What failsafe does for us: its
+//! `consecutive_failures` policy is the definition that rule is tested
+//! against (its in-process state machine cannot be shared between workers,
+//! so it does not run in production).
 
 use std::time::Duration;
 
 use chrono::Utc;
 use diesel::Connection as _;
 use diesel::pg::PgConnection;
-use failsafe::failure_policy::{FailurePolicy, consecutive_failures};
 
 use crate::db::{self, DbError, PgPool, instances};
-use crate::domain::breaker::{Admission, BreakerState, BreakerView, admit};
+use crate::domain::breaker::{Admission, BreakerState, BreakerView, admit, failure_opens};
 
 #[derive(Debug, Clone)]
 pub struct BreakerSettings {
@@ -126,22 +128,8 @@ pub async fn record_failure(
 /// The new failure count, and whether the breaker opens now.
 pub fn decide(view: &BreakerView, settings: &BreakerSettings) -> (i32, bool) {
     let failures = view.consecutive_failures.saturating_add(1);
-    match view.state {
-        // The probe failed: open again for a full window.
-        BreakerState::HalfOpen => (failures, true),
-        // Already open (a call that was under way when it opened).
-        BreakerState::Open => (failures, false),
-        BreakerState::Closed => {
-            let mut policy = consecutive_failures(
-                settings.failures,
-                failsafe::backoff::constant(settings.open_for),
-            );
-            for _ in 0..view.consecutive_failures.max(0) {
-                let _ = policy.mark_dead_on_failure();
-            }
-            (failures, policy.mark_dead_on_failure().is_some())
-        }
-    }
+    let opens = failure_opens(view.state, view.consecutive_failures, settings.failures);
+    (failures, opens)
 }
 
 #[cfg(test)]
@@ -179,6 +167,30 @@ mod tests {
             decide(&view(BreakerState::Closed, 2), &settings()),
             (3, true)
         );
+    }
+
+    /// The one comparison opens exactly where failsafe's
+    /// `consecutive_failures` policy, replayed over the stored count, does.
+    #[test]
+    fn the_rule_is_failsafes_consecutive_failures_policy() {
+        use failsafe::failure_policy::{FailurePolicy, consecutive_failures};
+        for threshold in 1..=5 {
+            for before in 0..=8 {
+                let mut policy = consecutive_failures(
+                    threshold,
+                    failsafe::backoff::constant(Duration::from_secs(60)),
+                );
+                for _ in 0..before {
+                    let _ = policy.mark_dead_on_failure();
+                }
+                let failsafe_opens = policy.mark_dead_on_failure().is_some();
+                assert_eq!(
+                    failure_opens(BreakerState::Closed, before, threshold),
+                    failsafe_opens,
+                    "threshold {threshold}, {before} failures before"
+                );
+            }
+        }
     }
 
     #[test]

@@ -14,11 +14,14 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use backon::BackoffBuilder as _;
+
+use crate::app::{App, Role};
 use crate::config::Config;
 use crate::db::{self, PgPool};
 use crate::fagent::client::AgentClient;
-use crate::queue::consumer::{ConsumerSpec, HandlerDyn, consume};
-use crate::queue::{Publisher, Topology};
+use crate::queue::consumer::{ConsumerSpec, consume};
+use crate::queue::{Handler, Publisher, Topology, reconnect_backoff};
 use breaker::BreakerSettings;
 use retry::RetryPolicy;
 
@@ -95,12 +98,7 @@ pub fn pool_size(configured: u32, prefetch: u16) -> u32 {
 /// How long a broker connection may be down before the role gives up: the
 /// reconnection backoff's total (0.5 s doubling to 5 s) and a 5 s margin.
 pub fn max_outage(reconnect_attempts: usize) -> Duration {
-    let backoff: Duration = (0..reconnect_attempts)
-        .map(|k| {
-            let shift = u32::try_from(k.min(16)).unwrap_or(16);
-            Duration::from_millis(500u64.saturating_mul(1 << shift)).min(Duration::from_secs(5))
-        })
-        .sum();
+    let backoff: Duration = reconnect_backoff(reconnect_attempts).build().sum();
     backoff + Duration::from_secs(5)
 }
 
@@ -119,29 +117,17 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<String>, db::DbError> {
 /// connection is lost for good later.
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let settings = WorkerSettings::from_config(config);
-    let pool = db::pool_off_runtime(
-        &config.database.url,
+    let App {
+        pool,
+        conn,
+        topology,
+        publisher,
+    } = App::connect(
+        config,
+        Role::WORKER,
         pool_size(config.database.pool_size, settings.prefetch),
-        true,
     )
     .await?;
-    let applied = migrate(&pool).await?;
-    if !applied.is_empty() {
-        tracing::info!(?applied, "migrations applied");
-    }
-    let topology = Arc::new(Topology::with_prefix(
-        &config.amqp.prefix,
-        config.amqp.delivery_limit,
-    ));
-    let conn = crate::queue::connect_with(
-        &config.amqp.url,
-        "haproxy-control worker",
-        config.amqp.reconnect_attempts,
-    )
-    .await?;
-    let setup = conn.create_channel().await?;
-    topology.declare(&setup).await?;
-    let publisher = Publisher::new(&conn).await?;
     let template = crate::domain::mapping::NameTemplate::parse(&config.sync.name_template)
         .map_err(|e| anyhow::anyhow!("sync.name_template: {e}"))?;
     let ctx = Arc::new(WorkerContext {
@@ -153,9 +139,9 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         retry: settings.retry.clone(),
         breaker: settings.breaker.clone(),
     });
-    let actions: Arc<dyn HandlerDyn> = Arc::new(Arc::new(action::ActionHandler::new(ctx.clone())));
-    let batches: Arc<dyn HandlerDyn> = Arc::new(Arc::new(batch::BatchHandler::new(ctx.clone())));
-    let syncs: Arc<dyn HandlerDyn> = Arc::new(Arc::new(sync::SyncHandler::new(ctx, template)));
+    let actions: Arc<dyn Handler> = Arc::new(action::ActionHandler::new(ctx.clone()));
+    let batches: Arc<dyn Handler> = Arc::new(batch::BatchHandler::new(ctx.clone()));
+    let syncs: Arc<dyn Handler> = Arc::new(sync::SyncHandler::new(ctx, template));
     tracing::info!(actions = %topology.actions_queue, sync = %topology.sync_queue, "worker started");
     let outage = max_outage(config.amqp.reconnect_attempts);
     tokio::try_join!(

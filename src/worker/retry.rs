@@ -10,6 +10,13 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The waits between the attempts of one call, in order: one fewer than
+    /// `max_attempts` (a backon backoff, as every retry in the crate).
+    pub fn backoff(&self) -> impl backon::Backoff + use<> {
+        let policy = self.clone();
+        (1..policy.max_attempts).map(move |n| policy.delay_before_retry(n))
+    }
+
     /// The wait before retry `n` (1-based): the n-th backoff, the last one
     /// repeating.
     pub fn delay_before_retry(&self, n: u32) -> Duration {
@@ -51,5 +58,8 @@ mod tests {
             backoff: vec![],
         };
         assert_eq!(none.delay_before_retry(1), Duration::ZERO);
+        assert_eq!(none.backoff().count(), 0);
+        let waits: Vec<_> = p.backoff().collect();
+        assert_eq!(waits, [Duration::from_secs(1), Duration::from_secs(2)]);
     }
 }

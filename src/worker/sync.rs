@@ -3,11 +3,9 @@
 //! plan in one transaction, publish what changed, then ack.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::future::BoxFuture;
-use tracing::Instrument;
 
 use super::events::sync_failed;
 use super::{Trouble, WorkerContext, breaker, inventory as agent_inventory};
@@ -16,10 +14,10 @@ use crate::db::sync::{self as db_sync, RunClaim};
 use crate::db::{self, DbError, instances};
 use crate::domain::action::{SyncRequest, instance_sync_id};
 use crate::domain::mapping::NameTemplate;
-use crate::queue::message::parse_sync;
+use crate::queue::message::{InvalidMessage, parse_sync};
 use crate::queue::publisher::Outgoing;
 use crate::queue::topology::ROUTE_SYNC;
-use crate::queue::{Disposition, Handler, Incoming};
+use crate::queue::{Disposition, MessageHandler, TroublePolicy};
 
 pub struct SyncHandler {
     ctx: Arc<WorkerContext>,
@@ -32,37 +30,35 @@ impl SyncHandler {
     }
 }
 
-impl Handler for SyncHandler {
-    fn handle(self: Arc<Self>, message: Incoming) -> BoxFuture<'static, Disposition> {
-        Box::pin(async move {
-            let request = match parse_sync(&message.data) {
-                Ok(r) => r,
-                Err(e) => return Disposition::DeadLetter(e.0),
-            };
-            let span = tracing::info_span!(
-                "sync",
-                transaction_id = %request.transaction_id,
-                instance_id = ?request.instance_id,
-                reason = request.reason.as_str(),
-            );
-            async move {
-                match self.process(&request).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sync hit infrastructure trouble; giving it back");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        Disposition::Requeue
-                    }
-                }
-            }
-            .instrument(span)
-            .await
-        })
+impl MessageHandler for SyncHandler {
+    type Request = SyncRequest;
+    type Trouble = Trouble;
+
+    const TROUBLE: TroublePolicy = TroublePolicy {
+        retries: &[],
+        pause_before_requeue: Duration::from_secs(1),
+    };
+
+    fn parse(&self, data: &[u8]) -> Result<SyncRequest, InvalidMessage> {
+        parse_sync(data)
+    }
+
+    fn span(&self, request: &SyncRequest) -> tracing::Span {
+        tracing::info_span!(
+            "sync",
+            transaction_id = %request.transaction_id,
+            instance_id = ?request.instance_id,
+            reason = request.reason.as_str(),
+        )
+    }
+
+    async fn process(&self, request: &SyncRequest) -> Result<Disposition, Trouble> {
+        self.sync(request).await
     }
 }
 
 impl SyncHandler {
-    async fn process(&self, req: &SyncRequest) -> Result<Disposition, Trouble> {
+    async fn sync(&self, req: &SyncRequest) -> Result<Disposition, Trouble> {
         let ctx = &self.ctx;
         let Some(instance_id) = req.instance_id else {
             return self.fan_out(req).await;
