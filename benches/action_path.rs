@@ -5,8 +5,9 @@
 //! Run: `cargo bench --bench action_path` (env: BENCH_ACTIONS=5000,
 //! BENCH_RATE=50, BENCH_PACED_ACTIONS=500, BENCH_PREFETCH=64).
 
+// The tests' harness; the bench uses a part of it.
 #[path = "../tests/it/harness/mod.rs"]
-#[allow(unused_imports)]
+#[allow(dead_code, unused_imports)]
 mod harness;
 
 use std::collections::HashMap;
