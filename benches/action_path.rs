@@ -6,8 +6,9 @@
 //! BENCH_RATE=50, BENCH_PACED_ACTIONS=500, BENCH_PREFETCH=64). It ends with
 //! a markdown row for `docs/benchmarks.md` (date, commit, machine, figures).
 
+// The tests' harness; the bench uses a part of it.
 #[path = "../tests/it/harness/mod.rs"]
-#[allow(unused_imports)]
+#[allow(dead_code, unused_imports)]
 mod harness;
 
 mod common;

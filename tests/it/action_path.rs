@@ -8,24 +8,19 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::lb::SpiedLb as Lb;
+use crate::harness::lb::{Registered, SpiedLb as Lb};
 use crate::harness::proxy::Mode;
-use crate::harness::{HttpBackends, TcpProxy, TestSystem, eventually};
+use crate::harness::rows::Change;
+use crate::harness::{TcpProxy, TestSystem, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// One HAProxy with backend `web` of `n` servers `s1..sn` and `spare` (no checks), a
 /// socket spy between it and its agent.
 async fn lb(n: usize) -> Lb {
-    let backends = HttpBackends::start(&["app"]).await;
-    let addr = backends.addr("app");
     // A spare server that no test touches keeps the guard of rule 10 (never
     // the last ready server) out of these tests; it has tests of its own.
-    let servers: String = (1..=n)
-        .map(|i| format!("  server s{i} {addr}\n"))
-        .chain(std::iter::once(format!("  server spare {addr}\n")))
-        .collect();
-    Lb::start(backends, &format!("backend web\n{servers}")).await
+    Lb::with_spares([("web", n)]).await
 }
 
 fn action(txn: Uuid, action: &str, target: Value) -> Value {
@@ -53,10 +48,7 @@ async fn publish_drains(sys: &TestSystem, n: usize) -> Vec<Uuid> {
 /// Waits until at least `n` actions succeeded.
 async fn wait_successes(sys: &TestSystem, n: i64) {
     eventually(WAIT, &format!("{n} actions done"), || async {
-        let done = sys
-            .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
-            .await;
-        (done >= n).then_some(())
+        (sys.successes().await >= n).then_some(())
     })
     .await;
 }
@@ -74,15 +66,15 @@ async fn assert_each_applied_once(sys: &TestSystem, lb: &Lb, txns: &[Uuid]) {
         sys.wait_event("action.succeeded", *txn, Duration::from_secs(60))
             .await;
     }
-    let n = i64::try_from(txns.len()).unwrap_or(i64::MAX);
+    assert_eq!(sys.actions().await.len(), txns.len());
+    let history = sys.history_per_server().await;
     assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
-        n
-    );
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM (SELECT server_id FROM haproxy_server_status_history GROUP BY server_id HAVING count(*) = 1) x").await,
-        n,
-        "one history row per server"
+        history
+            .values()
+            .filter(|changes| changes.len() == 1)
+            .count(),
+        txns.len(),
+        "one history row per server: {history:?}"
     );
     assert_eq!(
         lb.spy.count("set server"),
@@ -111,10 +103,7 @@ async fn bits(lb: &Lb, server: &str) -> u32 {
 
 #[tokio::test]
 async fn an_action_command_changes_haproxy_and_is_recorded_and_announced() {
-    let lb = lb(2).await;
-    let mut sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &lb.agent).await;
-    sys.start_worker(sys.config());
+    let Registered { mut sys, lb, .. } = lb(2).await.with_worker().await;
 
     let txn = Uuid::new_v4();
     sys.publish_action(&action(txn, "drain", by_names("s1")))
@@ -135,20 +124,10 @@ async fn an_action_command_changes_haproxy_and_is_recorded_and_announced() {
     let server_id = sys.server_id("lb-1", "web", "s1").await;
     assert_eq!(row.server_id, Some(server_id));
     assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_server_status_history WHERE server_id = {server_id} \
-             AND source = 'action' AND actor = 'user:alice' AND previous_admin_state = 'ready' \
-             AND new_admin_state = 'drain' AND action_id = {}",
-            row.id
-        ))
-        .await,
-        1
+        sys.history(server_id).await,
+        [Change::by_action(row.id, "user:alice", "ready", "drain")]
     );
-    assert_eq!(
-        sys.count(&format!("SELECT count(*) AS n FROM haproxy_servers WHERE id = {server_id} AND admin_state = 'drain'"))
-            .await,
-        1
-    );
+    assert_eq!(sys.server("lb-1", "web", "s1").await.admin_state, "drain");
 
     // The same by server id, back to ready.
     let txn2 = Uuid::new_v4();
@@ -192,28 +171,19 @@ async fn the_same_transaction_five_times_at_once_reaches_haproxy_once() {
         "{:?}",
         lb.spy.lines("set server")
     );
-    assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_actions WHERE transaction_id = '{txn}'"
-        ))
-        .await,
-        1
+    assert!(
+        sys.action(txn).await.is_some(),
+        "one row (the transaction id is unique)"
     );
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
-            .await,
-        1
-    );
+    assert_eq!(sys.history_from("action").await.len(), 1);
+    assert_eq!(sys.history_from("sync").await, []);
     assert_eq!(bits(&lb, "s1").await, 1);
     assert_eq!(sys.depth(&sys.topology.actions_queue).await, 0);
 }
 
 #[tokio::test]
 async fn an_older_command_after_a_newer_one_is_superseded_and_never_sent() {
-    let lb = lb(1).await;
-    let mut sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &lb.agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, lb, .. } = &lb(1).await.with_worker().await;
 
     let now = Utc::now();
     let newer = Uuid::new_v4();
@@ -235,7 +205,7 @@ async fn an_older_command_after_a_newer_one_is_superseded_and_never_sent() {
         1,
         "the older command must not reach HAProxy"
     );
-    assert_eq!(bits(&lb, "s1").await, 8, "still drained");
+    assert_eq!(bits(lb, "s1").await, 8, "still drained");
 }
 
 #[tokio::test]
@@ -290,11 +260,6 @@ async fn an_unreachable_agent_is_retried_then_the_breaker_opens_and_later_closes
     let mut config = sys.config();
     config.worker.breaker_open_secs = 2;
     sys.start_worker(config);
-    let breaker = |state: &str| {
-        format!(
-            "SELECT count(*) AS n FROM haproxy_instances WHERE id = {lb1_id} AND breaker_state = '{state}'"
-        )
-    };
 
     proxy.set_mode(Mode::Reset);
     proxy.reset_counter();
@@ -312,8 +277,8 @@ async fn an_unreachable_agent_is_retried_then_the_breaker_opens_and_later_closes
         "retries wait 100 + 200 ms"
     );
     assert_eq!(
-        sys.count(&breaker("open")).await,
-        1,
+        sys.instance(lb1_id).await.breaker_state,
+        "open",
         "three failed calls open the breaker"
     );
     let opened = sys
@@ -350,7 +315,7 @@ async fn an_unreachable_agent_is_retried_then_the_breaker_opens_and_later_closes
         .await;
     let ok = sys.wait_event("action.succeeded", third, WAIT).await;
     assert_eq!(ok["current"]["admin_state"], "drain");
-    assert_eq!(sys.count(&breaker("closed")).await, 1);
+    assert_eq!(sys.instance(lb1_id).await.breaker_state, "closed");
     eventually(WAIT, "instance.circuit_closed", || async {
         sys.events()
             .into_iter()
@@ -362,10 +327,7 @@ async fn an_unreachable_agent_is_retried_then_the_breaker_opens_and_later_closes
 
 #[tokio::test]
 async fn an_agent_answering_4xx_fails_at_once_without_retry() {
-    let lb = lb(1).await;
-    let mut sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &lb.agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, lb, .. } = &lb(1).await.with_worker().await;
     // The server vanishes from HAProxy behind the module's back.
     assert_eq!(
         lb.haproxy.cmd("set server web/s1 state maint").await.trim(),
@@ -387,10 +349,7 @@ async fn an_agent_answering_4xx_fails_at_once_without_retry() {
 
 #[tokio::test]
 async fn bad_messages_are_dead_lettered_with_a_reason_and_the_worker_keeps_going() {
-    let lb = lb(1).await;
-    let mut sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &lb.agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, lb, .. } = &lb(1).await.with_worker().await;
 
     let txn = Uuid::new_v4();
     sys.publish_raw("action", b"{this is not json").await;
@@ -431,10 +390,7 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_the_worker_keeps_going
     assert_eq!(dead[0].body, b"{this is not json");
     assert!(dead.iter().all(|d| d.routing_key == "action"));
     assert_eq!(lb.spy.count("set server"), 0, "nothing reached HAProxy");
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
-        0
-    );
+    assert_eq!(sys.actions().await.len(), 0, "nothing recorded");
 
     let good = Uuid::new_v4();
     sys.publish_action(&action(good, "drain", by_names("s1")))
@@ -460,9 +416,7 @@ async fn a_worker_killed_with_100_actions_in_flight_is_finished_by_its_successor
     wait_successes(&sys, 10).await;
     first.kill().expect("SIGKILL");
     let _ = first.wait();
-    let done_at_kill = sys
-        .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
-        .await;
+    let done_at_kill = sys.successes().await;
     assert!(
         done_at_kill < 100,
         "the kill came too late to prove anything"
@@ -589,8 +543,8 @@ async fn an_agent_answering_500_or_hanging_is_retried_and_counted_for_the_breake
         "3 timeouts of 300 ms and the backoff"
     );
     assert_eq!(
-        sys.count(&format!("SELECT count(*) AS n FROM haproxy_instances WHERE id = {id} AND consecutive_failures = 6")).await,
-        1,
+        sys.instance(id).await.consecutive_failures,
+        6,
         "every failed call counted"
     );
     assert_eq!(bits(&lb, "s1").await, 0, "HAProxy untouched");

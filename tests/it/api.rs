@@ -84,18 +84,10 @@ async fn full_flow_settings_sync_list_drain_poll_history_ready() {
     assert_eq!(saved["instance"]["server_id"], 501);
     assert!(!saved.to_string().contains(&agent.token), "{saved}");
     let instance_id = saved["instance"]["id"].as_i64().expect("instance id");
+    assert!(sys.is_haproxy_node(501).await);
     assert_eq!(
-        sys.count("SELECT count(*) AS n FROM servers WHERE id = 501 AND is_haproxy_node")
-            .await,
-        1
-    );
-    assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_instances WHERE fagent_token_ref = 'token:{}'",
-            agent.token
-        ))
-        .await,
-        1,
+        sys.instance(instance_id).await.fagent_token_ref,
+        format!("token:{}", agent.token),
         "the token is stored as a token: reference"
     );
     let (status, again) = api.put("/api/servers/501/haproxy", ADMIN, &settings).await;
@@ -228,13 +220,13 @@ async fn full_flow_settings_sync_list_drain_poll_history_ready() {
         .map(|h| &h["current"]["admin_state"])
         .collect();
     assert_eq!(states, vec!["ready", "drain"], "newest first: {history}");
-    assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_actions WHERE server_id = {server_id}"
-        ))
-        .await,
-        2
-    );
+    let on_web2 = sys
+        .actions()
+        .await
+        .into_iter()
+        .filter(|a| a.server_id == Some(server_id))
+        .count();
+    assert_eq!(on_web2, 2);
 
     let (status, ready) = api.send(Method::GET, "/readyz", None, None).await;
     assert_eq!(
@@ -314,10 +306,7 @@ async fn every_bad_request_is_a_json_4xx_and_roles_are_enforced() {
         403,
         "forbidden",
     );
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
-        0
-    );
+    assert_eq!(sys.actions().await.len(), 0, "nothing recorded");
 
     // 404: unknown ids and routes.
     let unknown = Uuid::new_v4();
@@ -584,13 +573,13 @@ async fn every_bad_request_is_a_json_4xx_and_roles_are_enforced() {
         2,
         "re-published while pending"
     );
+    let row = sys
+        .action(Uuid::parse_str(&txn).expect("uuid"))
+        .await
+        .expect("the action's row");
     assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_actions WHERE transaction_id = '{txn}' \
-             AND actor = 'user:olga' AND status = 'pending' AND server_id = 90001"
-        ))
-        .await,
-        1
+        (row.actor.as_str(), row.status.as_str(), row.server_id),
+        ("user:olga", "pending", Some(90001))
     );
     let (status, view) = api
         .get(&format!("/api/haproxy/actions/{txn}"), VIEWER)
@@ -611,12 +600,11 @@ async fn every_bad_request_is_a_json_4xx_and_roles_are_enforced() {
         assert_eq!(*status, 202, "{answer}");
         assert_eq!(answer["transaction_id"], json!(txn));
     }
-    assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_actions WHERE transaction_id = '{txn}'"
-        ))
-        .await,
-        1
+    assert!(
+        sys.action(Uuid::parse_str(&txn).expect("uuid"))
+            .await
+            .is_some(),
+        "one row (the transaction id is unique)"
     );
 
     // A batch: same transaction and body → same answer; another body → 409.
@@ -880,14 +868,13 @@ async fn a_batch_over_an_application_group_on_two_instances_acts_once_per_server
     .await;
     sys.register_agent("lb-1", &agent1).await;
     sys.register_agent("lb-2", &agent2).await;
-    assert_eq!(
-        sys.count(
-            "SELECT count(*) AS n FROM haproxy_servers WHERE application_id IN (701, 702, 703)"
-        )
-        .await,
-        5,
-        "linked by the name template"
-    );
+    let in_group = sys
+        .servers()
+        .await
+        .into_iter()
+        .filter(|s| matches!(s.application_id, Some(701..=703)))
+        .count();
+    assert_eq!(in_group, 5, "linked by the name template");
     sys.start_worker(sys.config());
     let api = Api::start(&sys).await;
 
@@ -917,25 +904,19 @@ async fn a_batch_over_an_application_group_on_two_instances_acts_once_per_server
     assert_eq!(done["counts"]["pending"], 0, "{done}");
 
     // Each server acted on once, and only the group's servers.
-    assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_actions WHERE batch_id = {batch_id}"
-        ))
-        .await,
-        5
-    );
-    assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM (SELECT server_id FROM haproxy_actions WHERE batch_id = {batch_id} \
-             GROUP BY server_id HAVING count(*) = 1) once"
-        ))
-        .await,
-        5
-    );
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_actions WHERE actor <> 'user:olga'")
-            .await,
-        0
+    let actions = sys.actions().await;
+    let mut servers: Vec<Option<i64>> = actions
+        .iter()
+        .filter(|a| a.batch_id == Some(batch_id))
+        .map(|a| a.server_id)
+        .collect();
+    assert_eq!(servers.len(), 5, "{actions:?}");
+    servers.sort_unstable();
+    servers.dedup();
+    assert_eq!(servers.len(), 5, "one action per server: {actions:?}");
+    assert!(
+        actions.iter().all(|a| a.actor == "user:olga"),
+        "{actions:?}"
     );
     for (agent, backend, server, state) in [
         (&agent1, "web", "hosta_shop_1", "drain"),
@@ -960,13 +941,7 @@ async fn a_batch_over_an_application_group_on_two_instances_acts_once_per_server
         .await;
     assert_eq!((status, &third), (202, &first));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_actions WHERE batch_id = {batch_id}"
-        ))
-        .await,
-        5
-    );
+    assert_eq!(sys.actions().await.len(), 5, "no new action");
     api.stop().await;
 }
 

@@ -7,34 +7,15 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{HttpBackends, TestAgent, TestHaproxy, TestSystem, eventually};
+use crate::harness::lb::{Registered, SpiedLb as Lb};
+use crate::harness::{TestSystem, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Lb {
-    _app: HttpBackends,
-    haproxy: TestHaproxy,
-    agent: TestAgent,
-}
-
-/// One HAProxy with the given backends and server counts.
-async fn lb(backends: &[(&str, usize)]) -> Lb {
-    let app = HttpBackends::start(&["a"]).await;
-    let addr = app.addr("a");
-    let mut cfg = String::new();
-    for (b, n) in backends {
-        cfg.push_str(&format!("backend {b}\n"));
-        for i in 1..=*n {
-            cfg.push_str(&format!("  server s{i} {addr}\n"));
-        }
-    }
-    let haproxy = TestHaproxy::start(&cfg).await;
-    let agent = TestAgent::start(&haproxy.socket).await;
-    Lb {
-        _app: app,
-        haproxy,
-        agent,
-    }
+/// One HAProxy with the given backends and server counts, registered as
+/// `lb-1`, and a worker.
+async fn lb_with_worker(backends: &[(&str, usize)]) -> Registered {
+    Lb::numbered(backends).await.with_worker().await
 }
 
 fn action(txn: Uuid, state: &str, backend: &str, server: &str, force: bool) -> Value {
@@ -53,10 +34,7 @@ async fn ready_in(lb: &Lb, backend: &str) -> usize {
 
 #[tokio::test]
 async fn the_last_ready_server_of_a_backend_is_only_taken_out_with_force() {
-    let lb = lb(&[("web", 2)]).await;
-    let mut sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &lb.agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, lb, .. } = &lb_with_worker(&[("web", 2)]).await;
 
     let first = Uuid::new_v4();
     sys.publish_action(&action(first, "drain", "web", "s1", false))
@@ -75,21 +53,18 @@ async fn the_last_ready_server_of_a_backend_is_only_taken_out_with_force() {
     );
     let row = sys.wait_final(second, WAIT).await;
     assert_eq!((row.status.as_str(), row.attempts), ("rejected", 0));
-    assert_eq!(ready_in(&lb, "web").await, 1, "HAProxy untouched");
+    assert_eq!(ready_in(lb, "web").await, 1, "HAProxy untouched");
 
     let forced = Uuid::new_v4();
     sys.publish_action(&action(forced, "maint", "web", "s2", true))
         .await;
     sys.wait_event("action.succeeded", forced, WAIT).await;
-    assert_eq!(ready_in(&lb, "web").await, 0);
+    assert_eq!(ready_in(lb, "web").await, 0);
 }
 
 #[tokio::test]
 async fn concurrent_drains_cannot_empty_a_backend_together() {
-    let lb = lb(&[("web", 3)]).await;
-    let mut sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &lb.agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, lb, .. } = &lb_with_worker(&[("web", 3)]).await;
     let txns: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     let bodies: Vec<Value> = txns
         .iter()
@@ -103,15 +78,12 @@ async fn concurrent_drains_cannot_empty_a_backend_together() {
     }
     statuses.sort();
     assert_eq!(statuses, ["rejected", "success", "success"]);
-    assert_eq!(ready_in(&lb, "web").await, 1);
+    assert_eq!(ready_in(lb, "web").await, 1);
 }
 
 #[tokio::test]
 async fn a_batch_acts_once_per_server_guards_each_backend_and_reports_completion() {
-    let lb = lb(&[("web", 3), ("api", 2)]).await;
-    let mut sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &lb.agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, lb, .. } = &lb_with_worker(&[("web", 3), ("api", 2)]).await;
     let mut ids = Vec::new();
     for s in ["s1", "s2", "s3"] {
         ids.push(sys.server_id("lb-1", "web", s).await);
@@ -130,13 +102,11 @@ async fn a_batch_acts_once_per_server_guards_each_backend_and_reports_completion
         "the guard kept web's last ready server: {done}"
     );
     assert_eq!(done["actor"], "ac:deploy-job-77");
-    assert_eq!(ready_in(&lb, "web").await, 1);
-    assert_eq!(ready_in(&lb, "api").await, 1);
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_actions WHERE batch_id IS NOT NULL")
-            .await,
-        4
-    );
+    assert_eq!(ready_in(lb, "web").await, 1);
+    assert_eq!(ready_in(lb, "api").await, 1);
+    let actions = sys.actions().await;
+    assert_eq!(actions.len(), 4);
+    assert!(actions.iter().all(|a| a.batch_id.is_some()), "{actions:?}");
 
     // The same batch again: no new action; the completion is announced again
     // with the same event id.
@@ -149,20 +119,15 @@ async fn a_batch_acts_once_per_server_guards_each_backend_and_reports_completion
     .await
     .windows(2)
     .for_each(|w| assert_eq!(w[0]["event_id"], w[1]["event_id"]));
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_actions").await,
-        4
-    );
-    assert_eq!(
-        sys.count(&format!("SELECT count(*) AS n FROM haproxy_batches WHERE transaction_id = '{txn}' AND total = 4 AND completed_at IS NOT NULL")).await,
-        1
-    );
+    assert_eq!(sys.actions().await.len(), 4, "no new action");
+    let recorded = sys.batch(txn).await.expect("the batch's row");
+    assert_eq!((recorded.total, recorded.completed), (4, true));
 }
 
 #[tokio::test]
 async fn a_batch_over_an_application_group_spans_instances() {
-    let lb1 = lb(&[("web", 2)]).await;
-    let lb2 = lb(&[("web", 2)]).await;
+    let lb1 = Lb::numbered(&[("web", 2)]).await;
+    let lb2 = Lb::numbered(&[("web", 2)]).await;
     let mut sys = TestSystem::start().await;
     sys.register_agent("lb-1", &lb1.agent).await;
     sys.register_agent("lb-2", &lb2.agent).await;

@@ -14,6 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::fleet::SPARE;
+use crate::harness::rows::Change;
 use crate::harness::{
     SeededRng, SpiedLb, TestSystem, assert_db_matches_haproxy, differences_from_haproxy,
     eventually, final_check,
@@ -28,11 +29,13 @@ const SET_SERVER_DELAY: Duration = Duration::from_millis(15);
 /// Publishes one batch draining every server of every instance but the
 /// spares; returns its transaction id and those of the actions it expands to.
 async fn publish_drain_batch(sys: &TestSystem) -> (Uuid, Vec<Uuid>) {
-    let ids = sys
-        .ids(&format!(
-            "SELECT id FROM haproxy_servers WHERE server_name <> '{SPARE}' ORDER BY id"
-        ))
-        .await;
+    let ids: Vec<i64> = sys
+        .servers()
+        .await
+        .into_iter()
+        .filter(|s| s.name != SPARE)
+        .map(|s| s.id)
+        .collect();
     assert_eq!(ids.len(), 500, "the batch names 500 servers");
     let txn = Uuid::new_v4();
     let batch = json!({"transaction_id": txn, "action": "drain", "actor": "ac:deploy-job-6",
@@ -45,14 +48,9 @@ async fn publish_drain_batch(sys: &TestSystem) -> (Uuid, Vec<Uuid>) {
     )
 }
 
-async fn successes(sys: &TestSystem) -> i64 {
-    sys.count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
-        .await
-}
-
 async fn wait_successes(sys: &TestSystem, n: i64) {
     eventually(SETTLE, &format!("{n} actions done"), || async {
-        (successes(sys).await >= n).then_some(())
+        (sys.successes().await >= n).then_some(())
     })
     .await;
 }
@@ -113,7 +111,7 @@ async fn a_worker_sigkilled_at_random_points_of_a_500_action_batch_loses_and_dou
         tokio::time::sleep(Duration::from_millis(delay)).await;
         worker.kill().expect("SIGKILL");
         let _ = worker.wait();
-        let done = successes(&sys).await;
+        let done = sys.successes().await;
         eprintln!(
             "kill {}: after {threshold} done and {delay} ms more; {done} of 500 done",
             k + 1
@@ -161,9 +159,9 @@ async fn haproxy_reloaded_in_the_middle_of_a_batch_the_batch_finishes_once_and_t
     let (batch, txns) = publish_drain_batch(&sys).await;
     wait_successes(&sys, 150).await;
     // Everything counted here was applied to the old process.
-    let applied_before = usize::try_from(successes(&sys).await).expect("count");
+    let applied_before = usize::try_from(sys.successes().await).expect("count");
     lb.haproxy.reload_graceful().await;
-    let done_at_reload = successes(&sys).await;
+    let done_at_reload = sys.successes().await;
     eprintln!("reloaded with {applied_before}..{done_at_reload} of 500 done");
     assert!(done_at_reload < 500, "the reload came after the batch");
 
@@ -199,14 +197,10 @@ async fn haproxy_reloaded_in_the_middle_of_a_batch_the_batch_finishes_once_and_t
     assert_eq!(status, "success", "{counts}");
     assert_eq!(counts["state_changes"], lost.len(), "{counts}");
     assert_db_matches_haproxy(&sys, "lb-1", &lb.haproxy).await;
+    let found = sys.history_from("sync").await;
     assert_eq!(
-        sys.count(
-            "SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync' \
-             AND actor = 'haproxy:lb-1' AND previous_admin_state = 'drain' \
-             AND new_admin_state = 'ready' AND action_id IS NULL"
-        )
-        .await,
-        i64::try_from(lost.len()).expect("count"),
+        found,
+        vec![Change::by_sync("lb-1", "drain", "ready"); lost.len()],
         "one sync history row per lost drain"
     );
     eventually(SETTLE, "a server.state_changed per lost drain", || async {
@@ -256,9 +250,9 @@ async fn two_workers_and_two_schedulers_at_once_apply_a_batch_once_and_sync_once
         sys.spawn_scheduler_process(&config, &log("scheduler-1.log")),
         sys.spawn_scheduler_process(&config, &log("scheduler-2.log")),
     ];
-    let scheduled = "SELECT count(*) AS n FROM haproxy_sync_runs WHERE reason = 'schedule'";
+    let scheduled = || async { sys.sync_runs_by("schedule").await.len() };
     eventually(SETTLE, "the schedulers' first syncs", || async {
-        (sys.count(scheduled).await >= 2).then_some(())
+        (scheduled().await >= 2).then_some(())
     })
     .await;
 
@@ -268,9 +262,9 @@ async fn two_workers_and_two_schedulers_at_once_apply_a_batch_once_and_sync_once
     })
     .await;
     // One more tick after the batch, then the schedulers stop.
-    let runs = sys.count(scheduled).await;
+    let runs = scheduled().await;
     eventually(SETTLE, "a tick after the batch", || async {
-        (sys.count(scheduled).await > runs).then_some(())
+        (scheduled().await > runs).then_some(())
     })
     .await;
     for s in &mut schedulers {
@@ -299,10 +293,9 @@ async fn two_workers_and_two_schedulers_at_once_apply_a_batch_once_and_sync_once
         .iter()
         .map(|s| read(s).matches("scheduled syncs published").count())
         .sum();
-    let runs = usize::try_from(sys.count(scheduled).await).expect("count");
-    let sync_history = sys
-        .count("SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync'")
-        .await;
+    let scheduled_runs = sys.sync_runs_by("schedule").await;
+    let runs = scheduled_runs.len();
+    let sync_history = sys.history_from("sync").await.len();
     eprintln!(
         "{ticks} scheduler ticks (2 syncs each) gave {runs} scheduled sync runs; \
          {sync_history} sync history rows"
@@ -317,22 +310,20 @@ async fn two_workers_and_two_schedulers_at_once_apply_a_batch_once_and_sync_once
         "duplicate ticks were deduped: {runs} runs of {} syncs sent",
         ticks * 2
     );
-    assert_eq!(
-        sys.count(
-            "SELECT count(*) AS n FROM (SELECT instance_id FROM haproxy_sync_runs \
-             WHERE reason = 'schedule' \
-             GROUP BY instance_id, floor(extract(epoch FROM requested_at)) HAVING count(*) > 1) x"
-        )
-        .await,
-        0,
-        "one sync run per instance and tick"
+    let mut ticks_seen = std::collections::HashSet::new();
+    let twice: Vec<_> = scheduled_runs
+        .iter()
+        .filter(|r| !ticks_seen.insert((r.instance_id, r.requested_at.timestamp())))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "one sync run per instance and tick: {twice:?}"
     );
-    assert_eq!(
-        sys.count(
-            "SELECT count(*) AS n FROM haproxy_sync_runs WHERE status NOT IN ('success', 'skipped')"
-        )
-        .await,
-        0,
-        "no sync failed"
-    );
+    let failed: Vec<_> = sys
+        .sync_runs()
+        .await
+        .into_iter()
+        .filter(|r| r.status != "success" && r.status != "skipped")
+        .collect();
+    assert!(failed.is_empty(), "no sync failed: {failed:?}");
 }

@@ -76,10 +76,8 @@ async fn every_hostile_message_is_dead_lettered_with_a_reason_and_nothing_reache
     let lb = SpiedLb::web_of_two().await;
     let mut sys = TestSystem::start().await;
     sys.register_agent("lb-1", &lb.agent).await;
-    let servers_before = sys.count("SELECT count(*) AS n FROM haproxy_servers").await;
-    let syncs_before = sys
-        .count("SELECT count(*) AS n FROM haproxy_sync_runs")
-        .await;
+    let servers_before = sys.servers().await.len();
+    let syncs_before = sys.sync_runs().await.len();
     let socket_before = lb.spy.records().len();
     sys.start_worker(sys.config());
 
@@ -229,18 +227,9 @@ async fn every_hostile_message_is_dead_lettered_with_a_reason_and_nothing_reache
         lb.spy.lines("")
     );
     for table in ["haproxy_actions", "haproxy_batches"] {
-        assert_eq!(
-            sys.count(&format!("SELECT count(*) AS n FROM {table}"))
-                .await,
-            0,
-            "{table}"
-        );
+        assert_eq!(sys.rows_in(table).await, 0, "{table}");
     }
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_sync_runs")
-            .await,
-        syncs_before
-    );
+    assert_eq!(sys.sync_runs().await.len(), syncs_before);
     assert!(
         sys.events()
             .iter()
@@ -272,10 +261,7 @@ async fn every_hostile_message_is_dead_lettered_with_a_reason_and_nothing_reache
         ("success", actor, Some(reason))
     );
     assert_eq!(lb.spy.count("set server"), 1);
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_servers").await,
-        servers_before
-    );
+    assert_eq!(sys.servers().await.len(), servers_before);
     let bits = lb.haproxy.admin_bits().await;
     assert!(
         bits.contains(&("web/web1_shop_1".to_owned(), 8)),
@@ -378,18 +364,14 @@ async fn the_api_answers_hostile_input_with_json_4xx_never_5xx_and_sends_nothing
         .await;
     let backend = backends["items"][0]["id"].as_i64().expect("backend id");
     let socket_before = lb.spy.records().len();
-    let count = |table: &'static str| {
-        let sys = &sys;
-        async move {
-            sys.count(&format!("SELECT count(*) AS n FROM {table}"))
-                .await
-        }
+    let rows = || async {
+        (
+            sys.rows_in("haproxy_servers").await,
+            sys.rows_in("haproxy_backends").await,
+            sys.rows_in("haproxy_instances").await,
+        )
     };
-    let rows_before = (
-        count("haproxy_servers").await,
-        count("haproxy_backends").await,
-        count("haproxy_instances").await,
-    );
+    let rows_before = rows().await;
     let action_path = format!("/api/haproxy/servers/{server}/action");
     let json = Some("application/json");
 
@@ -564,16 +546,9 @@ async fn the_api_answers_hostile_input_with_json_4xx_never_5xx_and_sends_nothing
 
     // Nothing was published, written or sent to HAProxy ...
     sys.assert_no_commands_waiting().await;
-    assert_eq!(count("haproxy_actions").await, 0);
-    assert_eq!(count("haproxy_batches").await, 0);
-    assert_eq!(
-        (
-            count("haproxy_servers").await,
-            count("haproxy_backends").await,
-            count("haproxy_instances").await,
-        ),
-        rows_before
-    );
+    assert_eq!(sys.rows_in("haproxy_actions").await, 0);
+    assert_eq!(sys.rows_in("haproxy_batches").await, 0);
+    assert_eq!(rows().await, rows_before);
     assert_eq!(
         lb.spy.records().len(),
         socket_before,

@@ -93,20 +93,14 @@ async fn ten_instances_of_1000_servers_take_5000_actions_and_a_sync_per_second_e
                 .await,
         );
     }
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_servers").await,
-        i64::try_from(INSTANCES * 1000).expect("count"),
-        "10 instances of 1,000 servers"
-    );
-    let names: Vec<String> = (1..=DRAINED_PER_BACKEND)
-        .map(|i| format!("'s{i}'"))
+    let all = sys.servers().await;
+    assert_eq!(all.len(), INSTANCES * 1000, "10 instances of 1,000 servers");
+    let names: Vec<String> = (1..=DRAINED_PER_BACKEND).map(|i| format!("s{i}")).collect();
+    let servers: Vec<i64> = all
+        .iter()
+        .filter(|s| names.contains(&s.name))
+        .map(|s| s.id)
         .collect();
-    let servers = sys
-        .ids(&format!(
-            "SELECT id FROM haproxy_servers WHERE server_name IN ({}) ORDER BY id",
-            names.join(",")
-        ))
-        .await;
     assert_eq!(servers.len(), ACTIONS);
     // A fixed permutation (7919 is prime to 5,000) so every moment of the
     // run has actions for every instance.
@@ -141,9 +135,7 @@ async fn ten_instances_of_1000_servers_take_5000_actions_and_a_sync_per_second_e
         }
     }
     let published_in = run.elapsed();
-    let done_when_published = sys
-        .count("SELECT count(*) AS n FROM haproxy_actions WHERE status = 'success'")
-        .await;
+    let done_when_published = sys.successes().await;
     eprintln!(
         "load: {} actions and {} syncs published in {published_in:?}; {done_when_published} actions done then",
         txns.len(),
@@ -180,24 +172,15 @@ async fn ten_instances_of_1000_servers_take_5000_actions_and_a_sync_per_second_e
         assert!(lb.spares_ready().await, "lb-{}: a spare was touched", i + 1);
         assert_db_matches_haproxy(&sys, &format!("lb-{}", i + 1), &lb.haproxy).await;
     }
-    let runs = |status: &str| {
-        format!(
-            "SELECT count(*) AS n FROM haproxy_sync_runs WHERE reason = 'force' AND status = '{status}'"
-        )
-    };
-    let (ok, skipped, failed) = (
-        sys.count(&runs("success")).await,
-        sys.count(&runs("skipped")).await,
-        sys.count(&runs("failed")).await,
-    );
-    let sync_history = sys
-        .count("SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync'")
-        .await;
+    let forced = sys.sync_runs_by("force").await;
+    let runs = |status: &str| forced.iter().filter(|r| r.status == status).count();
+    let (ok, skipped, failed) = (runs("success"), runs("skipped"), runs("failed"));
+    let sync_history = sys.history_from("sync").await.len();
     eprintln!(
         "load: sync runs: {ok} success, {skipped} skipped (another sync of the instance was running), {failed} failed; {sync_history} sync history rows"
     );
     assert_eq!(
-        usize::try_from(ok + skipped).expect("count"),
+        ok + skipped,
         syncs.len(),
         "every forced sync was handled once"
     );
@@ -206,7 +189,7 @@ async fn ten_instances_of_1000_servers_take_5000_actions_and_a_sync_per_second_e
         sync_history, 0,
         "nothing changed behind the module's back: the syncs recorded no change of their own"
     );
-    assert!(ok >= i64::try_from(INSTANCES).expect("count"));
+    assert!(ok >= INSTANCES);
     assert!(
         peak_rss > 0 && hwm > 0,
         "the worker's memory was sampled ({samples} samples)"

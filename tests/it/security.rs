@@ -20,9 +20,13 @@ use crate::harness::lb::SpiedLb;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn count(sys: &TestSystem, table: &str) -> i64 {
-    sys.count(&format!("SELECT count(*) AS n FROM {table}"))
-        .await
+/// The active instances no AC server claims.
+async fn unclaimed_instances(sys: &TestSystem) -> usize {
+    let instances = sys.instances().await;
+    instances
+        .iter()
+        .filter(|i| i.server_id.is_none() && i.is_active)
+        .count()
 }
 
 #[tokio::test]
@@ -33,9 +37,7 @@ async fn without_the_right_role_no_call_changes_anything() {
     sys.exec("INSERT INTO servers (id, hostname) VALUES (502, 'lb-node')")
         .await;
     let socket_before = lb.spy.records().len();
-    let instances_before = sys
-        .count("SELECT count(*) AS n FROM haproxy_instances WHERE server_id IS NULL AND is_active")
-        .await;
+    let instances_before = unclaimed_instances(sys).await;
 
     let changes: Vec<(Method, String, Value)> = vec![
         (
@@ -98,22 +100,19 @@ async fn without_the_right_role_no_call_changes_anything() {
     );
 
     sys.assert_no_commands_waiting().await;
-    assert_eq!(count(sys, "haproxy_actions").await, 0);
-    assert_eq!(count(sys, "haproxy_batches").await, 0);
+    assert_eq!(sys.rows_in("haproxy_actions").await, 0);
+    assert_eq!(sys.rows_in("haproxy_batches").await, 0);
     assert_eq!(
-        sys.count(
-            "SELECT count(*) AS n FROM haproxy_instances WHERE server_id IS NULL AND is_active"
-        )
-        .await,
+        unclaimed_instances(sys).await,
         instances_before,
         "the instance was not taken over by server 502"
     );
-    assert_eq!(
-        sys.count(
-            "SELECT count(*) AS n FROM haproxy_instances WHERE fagent_token_ref LIKE '%stolen%'"
-        )
-        .await,
-        0
+    let instances = sys.instances().await;
+    assert!(
+        instances
+            .iter()
+            .all(|i| !i.fagent_token_ref.contains("stolen")),
+        "{instances:?}"
     );
     assert_eq!(
         lb.spy.records().len(),
@@ -211,13 +210,13 @@ async fn a_worker_holding_the_wrong_agent_token_fails_actions_as_agent_error_wit
         let detail = row.error_detail.unwrap_or_default();
         assert!(detail.contains("401"), "{detail}");
     }
+    let instance = sys.instance(id).await;
     assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_instances WHERE id = {id} \
-             AND breaker_state = 'closed' AND consecutive_failures = 0"
-        ))
-        .await,
-        1,
+        (
+            instance.breaker_state.as_str(),
+            instance.consecutive_failures
+        ),
+        ("closed", 0),
         "a 401 counted as an agent failure"
     );
     assert!(

@@ -1,56 +1,17 @@
 //! Sync: discovery, reconciliation, application mapping, scheduler, against
 //! real HAProxy, PostgreSQL and RabbitMQ.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::harness::lb::{Registered, SpiedLb};
 use crate::harness::proxy::Mode;
-use crate::harness::{HttpBackends, SocketSpy, TestAgent, TestHaproxy, TestSystem, eventually};
+use crate::harness::rows::Change;
+use crate::harness::{HttpBackends, TestSystem, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn servers(list: &[(&str, SocketAddr)]) -> String {
-    list.iter()
-        .map(|(n, a)| format!("  server {n} {a}\n"))
-        .collect()
-}
-
-async fn server_row(
-    sys: &TestSystem,
-    backend: &str,
-    server: &str,
-) -> Option<(i64, String, bool, Option<i64>)> {
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        id: i64,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        admin_state: String,
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        removed: bool,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-        application_id: Option<i64>,
-    }
-    let (b, s) = (backend.to_owned(), server.to_owned());
-    haproxy_control::db::run(&sys.pool, move |c| {
-        use diesel::RunQueryDsl;
-        Ok(diesel::sql_query(
-            "SELECT s.id, s.admin_state, s.removed_at IS NOT NULL AS removed, s.application_id \
-             FROM haproxy_servers s JOIN haproxy_backends b ON b.id = s.backend_id \
-             WHERE b.backend_name = $1 AND s.server_name = $2",
-        )
-        .bind::<diesel::sql_types::Text, _>(b)
-        .bind::<diesel::sql_types::Text, _>(s)
-        .get_result::<Row>(c)
-        .ok())
-    })
-    .await
-    .expect("query")
-    .map(|r| (r.id, r.admin_state, r.removed, r.application_id))
-}
 
 fn events_of(sys: &TestSystem, kind: &str, server: &str) -> Vec<Value> {
     sys.events()
@@ -62,17 +23,9 @@ fn events_of(sys: &TestSystem, kind: &str, server: &str) -> Vec<Value> {
 #[tokio::test]
 async fn servers_added_and_deleted_at_runtime_are_discovered_removed_and_come_back_on_the_same_row()
 {
-    let app = HttpBackends::start(&["a"]).await;
-    let addr = app.addr("a");
-    let haproxy = TestHaproxy::start(&format!(
-        "backend web\n{}",
-        servers(&[("s1", addr), ("s2", addr)])
-    ))
-    .await;
-    let agent = TestAgent::start(&haproxy.socket).await;
-    let mut sys = TestSystem::start().await;
-    let id = sys.register_agent("lb-1", &agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, lb, id } = &SpiedLb::numbered(&[("web", 2)]).await.with_worker().await;
+    let (haproxy, id) = (&lb.haproxy, *id);
+    let addr = lb.backends.addr("app");
 
     assert!(
         haproxy
@@ -85,10 +38,10 @@ async fn servers_added_and_deleted_at_runtime_are_discovered_removed_and_come_ba
     let (status, counts) = sys.wait_sync(txn, WAIT).await;
     assert_eq!(status, "success", "{counts}");
     assert_eq!(counts["new"], 1, "{counts}");
-    let (row_id, _, removed, _) = server_row(&sys, "web", "s3").await.expect("s3 discovered");
-    assert!(!removed);
+    let s3 = sys.server("lb-1", "web", "s3").await;
+    assert!(!s3.removed);
     eventually(WAIT, "server.discovered for s3", || async {
-        events_of(&sys, "server.discovered", "s3").pop()
+        events_of(sys, "server.discovered", "s3").pop()
     })
     .await;
 
@@ -105,10 +58,12 @@ async fn servers_added_and_deleted_at_runtime_are_discovered_removed_and_come_ba
     let txn = sys.publish_sync(Some(id)).await;
     let (_, counts) = sys.wait_sync(txn, WAIT).await;
     assert_eq!(counts["removed"], 1, "{counts}");
-    let (_, _, removed, _) = server_row(&sys, "web", "s3").await.expect("row kept");
-    assert!(removed, "soft-deleted");
+    assert!(
+        sys.server("lb-1", "web", "s3").await.removed,
+        "soft-deleted, the row kept"
+    );
     let gone = eventually(WAIT, "server.removed for s3", || async {
-        events_of(&sys, "server.removed", "s3").pop()
+        events_of(sys, "server.removed", "s3").pop()
     })
     .await;
     assert_eq!(gone["actor"], "haproxy:lb-1");
@@ -122,11 +77,11 @@ async fn servers_added_and_deleted_at_runtime_are_discovered_removed_and_come_ba
     );
     let txn = sys.publish_sync(Some(id)).await;
     sys.wait_sync(txn, WAIT).await;
-    let (again_id, _, removed, _) = server_row(&sys, "web", "s3").await.expect("row");
-    assert_eq!(again_id, row_id, "the same row comes back");
-    assert!(!removed);
+    let again = sys.server("lb-1", "web", "s3").await;
+    assert_eq!(again.id, s3.id, "the same row comes back");
+    assert!(!again.removed);
     eventually(WAIT, "server.discovered twice", || async {
-        (events_of(&sys, "server.discovered", "s3").len() == 2).then_some(())
+        (events_of(sys, "server.discovered", "s3").len() == 2).then_some(())
     })
     .await;
 }
@@ -135,18 +90,19 @@ async fn servers_added_and_deleted_at_runtime_are_discovered_removed_and_come_ba
 async fn changes_made_behind_the_modules_back_are_recorded_with_the_instance_as_actor() {
     let app = HttpBackends::start(&["a"]).await;
     let addr = app.addr("a");
-    let haproxy = TestHaproxy::start(&format!(
-        "backend web\n  server s1 {addr} check inter 200\n  server s2 {addr}\n\
-         backend tracking\n  server t1 {addr} track web/s1\n"
-    ))
+    let lb = SpiedLb::start(
+        app,
+        &format!(
+            "backend web\n  server s1 {addr} check inter 200\n  server s2 {addr}\n\
+             backend tracking\n  server t1 {addr} track web/s1\n"
+        ),
+    )
     .await;
-    let agent = TestAgent::start(&haproxy.socket).await;
-    let mut sys = TestSystem::start().await;
-    let id = sys.register_agent("lb-1", &agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, lb, id } = &lb.with_worker().await;
+    let id = *id;
 
     assert_eq!(
-        haproxy.cmd("set server web/s1 state drain").await.trim(),
+        lb.haproxy.cmd("set server web/s1 state drain").await.trim(),
         ""
     );
     let txn = sys.publish_sync(Some(id)).await;
@@ -156,23 +112,18 @@ async fn changes_made_behind_the_modules_back_are_recorded_with_the_instance_as_
         "s1 and t1 (inherited drain): {counts}"
     );
 
-    let (s1, state, _, _) = server_row(&sys, "web", "s1").await.expect("s1");
-    assert_eq!(state, "drain");
-    let (t1, state, _, _) = server_row(&sys, "tracking", "t1").await.expect("t1");
-    assert_eq!(state, "drain", "IDRAIN is stored as drain");
-    for server_id in [s1, t1] {
+    let s1 = sys.server("lb-1", "web", "s1").await;
+    assert_eq!(s1.admin_state, "drain");
+    let t1 = sys.server("lb-1", "tracking", "t1").await;
+    assert_eq!(t1.admin_state, "drain", "IDRAIN is stored as drain");
+    for server in [s1.id, t1.id] {
         assert_eq!(
-            sys.count(&format!(
-                "SELECT count(*) AS n FROM haproxy_server_status_history WHERE server_id = {server_id} \
-                 AND source = 'sync' AND actor = 'haproxy:lb-1' AND previous_admin_state = 'ready' \
-                 AND new_admin_state = 'drain' AND action_id IS NULL"
-            ))
-            .await,
-            1
+            sys.history(server).await,
+            [Change::by_sync("lb-1", "ready", "drain")]
         );
     }
     let changed = eventually(WAIT, "server.state_changed for s1", || async {
-        events_of(&sys, "server.state_changed", "s1").pop()
+        events_of(sys, "server.state_changed", "s1").pop()
     })
     .await;
     assert_eq!(changed["actor"], "haproxy:lb-1");
@@ -197,21 +148,17 @@ async fn servers_are_linked_by_address_and_port_by_name_template_or_left_unlinke
            (10, 'shop', 1, {pa}, '1'), (11, 'api', 1, NULL, '2'), (12, 'twin', 1, {pc}, '1'), (13, 'twin', 1, {pc}, '2')"
     ))
     .await;
-    let haproxy = TestHaproxy::start(&format!(
-        "backend web\n{}",
-        servers(&[
-            ("by_port", a.addr("a")),
-            ("hosta_api_2", a.addr("b")),
-            ("ambiguous", a.addr("c")),
-            ("nobody", a.addr("d")),
-        ])
-    ))
-    .await;
-    let agent = TestAgent::start(&haproxy.socket).await;
-    sys.register_agent("lb-1", &agent).await;
+    let config = format!(
+        "backend web\n  server by_port {}\n  server hosta_api_2 {}\n  server ambiguous {}\n  server nobody {}\n",
+        a.addr("a"),
+        a.addr("b"),
+        a.addr("c"),
+        a.addr("d")
+    );
+    let Registered { sys, .. } = &SpiedLb::start(a, &config).await.registered_in(sys).await;
 
-    let sys = &sys;
-    let app = |name: &'static str| async move { server_row(sys, "web", name).await.expect(name).3 };
+    let app =
+        |name: &'static str| async move { sys.server("lb-1", "web", name).await.application_id };
     assert_eq!(app("by_port").await, Some(10), "IP:port");
     assert_eq!(app("hosta_api_2").await, Some(11), "name template");
     assert_eq!(
@@ -220,11 +167,13 @@ async fn servers_are_linked_by_address_and_port_by_name_template_or_left_unlinke
         "two applications on that IP:port"
     );
     assert_eq!(app("nobody").await, None);
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_servers WHERE application_id IS NULL AND removed_at IS NULL").await,
-        2,
-        "unlinked servers are visible as such"
-    );
+    let unlinked = sys
+        .live_servers()
+        .await
+        .into_iter()
+        .filter(|s| s.application_id.is_none())
+        .count();
+    assert_eq!(unlinked, 2, "unlinked servers are visible as such");
 }
 
 #[tokio::test]
@@ -237,19 +186,16 @@ async fn a_renamed_backend_keeps_its_servers_application_links() {
          INSERT INTO applications (id, name, server_id, port, instance) VALUES (20, 'shop', 1, NULL, '1')",
     )
     .await;
-    let mut haproxy = TestHaproxy::start(&format!(
-        "backend shop\n{}",
-        servers(&[("web1_shop_1", addr)])
-    ))
-    .await;
-    let agent = TestAgent::start(&haproxy.socket).await;
-    let mut sys = sys;
-    let id = sys.register_agent("lb-1", &agent).await;
+    let lb = SpiedLb::start(a, &format!("backend shop\n  server web1_shop_1 {addr}\n")).await;
+    let Registered {
+        mut sys,
+        mut lb,
+        id,
+    } = lb.registered_in(sys).await;
     assert_eq!(
-        server_row(&sys, "shop", "web1_shop_1")
+        sys.server("lb-1", "shop", "web1_shop_1")
             .await
-            .expect("row")
-            .3,
+            .application_id,
         Some(20)
     );
 
@@ -257,11 +203,8 @@ async fn a_renamed_backend_keeps_its_servers_application_links() {
     // longer find it: only the link cache can.
     sys.exec("UPDATE applications SET name = 'shop-legacy' WHERE id = 20")
         .await;
-    haproxy
-        .reload(&format!(
-            "backend shop-v2\n{}",
-            servers(&[("web1_shop_1", addr)])
-        ))
+    lb.haproxy
+        .reload(&format!("backend shop-v2\n  server web1_shop_1 {addr}\n"))
         .await;
     sys.start_worker(sys.config());
     let txn = sys.publish_sync(Some(id)).await;
@@ -271,57 +214,29 @@ async fn a_renamed_backend_keeps_its_servers_application_links() {
         (json!(1), json!(1)),
         "{counts}"
     );
-    let (_, _, removed, app) = server_row(&sys, "shop-v2", "web1_shop_1")
-        .await
-        .expect("renamed");
-    assert!(!removed);
-    assert_eq!(app, Some(20), "the link survived the rename");
-    let (_, _, old_removed, _) = server_row(&sys, "shop", "web1_shop_1")
-        .await
-        .expect("old row kept");
+    let renamed = sys.server("lb-1", "shop-v2", "web1_shop_1").await;
+    assert!(!renamed.removed);
+    assert_eq!(
+        renamed.application_id,
+        Some(20),
+        "the link survived the rename"
+    );
     assert!(
-        old_removed,
+        sys.server("lb-1", "shop", "web1_shop_1").await.removed,
         "the old backend's row stays, soft-deleted, with its history"
     );
 }
 
 /// Backend `web` with `s1` and `s2` behind a socket spy, registered as
 /// `lb-1`, and a worker.
-struct Spied {
-    sys: TestSystem,
-    id: i64,
-    spy: SocketSpy,
-    _agent: TestAgent,
-    _haproxy: TestHaproxy,
-    _app: HttpBackends,
-}
-
-async fn spied_web_with_worker() -> Spied {
-    let a = HttpBackends::start(&["a"]).await;
-    let haproxy = TestHaproxy::start(&format!(
-        "backend web\n{}",
-        servers(&[("s1", a.addr("a")), ("s2", a.addr("a"))])
-    ))
-    .await;
-    let spy = SocketSpy::start(&haproxy.socket).await;
-    let agent = TestAgent::start(&spy.socket).await;
-    let mut sys = TestSystem::start().await;
-    let id = sys.register_agent("lb-1", &agent).await;
-    sys.start_worker(sys.config());
-    Spied {
-        sys,
-        id,
-        spy,
-        _agent: agent,
-        _haproxy: haproxy,
-        _app: a,
-    }
+async fn web_of_s1_s2_with_worker() -> Registered {
+    SpiedLb::numbered(&[("web", 2)]).await.with_worker().await
 }
 
 #[tokio::test]
 async fn an_action_applied_while_a_slow_sync_is_in_flight_is_not_overwritten() {
-    let Spied { sys, spy, id, .. } = &spied_web_with_worker().await;
-    let id = *id;
+    let Registered { sys, lb, id } = &web_of_s1_s2_with_worker().await;
+    let (spy, id) = (&lb.spy, *id);
 
     // The sync's reading of HAProxy reaches it 1.5 s late: it shows s1 ready.
     spy.set_reply_delay("show stat -1 6 -1$", Duration::from_millis(1500));
@@ -341,18 +256,14 @@ async fn an_action_applied_while_a_slow_sync_is_in_flight_is_not_overwritten() {
         counts["kept_states"], 1,
         "the stale reading was not applied: {counts}"
     );
-    assert_eq!(server_row(sys, "web", "s1").await.expect("s1").1, "drain");
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync'")
-            .await,
-        0
-    );
+    assert_eq!(sys.server("lb-1", "web", "s1").await.admin_state, "drain");
+    assert_eq!(sys.history_from("sync").await, []);
 }
 
 #[tokio::test]
 async fn a_sync_that_sees_an_action_applied_but_not_yet_committed_does_not_record_it_again() {
-    let Spied { sys, spy, id, .. } = &spied_web_with_worker().await;
-    let id = *id;
+    let Registered { sys, lb, id } = &web_of_s1_s2_with_worker().await;
+    let (spy, id) = (&lb.spy, *id);
 
     // HAProxy applies the drain at once, but the answer reaches the worker
     // 1.5 s later: meanwhile the change is at HAProxy and not in PostgreSQL.
@@ -376,20 +287,13 @@ async fn a_sync_that_sees_an_action_applied_but_not_yet_committed_does_not_recor
         counts["state_changes"], 0,
         "the action's own change, in flight, is not a change behind the module's back: {counts}"
     );
-    assert_eq!(server_row(sys, "web", "s1").await.expect("s1").1, "drain");
+    assert_eq!(sys.server("lb-1", "web", "s1").await.admin_state, "drain");
     assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync'")
-            .await,
-        0,
+        sys.history_from("sync").await,
+        [],
         "one change, one history row: the action's"
     );
-    assert_eq!(
-        sys.count(
-            "SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'action'"
-        )
-        .await,
-        1
-    );
+    assert_eq!(sys.history_from("action").await.len(), 1);
     assert!(
         events_of(sys, "server.state_changed", "s1")
             .iter()
@@ -413,15 +317,9 @@ async fn failed_sync(sys: &TestSystem, id: i64) -> serde_json::Value {
 
 #[tokio::test]
 async fn an_agent_down_during_sync_fails_it_counts_for_the_breaker_and_leaves_the_data() {
-    let a = HttpBackends::start(&["a"]).await;
-    let haproxy = TestHaproxy::start(&format!(
-        "backend web\n{}",
-        servers(&[("s1", a.addr("a")), ("s2", a.addr("a"))])
-    ))
-    .await;
-    let agent = TestAgent::start(&haproxy.socket).await;
+    let lb = SpiedLb::numbered(&[("web", 2)]).await;
     let mut sys = TestSystem::start().await;
-    let (id, proxy) = sys.register_behind_proxy("lb-1", &agent).await;
+    let (id, proxy) = sys.register_behind_proxy("lb-1", &lb.agent).await;
     sys.start_worker(sys.config());
 
     proxy.set_mode(Mode::Reset);
@@ -433,30 +331,16 @@ async fn an_agent_down_during_sync_fails_it_counts_for_the_breaker_and_leaves_th
             .is_some_and(|e| e.starts_with("agent_unreachable")),
         "{failed}"
     );
-    assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_instances WHERE id = {id} AND consecutive_failures = 1 \
-             AND last_sync_result = 'failed' AND last_sync_error IS NOT NULL"
-        ))
-        .await,
-        1
-    );
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_servers WHERE removed_at IS NULL")
-            .await,
-        2,
-        "untouched"
-    );
+    let instance = sys.instance(id).await;
+    assert_eq!(instance.consecutive_failures, 1);
+    assert_eq!(instance.last_sync_result.as_deref(), Some("failed"));
+    assert!(instance.last_sync_error.is_some());
+    assert_eq!(sys.live_servers().await.len(), 2, "untouched");
 }
 
 #[tokio::test]
 async fn an_agent_refusing_the_sync_with_4xx_is_alive_for_the_breaker() {
-    let a = HttpBackends::start(&["a"]).await;
-    let haproxy =
-        TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
-    let agent = TestAgent::start(&haproxy.socket).await;
-    let mut sys = TestSystem::start().await;
-    let id = sys.register_agent("lb-1", &agent).await;
+    let Registered { mut sys, id, .. } = SpiedLb::numbered(&[("web", 1)]).await.registered().await;
     // Two failures counted already, and now the agent refuses our token.
     sys.exec(&format!(
         "UPDATE haproxy_instances SET consecutive_failures = 2, \
@@ -474,13 +358,13 @@ async fn an_agent_refusing_the_sync_with_4xx_is_alive_for_the_breaker() {
     );
     // The agent answered: the count starts over and the breaker stays
     // closed (as an action answered 401 does), instead of a third failure.
+    let instance = sys.instance(id).await;
     assert_eq!(
-        sys.count(&format!(
-            "SELECT count(*) AS n FROM haproxy_instances WHERE id = {id} \
-             AND consecutive_failures = 0 AND breaker_state = 'closed'"
-        ))
-        .await,
-        1
+        (
+            instance.consecutive_failures,
+            instance.breaker_state.as_str()
+        ),
+        (0, "closed")
     );
     assert!(
         !sys.events()
@@ -492,23 +376,20 @@ async fn an_agent_refusing_the_sync_with_4xx_is_alive_for_the_breaker() {
 
 #[tokio::test]
 async fn a_sync_of_every_instance_and_duplicate_scheduler_ticks() {
-    let a = HttpBackends::start(&["a"]).await;
-    let h1 = TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
-    let h2 = TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
-    let (g1, g2) = (
-        TestAgent::start(&h1.socket).await,
-        TestAgent::start(&h2.socket).await,
-    );
-    let mut sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &g1).await;
-    sys.register_agent("lb-2", &g2).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, .. } = &SpiedLb::numbered(&[("web", 1)]).await.with_worker().await;
+    let lb2 = SpiedLb::numbered(&[("web", 1)]).await;
+    sys.register_agent("lb-2", &lb2.agent).await;
 
     // Force, no instance: one run per active instance.
     sys.publish_sync(None).await;
     eventually(WAIT, "two forced runs", || async {
-        let n = sys.count("SELECT count(*) AS n FROM haproxy_sync_runs WHERE reason = 'force' AND status = 'success'").await;
-        (n == 2).then_some(())
+        let succeeded = sys
+            .sync_runs_by("force")
+            .await
+            .iter()
+            .filter(|r| r.status == "success")
+            .count();
+        (succeeded == 2).then_some(())
     })
     .await;
 
@@ -536,8 +417,7 @@ async fn a_sync_of_every_instance_and_duplicate_scheduler_ticks() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_sync_runs WHERE reason = 'schedule'")
-            .await,
+        sys.sync_runs_by("schedule").await.len(),
         2,
         "one scheduled run per instance"
     );
@@ -545,13 +425,8 @@ async fn a_sync_of_every_instance_and_duplicate_scheduler_ticks() {
 
 #[tokio::test]
 async fn a_sync_while_another_runs_for_the_same_instance_is_skipped() {
-    let a = HttpBackends::start(&["a"]).await;
-    let haproxy =
-        TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
-    let agent = TestAgent::start(&haproxy.socket).await;
-    let mut sys = TestSystem::start().await;
-    let id = sys.register_agent("lb-1", &agent).await;
-    sys.start_worker(sys.config());
+    let Registered { sys, id, .. } = &SpiedLb::numbered(&[("web", 1)]).await.with_worker().await;
+    let id = *id;
     let held = haproxy_control::db::locks::ServerLock::try_instance(&sys.pool, id)
         .await
         .expect("lock query")
@@ -566,12 +441,7 @@ async fn a_sync_while_another_runs_for_the_same_instance_is_skipped() {
 
 #[tokio::test]
 async fn history_older_than_the_retention_is_deleted_in_batches() {
-    let a = HttpBackends::start(&["a"]).await;
-    let haproxy =
-        TestHaproxy::start(&format!("backend web\n{}", servers(&[("s1", a.addr("a"))]))).await;
-    let agent = TestAgent::start(&haproxy.socket).await;
-    let sys = TestSystem::start().await;
-    sys.register_agent("lb-1", &agent).await;
+    let Registered { sys, .. } = &SpiedLb::numbered(&[("web", 1)]).await.registered().await;
     sys.exec(
         "INSERT INTO haproxy_server_status_history (server_id, new_admin_state, new_op_state, source, actor, changed_at) \
          SELECT (SELECT min(id) FROM haproxy_servers), 'drain', 'up', 'sync', 'haproxy:lb-1', now() - interval '40 days' \
@@ -586,9 +456,7 @@ async fn history_older_than_the_retention_is_deleted_in_batches() {
             .await
             .expect("prune");
     assert_eq!(deleted, 2500);
-    assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history")
-            .await,
-        10
-    );
+    let kept = sys.history(sys.server_id("lb-1", "web", "s1").await).await;
+    assert_eq!(kept.len(), 10);
+    assert!(kept.iter().all(|c| c.to == "ready"), "the newer rows stay");
 }

@@ -3,7 +3,7 @@
 //! and load tests drive.
 
 use super::HttpBackends;
-use super::lb::SpiedLb;
+use super::lb::{SpiedLb, numbered_servers};
 
 /// The spare server of every backend. No test touches it, so the guard of
 /// rule 10 (never the last ready server) never refuses an action on `s*`.
@@ -18,17 +18,16 @@ impl SpiedLb {
     /// `backends` backends `b1..`, each with `per_backend` servers `s1..`
     /// and the spare, all pointing at one small HTTP server (no checks).
     pub async fn fleet(backends: usize, per_backend: usize) -> Self {
+        let names: Vec<String> = (1..=backends).map(backend_name).collect();
+        Self::with_spares(names.iter().map(|n| (n.as_str(), per_backend))).await
+    }
+
+    /// The backends of `layout` (name, number of servers), each of servers
+    /// `s1..sN` and the spare, all pointing at one small HTTP server `app`.
+    pub async fn with_spares<'a>(layout: impl IntoIterator<Item = (&'a str, usize)>) -> Self {
         let app = HttpBackends::start(&["app"]).await;
-        let addr = app.addr("app");
-        let mut body = String::new();
-        for k in 1..=backends {
-            body.push_str(&format!("backend {}\n", backend_name(k)));
-            for i in 1..=per_backend {
-                body.push_str(&format!("  server s{i} {addr}\n"));
-            }
-            body.push_str(&format!("  server {SPARE} {addr}\n"));
-        }
-        Self::start(app, &body).await
+        let config = numbered_servers(layout, Some(SPARE), app.addr("app"));
+        Self::start(app, &config).await
     }
 
     /// How many servers (spares apart) HAProxy shows with exactly these

@@ -121,10 +121,6 @@ impl TestHaproxy {
         std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Stops the process (SIGKILL) and removes the socket.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -2,8 +2,6 @@
 //! config and its own stats socket, and a fagent in front of it. Everything
 //! stops when dropped.
 
-#![allow(dead_code)]
-
 pub mod agent;
 pub mod api;
 pub mod backends;
@@ -14,6 +12,7 @@ pub mod haproxy;
 pub mod lb;
 pub mod proxy;
 pub mod rng;
+pub mod rows;
 pub mod spy;
 pub mod system;
 

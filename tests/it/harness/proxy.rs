@@ -78,14 +78,6 @@ impl TcpProxy {
             .unwrap_or_else(PoisonError::into_inner) = m;
     }
 
-    pub fn mode(&self) -> Mode {
-        *self
-            .shared
-            .mode
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Connections accepted since start or the last [`TcpProxy::reset_counter`],
     /// in every mode.
     pub fn accepted(&self) -> usize {

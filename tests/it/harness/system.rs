@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use haproxy_control::config::Config;
-use haproxy_control::db::actions::ActionRow;
 use haproxy_control::db::testing::TestDatabase;
 use haproxy_control::db::{self, PgPool};
 use haproxy_control::queue::Topology;
@@ -22,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::rows::ActionRow;
 use super::{TcpProxy, TestAgent, eventually};
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -236,15 +236,7 @@ impl TestSystem {
 
     /// The id of a server by instance, backend and server name.
     pub async fn server_id(&self, instance: &str, backend: &str, server: &str) -> i64 {
-        let (i, b, s) = (instance.to_owned(), backend.to_owned(), server.to_owned());
-        db::run(&self.pool, move |c| {
-            db::inventory::find_server_by_names(c, &i, &b, &s)
-        })
-        .await
-        .expect("query")
-        .unwrap_or_else(|| panic!("{instance}/{backend}/{server} not in the database"))
-        .server
-        .id
+        self.server(instance, backend, server).await.id
     }
 
     /// Publishes raw bytes as an `action` command.
@@ -328,12 +320,9 @@ impl TestSystem {
             .collect()
     }
 
-    /// Every event seen so far, with the instant it arrived.
-    pub fn timed_events(&self) -> Vec<(std::time::Instant, Value)> {
-        self.events.lock().expect("events").clone()
-    }
-
-    /// Events from index `from` on (for callers that follow the stream).
+    /// Events from index `from` on, with the instant each arrived (for
+    /// callers that follow the stream).
+    #[allow(dead_code)] // used by benches/action_path.rs, not by the tests
     pub fn timed_events_since(&self, from: usize) -> Vec<(std::time::Instant, Value)> {
         let all = self.events.lock().expect("events");
         all.get(from..).map(<[_]>::to_vec).unwrap_or_default()
@@ -363,22 +352,14 @@ impl TestSystem {
             || async {
                 self.action(transaction_id)
                     .await
-                    .filter(|a| a.status().is_final())
+                    .filter(ActionRow::is_final)
             },
         )
         .await
     }
 
-    pub async fn action(&self, transaction_id: Uuid) -> Option<ActionRow> {
-        db::run(&self.pool, move |c| {
-            db::actions::get_by_transaction(c, transaction_id)
-        })
-        .await
-        .expect("query")
-    }
-
-    /// A SQL count.
-    pub async fn count(&self, sql: &str) -> i64 {
+    /// A SQL count (for the harness; tests use the typed rows).
+    pub(super) async fn count(&self, sql: &str) -> i64 {
         #[derive(diesel::QueryableByName)]
         struct N {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -391,26 +372,6 @@ impl TestSystem {
         })
         .await
         .expect("count query")
-    }
-
-    /// The `id` column of a query's rows.
-    pub async fn ids(&self, sql: &str) -> Vec<i64> {
-        #[derive(diesel::QueryableByName)]
-        struct Id {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            id: i64,
-        }
-        let sql = sql.to_owned();
-        db::run(&self.pool, move |c| {
-            use diesel::RunQueryDsl;
-            Ok(diesel::sql_query(sql)
-                .load::<Id>(c)?
-                .into_iter()
-                .map(|r| r.id)
-                .collect())
-        })
-        .await
-        .expect("ids query")
     }
 
     /// Takes every message from the dead-letter queue.
