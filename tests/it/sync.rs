@@ -340,7 +340,11 @@ async fn an_agent_down_during_sync_fails_it_counts_for_the_breaker_and_leaves_th
 
 #[tokio::test]
 async fn an_agent_refusing_the_sync_with_4xx_is_alive_for_the_breaker() {
-    let Registered { mut sys, id, .. } = SpiedLb::numbered(&[("web", 1)]).await.registered().await;
+    let Registered {
+        mut sys,
+        id,
+        lb: _lb,
+    } = SpiedLb::numbered(&[("web", 1)]).await.registered().await;
     // Two failures counted already, and now the agent refuses our token.
     sys.exec(&format!(
         "UPDATE haproxy_instances SET consecutive_failures = 2, \
