@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use crate::cli::{ActionArgs, EventsArgs, InstanceAddArgs};
 use crate::config::Config;
 use crate::db::{self, instances};
+use crate::domain::action::ActionRequest;
 use crate::fagent::client::AgentClient;
 use crate::fagent::token_ref;
-use crate::queue::message::parse_instance_name;
+use crate::queue::message::{ActionMessage, TargetMessage, format_time, parse_instance_name};
 use crate::worker;
 
 /// # Errors
@@ -118,8 +119,8 @@ pub async fn list_instances(config: &Config) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Publishes an `action` command built from the flags (validated by the
-/// same parser the worker uses) and waits for its outcome.
+/// Publishes an `action` command built from the flags (validated as the
+/// worker validates a message) and waits for its outcome.
 ///
 /// # Errors
 /// When the flags do not make a valid command, or the broker or database
@@ -127,10 +128,16 @@ pub async fn list_instances(config: &Config) -> anyhow::Result<String> {
 pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<String> {
     let transaction_id = uuid::Uuid::new_v4();
     let target = match (&args.server_id, &args.instance, &args.backend, &args.server) {
-        (Some(id), None, None, None) => serde_json::json!({ "server_id": id }),
-        (None, Some(i), Some(b), Some(s)) => {
-            serde_json::json!({ "instance": i, "backend": b, "server": s })
-        }
+        (Some(id), None, None, None) => TargetMessage {
+            server_id: Some(*id),
+            ..TargetMessage::default()
+        },
+        (None, Some(i), Some(b), Some(s)) => TargetMessage {
+            server_id: None,
+            instance: Some(i.clone()),
+            backend: Some(b.clone()),
+            server: Some(s.clone()),
+        },
         _ => anyhow::bail!("give --server-id, or --instance with --backend and --server"),
     };
     let actor = args.actor.clone().unwrap_or_else(|| {
@@ -139,19 +146,18 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
             .unwrap_or_else(|_| "unknown".into());
         format!("cli:{user}")
     });
-    let mut body = serde_json::json!({
-        "transaction_id": transaction_id,
-        "action": args.state,
-        "target": target,
-        "actor": actor,
-        "requested_at": chrono::Utc::now().to_rfc3339(),
-        "force": args.force,
-    });
-    if let Some(r) = &args.reason {
-        body["reason"] = serde_json::json!(r);
-    }
-    let bytes = serde_json::to_vec(&body)?;
-    crate::queue::message::parse_action(&bytes).map_err(|e| anyhow::anyhow!(e.0))?;
+    // The flags are read as the worker reads a message: the same checks.
+    let request = ActionRequest::try_from(ActionMessage {
+        transaction_id: transaction_id.to_string(),
+        action: args.state.clone(),
+        target,
+        actor,
+        requested_at: Some(format_time(chrono::Utc::now())),
+        reason: args.reason.clone(),
+        force: Some(args.force),
+        batch_id: None,
+    })
+    .map_err(|e| anyhow::anyhow!(e.0))?;
 
     let topology =
         crate::queue::Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
@@ -159,13 +165,7 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
     topology.declare(&conn.create_channel().await?).await?;
     let publisher = crate::queue::Publisher::new(&conn).await?;
     publisher
-        .publish(crate::queue::publisher::Outgoing {
-            exchange: &topology.commands_exchange,
-            routing_key: crate::queue::topology::ROUTE_ACTION,
-            body: &bytes,
-            message_id: &transaction_id.to_string(),
-            headers: lapin::types::FieldTable::default(),
-        })
+        .publish_command(&topology, &ActionMessage::from(&request))
         .await?;
     let _ = conn.close(200, "done".into()).await;
     if args.wait == 0 {

@@ -11,9 +11,10 @@ use tokio::sync::watch;
 use crate::app::{App, Role};
 use crate::config::Config;
 use crate::db::{self, PgPool, history, instances};
-use crate::domain::action::scheduled_sync_id;
-use crate::queue::publisher::{Outgoing, Publisher};
-use crate::queue::topology::{ROUTE_SYNC, Topology};
+use crate::domain::action::{SyncReason, SyncRequest, scheduled_sync_id};
+use crate::queue::message::{SCHEDULER_ACTOR, SyncMessage};
+use crate::queue::publisher::Publisher;
+use crate::queue::topology::Topology;
 
 /// Runs until `shutdown` turns true.
 ///
@@ -74,22 +75,15 @@ pub async fn publish_ticks(
         let Some(last) = page.last() else { break };
         after = last.id;
         for instance in page.iter().filter(|i| i.is_active) {
-            let transaction_id = scheduled_sync_id(instance.id, bucket);
-            let body = serde_json::to_vec(&serde_json::json!({
-                "transaction_id": transaction_id,
-                "instance_id": instance.id,
-                "reason": "schedule",
-                "actor": "haproxy-control:scheduler",
-                "requested_at": now.to_rfc3339(),
-            }))?;
+            let request = SyncRequest {
+                transaction_id: scheduled_sync_id(instance.id, bucket),
+                instance_id: Some(instance.id),
+                reason: SyncReason::Schedule,
+                actor: SCHEDULER_ACTOR.to_owned(),
+                requested_at: Some(now),
+            };
             publisher
-                .publish(Outgoing {
-                    exchange: &topology.commands_exchange,
-                    routing_key: ROUTE_SYNC,
-                    body: &body,
-                    message_id: &transaction_id.to_string(),
-                    headers: lapin::types::FieldTable::default(),
-                })
+                .publish_command(topology, &SyncMessage::from(&request))
                 .await?;
             published += 1;
         }

@@ -1,7 +1,7 @@
 //! The service's parsers, compiled from its own source files (`#[path]`),
 //! and the properties every fuzz target checks on what they accept.
 //!
-//! `src/domain/` imports nothing outside itself and `src/queue/message.rs`
+//! `src/domain/` imports nothing outside itself and `src/queue/message/`
 //! only `crate::domain`, so both build here exactly as in the service.
 
 #[path = "../../src/domain/mod.rs"]

@@ -20,9 +20,9 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::db::actions::{self, ActionRow, Claim, NewAction};
 use crate::db::{self, inventory};
-use crate::domain::action::ActionStatus;
-use crate::queue::message::{parse_action, parse_action_kind};
-use crate::queue::topology::ROUTE_ACTION;
+use crate::domain::AdminState;
+use crate::domain::action::{ActionRequest, ActionStatus, Target};
+use crate::queue::message::{ActionMessage, parse_action_kind};
 
 /// What to do with one server.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -51,7 +51,7 @@ pub struct ActionAccepted {
 /// The validated request.
 struct Asked {
     transaction_id: Uuid,
-    action: String,
+    action: AdminState,
     reason: Option<String>,
     force: bool,
 }
@@ -63,7 +63,7 @@ fn validate(body: ActionRequestBody) -> Result<Asked, ApiError> {
     let reason = super::reason(body.reason)?;
     Ok(Asked {
         transaction_id,
-        action: action.as_str().to_owned(),
+        action,
         reason,
         force: body.force.unwrap_or(false),
     })
@@ -105,7 +105,7 @@ pub async fn post_action(
         transaction_id: asked.transaction_id,
         server_id: Some(id),
         batch_id: None,
-        action: asked.action.clone(),
+        action: asked.action.as_str().to_owned(),
         status: ActionStatus::Pending.as_str().to_owned(),
         actor: caller.actor.clone(),
         reason: asked.reason.clone(),
@@ -139,7 +139,7 @@ pub async fn post_action(
         }
         Recorded::New(row) => row,
         Recorded::Existing(row) => {
-            let same = row.action == asked.action
+            let same = row.action == asked.action.as_str()
                 && row.server_id == Some(id)
                 && row.batch_id.is_none()
                 && row.force == asked.force
@@ -164,7 +164,7 @@ pub async fn post_action(
         }
     };
     if row.status() == ActionStatus::Pending {
-        publish(&st, &row, id).await?;
+        publish(&st, &row, id, asked.action).await?;
     }
     tracing::info!(
         transaction_id = %row.transaction_id, server_id = id, action = %row.action,
@@ -179,23 +179,25 @@ pub async fn post_action(
     ))
 }
 
-/// Publishes the contract's `action` command for a recorded action,
-/// checked by the worker's own parser first.
-async fn publish(st: &ApiState, row: &ActionRow, server_id: i64) -> Result<(), ApiError> {
-    let mut command = serde_json::json!({
-        "transaction_id": row.transaction_id,
-        "action": row.action,
-        "target": { "server_id": server_id },
-        "actor": row.actor,
-        "requested_at": super::rfc3339(row.requested_at),
-        "force": row.force,
-    });
-    if let Some(reason) = &row.reason {
-        command["reason"] = serde_json::json!(reason);
-    }
-    let body = serde_json::to_vec(&command).map_err(|e| ApiError::internal(&e))?;
-    parse_action(&body).map_err(|e| ApiError::internal(&e))?;
-    super::publish_command(st, ROUTE_ACTION, &body, row.transaction_id).await
+/// Publishes the contract's `action` command for a recorded action (whose
+/// action is `action`: the request's, which a reused row matches).
+async fn publish(
+    st: &ApiState,
+    row: &ActionRow,
+    server_id: i64,
+    action: AdminState,
+) -> Result<(), ApiError> {
+    let request = ActionRequest {
+        transaction_id: row.transaction_id,
+        action,
+        target: Target::ServerId(server_id),
+        actor: row.actor.clone(),
+        requested_at: Some(row.requested_at),
+        reason: row.reason.clone(),
+        force: row.force,
+        batch_id: None,
+    };
+    super::publish_command(st, &ActionMessage::from(&request)).await
 }
 
 /// An action and where it stands.

@@ -22,9 +22,11 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::db::batches::{self, BatchRow, NewBatch};
 use crate::db::{self, api_queries};
-use crate::domain::action::BatchTargets;
-use crate::queue::message::{parse_action_kind, parse_batch, parse_batch_targets_json};
-use crate::queue::topology::ROUTE_BATCH;
+use crate::domain::AdminState;
+use crate::domain::action::{BatchRequest, BatchTargets};
+use crate::queue::message::{
+    BatchMessage, BatchTargetsMessage, parse_action_kind, parse_batch_targets_json,
+};
 
 /// One action for many servers.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,7 +67,7 @@ pub struct BatchAccepted {
 
 struct Asked {
     transaction_id: Uuid,
-    action: String,
+    action: AdminState,
     targets: BatchTargets,
     reason: Option<String>,
     force: bool,
@@ -80,30 +82,25 @@ fn validate(body: BatchRequestBody) -> Result<Asked, ApiError> {
     let reason = super::reason(body.reason)?;
     Ok(Asked {
         transaction_id,
-        action: action.as_str().to_owned(),
+        action,
         targets,
         reason,
         force: body.force.unwrap_or(false),
     })
 }
 
-/// The contract's `batch` command for a recorded batch, checked by the
-/// worker's own parser.
-fn command(row: &BatchRow, targets: &BatchTargets) -> Result<Vec<u8>, ApiError> {
-    let mut command = serde_json::json!({
-        "transaction_id": row.transaction_id,
-        "action": row.action,
-        "actor": row.actor,
-        "targets": targets.to_json(),
-        "force": row.force,
-        "requested_at": super::rfc3339(row.requested_at),
-    });
-    if let Some(reason) = &row.reason {
-        command["reason"] = serde_json::json!(reason);
-    }
-    let body = serde_json::to_vec(&command).map_err(|e| ApiError::internal(&e))?;
-    parse_batch(&body).map_err(|e| ApiError::unprocessable("invalid_batch", e.0))?;
-    Ok(body)
+/// The contract's `batch` command for a recorded batch (whose action and
+/// targets are the request's, which a reused row matches).
+fn command(row: &BatchRow, asked: &Asked) -> BatchMessage {
+    BatchMessage::from(&BatchRequest {
+        transaction_id: row.transaction_id,
+        action: asked.action,
+        targets: asked.targets.clone(),
+        actor: row.actor.clone(),
+        requested_at: Some(row.requested_at),
+        reason: row.reason.clone(),
+        force: row.force,
+    })
 }
 
 enum Recorded {
@@ -136,29 +133,16 @@ pub async fn post_batch(
     let asked = validate(body)?;
     let new = NewBatch {
         transaction_id: asked.transaction_id,
-        action: asked.action.clone(),
+        action: asked.action.as_str().to_owned(),
         actor: caller.actor.clone(),
         reason: asked.reason.clone(),
         force: asked.force,
-        targets: asked.targets.to_json(),
+        targets: BatchTargetsMessage::from(&asked.targets)
+            .to_value()
+            .map_err(|e| ApiError::internal(&e))?,
         total: 0,
         requested_at: Utc::now(),
     };
-    // Checked before anything is recorded, so an oversized batch leaves nothing behind.
-    let probe = BatchRow {
-        id: 0,
-        transaction_id: new.transaction_id,
-        action: new.action.clone(),
-        actor: new.actor.clone(),
-        reason: new.reason.clone(),
-        force: new.force,
-        targets: new.targets.clone(),
-        total: 0,
-        requested_at: new.requested_at,
-        created_at: new.requested_at,
-        completed_at: None,
-    };
-    command(&probe, &asked.targets)?;
     let targets = asked.targets.clone();
     let recorded = db::run(&st.pool, move |c| {
         if let Some(row) = batches::by_transaction(c, new.transaction_id)? {
@@ -190,7 +174,7 @@ pub async fn post_batch(
         }
         Recorded::New(row) => (row, true),
         Recorded::Existing(row, recorded) => {
-            let same = row.action == asked.action
+            let same = row.action == asked.action.as_str()
                 && parse_batch_targets_json(&row.targets).ok().as_ref() == Some(&asked.targets)
                 && row.reason == asked.reason
                 && row.force == asked.force;
@@ -210,8 +194,7 @@ pub async fn post_batch(
         }
     };
     if publish {
-        let body = command(&row, &asked.targets)?;
-        super::publish_command(&st, ROUTE_BATCH, &body, row.transaction_id).await?;
+        super::publish_command(&st, &command(&row, &asked)).await?;
     }
     tracing::info!(
         transaction_id = %row.transaction_id, batch_id = row.id, total = row.total,

@@ -17,8 +17,8 @@ use super::pagination::{self, Kind};
 use crate::db::api_queries::{self, BackendListRow};
 use crate::db::instances::{self, InstanceRow};
 use crate::db::{self};
-use crate::queue::message::parse_sync;
-use crate::queue::topology::ROUTE_SYNC;
+use crate::domain::action::{SyncReason, SyncRequest};
+use crate::queue::message::SyncMessage;
 
 /// An HAProxy instance. Its agent token is never shown.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -278,16 +278,14 @@ pub async fn sync_instance(
         ));
     }
     let transaction_id = Uuid::new_v4();
-    let body = serde_json::to_vec(&serde_json::json!({
-        "transaction_id": transaction_id,
-        "instance_id": id,
-        "reason": "force",
-        "actor": caller.actor,
-        "requested_at": super::rfc3339(Utc::now()),
-    }))
-    .map_err(|e| ApiError::internal(&e))?;
-    parse_sync(&body).map_err(|e| ApiError::internal(&e))?;
-    super::publish_command(&st, ROUTE_SYNC, &body, transaction_id).await?;
+    let request = SyncRequest {
+        transaction_id,
+        instance_id: Some(id),
+        reason: SyncReason::Force,
+        actor: caller.actor.clone(),
+        requested_at: Some(Utc::now()),
+    };
+    super::publish_command(&st, &SyncMessage::from(&request)).await?;
     tracing::info!(%transaction_id, instance = %instance.name, actor = %caller.actor, "sync requested");
     Ok((StatusCode::ACCEPTED, Json(SyncAccepted { transaction_id })))
 }

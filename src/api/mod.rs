@@ -21,14 +21,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::app::{App, Role};
 use crate::config::Config;
 use crate::db::PgPool;
-use crate::queue::publisher::Outgoing;
+use crate::queue::message::Command;
 use crate::queue::{Publisher, Topology};
 use auth::Tokens;
 use error::ApiError;
@@ -125,11 +123,6 @@ async fn serve_with(
     Ok(())
 }
 
-/// RFC 3339 in UTC with a `Z`, as every command carries its times.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
 /// A `reason` as commands take it, and storable (no NUL).
 fn reason(raw: Option<String>) -> Result<Option<String>, ApiError> {
     crate::queue::message::parse_reason(raw)
@@ -151,28 +144,17 @@ const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Publishes a command on the commands exchange with confirms. Fails fast
 /// with a 503 while the broker connection is down, and after
 /// [`PUBLISH_TIMEOUT`]; the message tells how to retry.
-async fn publish_command(
-    st: &ApiState,
-    routing_key: &str,
-    body: &[u8],
-    transaction_id: Uuid,
-) -> Result<(), ApiError> {
+async fn publish_command<C: Command>(st: &ApiState, command: &C) -> Result<(), ApiError> {
+    let transaction_id = command.transaction_id();
     if !st.amqp.status().connected() {
         return Err(not_published(
             &"the RabbitMQ connection is down",
             transaction_id,
         ));
     }
-    let message_id = transaction_id.to_string();
     let published = tokio::time::timeout(
         PUBLISH_TIMEOUT,
-        st.publisher.publish(Outgoing {
-            exchange: &st.topology.commands_exchange,
-            routing_key,
-            body,
-            message_id: &message_id,
-            headers: lapin::types::FieldTable::default(),
-        }),
+        st.publisher.publish_command(&st.topology, command),
     )
     .await;
     match published {
@@ -187,7 +169,7 @@ async fn publish_command(
 
 /// A 503 for a command that could not be published: the same request with
 /// the same transaction id publishes it again.
-fn not_published(cause: &dyn std::fmt::Display, transaction_id: Uuid) -> ApiError {
+fn not_published(cause: &dyn std::fmt::Display, transaction_id: &str) -> ApiError {
     tracing::warn!(error = %cause, %transaction_id, "publishing a command failed");
     ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,

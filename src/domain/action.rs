@@ -35,25 +35,12 @@ pub struct ActionRequest {
     pub batch_id: Option<i64>,
 }
 
-/// What a batch acts on.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What a batch acts on (its wire form is `queue::message::BatchTargetsMessage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchTargets {
     ServerIds(Vec<i64>),
     ApplicationIds(Vec<i64>),
-    #[serde(rename = "application_group_id")]
     ApplicationGroup(i64),
-}
-
-impl BatchTargets {
-    /// The contract's JSON form: exactly one key.
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            BatchTargets::ServerIds(ids) => serde_json::json!({ "server_ids": ids }),
-            BatchTargets::ApplicationIds(ids) => serde_json::json!({ "application_ids": ids }),
-            BatchTargets::ApplicationGroup(id) => serde_json::json!({ "application_group_id": id }),
-        }
-    }
 }
 
 /// A validated `batch` command.

@@ -8,6 +8,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 
+use super::message::Command;
 use super::topology::Topology;
 use crate::domain::event::Event;
 
@@ -113,6 +114,28 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    /// Publishes a command on the commands exchange, routed by its kind,
+    /// with its transaction id as the `message_id`.
+    ///
+    /// # Errors
+    /// [`PublishError`].
+    pub async fn publish_command<C: Command>(
+        &self,
+        topology: &Topology,
+        command: &C,
+    ) -> Result<(), PublishError> {
+        let body =
+            serde_json::to_vec(command).map_err(|e| PublishError::Serialize(e.to_string()))?;
+        self.publish(Outgoing {
+            exchange: &topology.commands_exchange,
+            routing_key: C::ROUTING_KEY,
+            body: &body,
+            message_id: command.transaction_id(),
+            headers: FieldTable::default(),
+        })
+        .await
     }
 
     /// Publishes a status event on the events exchange, routed by its type.

@@ -7,6 +7,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
+use super::message::{ActionMessage, BatchMessage, Command, SyncMessage};
+
 /// Exchange and queue names (all configurable through one prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -20,10 +22,10 @@ pub struct Topology {
     pub delivery_limit: u32,
 }
 
-/// Routing keys of commands.
-pub const ROUTE_ACTION: &str = "action";
-pub const ROUTE_BATCH: &str = "batch";
-pub const ROUTE_SYNC: &str = "sync";
+/// Routing keys of commands (each kind's own, from `queue::message`).
+pub const ROUTE_ACTION: &str = ActionMessage::ROUTING_KEY;
+pub const ROUTE_BATCH: &str = BatchMessage::ROUTING_KEY;
+pub const ROUTE_SYNC: &str = SyncMessage::ROUTING_KEY;
 
 impl Topology {
     /// The contract's names, each preceded by `prefix` (empty in production).

@@ -12,10 +12,8 @@ use super::events::batch_completed;
 use super::{Trouble, WorkerContext};
 use crate::db;
 use crate::db::batches::{self, NewBatch};
-use crate::domain::action::{BatchRequest, batch_action_id};
-use crate::queue::message::{InvalidMessage, parse_batch};
-use crate::queue::publisher::Outgoing;
-use crate::queue::topology::ROUTE_ACTION;
+use crate::domain::action::{ActionRequest, BatchRequest, Target, batch_action_id};
+use crate::queue::message::{ActionMessage, BatchTargetsMessage, InvalidMessage, parse_batch};
 use crate::queue::{Disposition, MessageHandler, TroublePolicy};
 
 pub struct BatchHandler {
@@ -59,13 +57,21 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
     let targets = req.targets.clone();
     let server_ids = db::run(&ctx.pool, move |c| batches::expand(c, &targets)).await?;
     let total = i32::try_from(server_ids.len()).unwrap_or(i32::MAX);
+    let targets = match BatchTargetsMessage::from(&req.targets).to_value() {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(Disposition::DeadLetter(format!(
+                "the targets cannot be recorded: {e}"
+            )));
+        }
+    };
     let new = NewBatch {
         transaction_id: req.transaction_id,
         action: req.action.as_str().to_owned(),
         actor: req.actor.clone(),
         reason: req.reason.clone(),
         force: req.force,
-        targets: req.targets.to_json(),
+        targets,
         total,
         requested_at: req.requested_at.unwrap_or_else(Utc::now),
     };
@@ -83,26 +89,19 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
         db::run(&ctx.pool, move |c| batches::set_total(c, id, total)).await?;
     }
     for server_id in &server_ids {
-        let transaction_id = batch_action_id(batch.transaction_id, *server_id);
-        let body = serde_json::to_vec(&serde_json::json!({
-            "transaction_id": transaction_id,
-            "action": batch.action,
-            "target": { "server_id": server_id },
-            "actor": batch.actor,
-            "requested_at": batch.requested_at.to_rfc3339(),
-            "reason": batch.reason,
-            "force": batch.force,
-            "batch_id": batch.id,
-        }))
-        .unwrap_or_default();
+        // The batch's row as recorded (its action is the request's: checked above).
+        let action = ActionRequest {
+            transaction_id: batch_action_id(batch.transaction_id, *server_id),
+            action: req.action,
+            target: Target::ServerId(*server_id),
+            actor: batch.actor.clone(),
+            requested_at: Some(batch.requested_at),
+            reason: batch.reason.clone(),
+            force: batch.force,
+            batch_id: Some(batch.id),
+        };
         ctx.publisher
-            .publish(Outgoing {
-                exchange: &ctx.topology.commands_exchange,
-                routing_key: ROUTE_ACTION,
-                body: &body,
-                message_id: &transaction_id.to_string(),
-                headers: lapin::types::FieldTable::default(),
-            })
+            .publish_command(&ctx.topology, &ActionMessage::from(&action))
             .await?;
     }
     tracing::info!(

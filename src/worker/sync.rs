@@ -14,9 +14,7 @@ use crate::db::sync::{self as db_sync, RunClaim};
 use crate::db::{self, DbError, instances};
 use crate::domain::action::{SyncRequest, instance_sync_id};
 use crate::domain::mapping::NameTemplate;
-use crate::queue::message::{InvalidMessage, parse_sync};
-use crate::queue::publisher::Outgoing;
-use crate::queue::topology::ROUTE_SYNC;
+use crate::queue::message::{InvalidMessage, SyncMessage, parse_sync};
 use crate::queue::{Disposition, MessageHandler, TroublePolicy};
 
 pub struct SyncHandler {
@@ -219,23 +217,13 @@ impl SyncHandler {
             let Some(last) = page.last() else { break };
             after = last.id;
             for instance in page.iter().filter(|i| i.is_active) {
-                let txn = instance_sync_id(req.transaction_id, instance.id);
-                let body = serde_json::to_vec(&serde_json::json!({
-                    "transaction_id": txn,
-                    "instance_id": instance.id,
-                    "reason": req.reason.as_str(),
-                    "actor": req.actor,
-                    "requested_at": req.requested_at.map(|t| t.to_rfc3339()),
-                }))
-                .unwrap_or_default();
+                let one = SyncRequest {
+                    transaction_id: instance_sync_id(req.transaction_id, instance.id),
+                    instance_id: Some(instance.id),
+                    ..req.clone()
+                };
                 ctx.publisher
-                    .publish(Outgoing {
-                        exchange: &ctx.topology.commands_exchange,
-                        routing_key: ROUTE_SYNC,
-                        body: &body,
-                        message_id: &txn.to_string(),
-                        headers: lapin::types::FieldTable::default(),
-                    })
+                    .publish_command(&ctx.topology, &SyncMessage::from(&one))
                     .await?;
                 count += 1;
             }

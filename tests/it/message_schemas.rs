@@ -1,18 +1,26 @@
 //! The JSON Schemas under `schemas/` against the code that reads and writes
 //! the messages: every `action` example goes through both
 //! `schemas/command.action.schema.json` and `queue::message::parse_action`,
-//! which must agree; every kind of event the code builds validates against
+//! which must agree (and `batch`, `sync` likewise); every command the code
+//! builds through `queue::message`'s wire structs validates against its
+//! schema; every kind of event the code builds validates against
 //! `schemas/event.schema.json`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
+use haproxy_control::domain::action::{
+    ActionRequest, BatchRequest, BatchTargets, SyncReason, SyncRequest, Target,
+};
 use haproxy_control::domain::event::{
     Event, EventType, NamedRef, ServerRef, StatePair, StatusCounts,
 };
-use haproxy_control::domain::{AdminState, OpState};
-use haproxy_control::queue::message::{MAX_MESSAGE_BYTES, parse_action, parse_batch, parse_sync};
+use haproxy_control::domain::{AdminState, BackendName, OpState, ServerName};
+use haproxy_control::queue::message::{
+    ActionMessage, BatchMessage, Command, MAX_MESSAGE_BYTES, SCHEDULER_ACTOR, SyncMessage, parse,
+    parse_action, parse_batch, parse_sync,
+};
 use jsonschema::Validator;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -315,6 +323,116 @@ fn batch_and_sync_schemas_say_what_the_contract_says() {
         json!([]),
     ];
     check("sync", &sync, &good, &bad);
+}
+
+/// Every `request` built into its wire struct `C` and serialised (as the
+/// publisher does) passes `C`'s schema and reads back as that request.
+fn assert_built_commands_match_their_schema<C>(requests: &[C::Request])
+where
+    C: Command + for<'a> From<&'a C::Request>,
+    C::Request: PartialEq + std::fmt::Debug,
+{
+    let schema = validator(&format!("command.{}.schema.json", C::ROUTING_KEY));
+    for request in requests {
+        let body = serde_json::to_vec(&C::from(request))
+            .unwrap_or_else(|e| panic!("{request:?} does not serialise: {e}"));
+        let shown = String::from_utf8_lossy(&body);
+        if let Err(why) = schema_verdict(&schema, &body) {
+            panic!("{} schema refuses the built {shown}: {why}", C::ROUTING_KEY);
+        }
+        match parse::<C>(&body) {
+            Ok(read) => assert_eq!(&read, request, "{shown} reads back otherwise"),
+            Err(e) => panic!("the built {shown} is refused: {e}"),
+        }
+    }
+}
+
+/// What the code publishes: the `action`, `batch` and `sync` commands it
+/// builds (API, CLI, batch expansion, sync fan-out, scheduler) agree with
+/// the committed schemas.
+#[test]
+fn every_command_the_code_builds_matches_its_schema_and_reads_back() {
+    let tx = Uuid::parse_str("5f0c6f4e-1b7e-4a52-9d0e-2f4f2a8f3c11").unwrap_or_default();
+    let names = |instance: &str, backend: &str, server: &str| Target::Names {
+        instance: instance.to_owned(),
+        backend: BackendName::parse(backend).unwrap_or_else(|e| panic!("{e}")),
+        server: ServerName::parse(server).unwrap_or_else(|e| panic!("{e}")),
+    };
+    let by_api = ActionRequest {
+        transaction_id: tx,
+        action: AdminState::Drain,
+        target: Target::ServerId(42),
+        actor: "user:alice".to_owned(),
+        requested_at: Some(at("2026-11-28T05:00:00.123456Z")),
+        reason: Some("deploy \"1.4.2\" — ünïcode\ttab".to_owned()),
+        force: false,
+        batch_id: None,
+    };
+    assert_built_commands_match_their_schema::<ActionMessage>(&[
+        by_api.clone(),
+        ActionRequest {
+            action: AdminState::Ready,
+            target: names("lb-1", "web", "web1_shop_1"),
+            actor: "cli:root".to_owned(),
+            requested_at: Some(Utc::now()),
+            reason: None,
+            force: true,
+            ..by_api.clone()
+        },
+        ActionRequest {
+            action: AdminState::Maint,
+            requested_at: None,
+            batch_id: Some(7),
+            ..by_api.clone()
+        },
+    ]);
+
+    let batch = BatchRequest {
+        transaction_id: tx,
+        action: AdminState::Drain,
+        targets: BatchTargets::ApplicationGroup(3),
+        actor: "ac:deploy-job-77".to_owned(),
+        requested_at: Some(Utc::now()),
+        reason: Some("deploy 1.4.2".to_owned()),
+        force: false,
+    };
+    assert_built_commands_match_their_schema::<BatchMessage>(&[
+        batch.clone(),
+        BatchRequest {
+            targets: BatchTargets::ServerIds((1..=10_000).collect()),
+            reason: None,
+            force: true,
+            ..batch.clone()
+        },
+        BatchRequest {
+            targets: BatchTargets::ApplicationIds(vec![5, 6]),
+            requested_at: None,
+            ..batch.clone()
+        },
+    ]);
+
+    let scheduled = SyncRequest {
+        transaction_id: tx,
+        instance_id: Some(1),
+        reason: SyncReason::Schedule,
+        actor: SCHEDULER_ACTOR.to_owned(),
+        requested_at: Some(Utc::now()),
+    };
+    assert_built_commands_match_their_schema::<SyncMessage>(&[
+        scheduled.clone(),
+        SyncRequest {
+            reason: SyncReason::Force,
+            actor: "user:alice".to_owned(),
+            ..scheduled.clone()
+        },
+        SyncRequest {
+            instance_id: None,
+            reason: SyncReason::Force,
+            actor: "unknown".to_owned(),
+            requested_at: None,
+            ..scheduled
+        },
+    ]);
 }
 
 fn check(what: &str, schema: &Validator, good: &[Value], bad: &[Value]) {
