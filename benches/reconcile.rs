@@ -50,6 +50,7 @@ fn listing(n: usize, changed_every: Option<usize>) -> Backends {
     Backends {
         fetched_at: Utc::now(),
         backends,
+        haproxy_process: None,
     }
 }
 

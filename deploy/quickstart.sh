@@ -7,6 +7,9 @@
 # applications, an ApplicationGroup) its servers are linked to.
 #   deploy/quickstart.sh         start (stops a previous demo first)
 #   deploy/quickstart.sh stop    stop everything it started
+#   deploy/quickstart.sh reload  reload the demo HAProxy gracefully (haproxy -sf):
+#                                drains and maints survive it through the
+#                                server-state file the fagent keeps
 # Everything lives in $DEMO_DIR (default: .demo in the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +39,18 @@ if [ "${1:-}" = "stop" ]; then
   exit 0
 fi
 
+# A graceful reload, as `systemctl reload haproxy` does: a new process reads
+# the config and the server-state file, takes the sockets over, and tells
+# the old one to finish (-sf).
+if [ "${1:-}" = "reload" ]; then
+  old=$(cat "$DEMO_DIR/haproxy.pid")
+  haproxy -c -q -f "$DEMO_DIR/haproxy.cfg"
+  nohup haproxy -db -f "$DEMO_DIR/haproxy.cfg" -sf "$old" >> "$DEMO_DIR/haproxy.log" 2>&1 &
+  echo $! > "$DEMO_DIR/haproxy.pid"
+  echo "demo HAProxy reloaded: pid $old -> $(cat "$DEMO_DIR/haproxy.pid")"
+  exit 0
+fi
+
 deploy/ensure-deps.sh
 # jq: the HTTP API tour (docs/operations.md) picks ids out of answers with it.
 command -v jq >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
@@ -60,12 +75,17 @@ for port in "${BACKEND_PORTS[@]}"; do
   for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
+# server-state-file + load-server-state-from-file: a reload starts every
+# server from the state file the fagent keeps (--state-file), not from the
+# config, so drains and maints survive it (docs/haproxy-reloads.md).
 cat > "$DEMO_DIR/haproxy.cfg" <<CFG
 global
   stats socket $DEMO_DIR/admin.sock mode 600 level admin
   stats timeout 30s
+  server-state-file $DEMO_DIR/haproxy.state
 defaults
   mode http
+  load-server-state-from-file global
   timeout connect 1s
   timeout client 10s
   timeout server 10s
@@ -83,6 +103,8 @@ backend api
   server api2_shop_1 127.0.0.1:${BACKEND_PORTS[1]} check inter 1s
 CFG
 haproxy -c -q -f "$DEMO_DIR/haproxy.cfg"
+# A fresh start begins from the config; only reloads carry states over.
+rm -f "$DEMO_DIR/haproxy.state"
 nohup haproxy -db -f "$DEMO_DIR/haproxy.cfg" > "$DEMO_DIR/haproxy.log" 2>&1 &
 echo $! > "$DEMO_DIR/haproxy.pid"
 
@@ -93,7 +115,8 @@ for _ in $(seq 1 50); do [ -S "$DEMO_DIR/admin.sock" ] && break; sleep 0.1; done
 nohup "$BIN" --log-format text fagent \
   --listen "127.0.0.1:$FAGENT_PORT" \
   --haproxy-socket "$DEMO_DIR/admin.sock" \
-  --token-file "$TOKEN_FILE" > "$DEMO_DIR/fagent.log" 2>&1 &
+  --token-file "$TOKEN_FILE" \
+  --state-file "$DEMO_DIR/haproxy.state" > "$DEMO_DIR/fagent.log" 2>&1 &
 echo $! > "$DEMO_DIR/fagent.pid"
 
 TOKEN=$(cat "$TOKEN_FILE")
@@ -166,6 +189,7 @@ Try (as AC would, through RabbitMQ):
   echo "show servers state web" | socat - $DEMO_DIR/admin.sock      # or: curl the fagent below
   psql $DATABASE_URL -c "SELECT transaction_id, action, status, actor, attempts FROM haproxy_actions"
   psql $DATABASE_URL -c "SELECT server_id, previous_admin_state, new_admin_state, source, actor, changed_at FROM haproxy_server_status_history"
+  deploy/quickstart.sh reload   # web2_shop_1 stays drained (the fagent keeps $DEMO_DIR/haproxy.state)
   $BIN action --instance demo-lb --backend web --server web2_shop_1 --state ready
 
 Or straight to the fagent:

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
-use crate::fagent::server::{AgentSettings, BearerToken, SocketTarget};
+use crate::fagent::server::{AgentSettings, BearerToken, SocketTarget, StateFileSettings};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -331,6 +331,18 @@ pub struct FagentArgs {
     /// answer [default: 10000].
     #[arg(long, env = "FAGENT_IDEMPOTENCY_CAPACITY")]
     pub idempotency_capacity: Option<usize>,
+
+    /// Keep HAProxy's server-state file at this path (the `server-state-file`
+    /// of haproxy.cfg): `show servers state` written atomically at start,
+    /// after every applied change and every --state-file-interval seconds,
+    /// so a reload keeps drains and maints [default: none].
+    #[arg(long, env = "FAGENT_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
+
+    /// Seconds between writes of the state file besides those after each
+    /// change [default: 30].
+    #[arg(long, env = "FAGENT_STATE_FILE_INTERVAL")]
+    pub state_file_interval: Option<u64>,
 }
 
 impl FagentArgs {
@@ -363,6 +375,7 @@ impl FagentArgs {
             }
         };
         let token = BearerToken::new(&token).map_err(ConfigError::Invalid)?;
+        let state_file = self.state_file_settings(c)?;
         Ok((
             listen,
             AgentSettings {
@@ -373,8 +386,36 @@ impl FagentArgs {
                 socket_concurrency: self.socket_concurrency.unwrap_or(c.socket_concurrency),
                 token,
                 idempotency_capacity: self.idempotency_capacity.unwrap_or(c.idempotency_capacity),
+                state_file,
             },
         ))
+    }
+
+    fn state_file_settings(
+        &self,
+        c: &crate::config::FagentConfig,
+    ) -> Result<Option<StateFileSettings>, ConfigError> {
+        let Some(path) = self.state_file.as_ref().or(c.state_file.as_ref()) else {
+            return Ok(None);
+        };
+        if path.file_name().is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "state file {} names no file",
+                path.display()
+            )));
+        }
+        let secs = self
+            .state_file_interval
+            .unwrap_or(c.state_file_interval_secs);
+        if secs == 0 {
+            return Err(ConfigError::Invalid(
+                "the state file interval must be at least 1 second".into(),
+            ));
+        }
+        Ok(Some(StateFileSettings {
+            path: path.clone(),
+            interval: Duration::from_secs(secs),
+        }))
     }
 }
 
@@ -451,5 +492,50 @@ mod tests {
                 .map(|e| e.to_string());
             assert!(err.is_some_and(|e| e.contains("token")));
         }
+    }
+
+    #[test]
+    fn fagent_state_file_flags_override_the_config() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "haproxy-control",
+                "fagent",
+                "--haproxy-socket",
+                "/tmp/x.sock",
+                "--token-env",
+                "secret-token-123",
+            ];
+            argv.extend_from_slice(extra);
+            let Command::Fagent(args) = Cli::parse_from(argv).command else {
+                panic!("parsed as fagent");
+            };
+            args
+        };
+        let mut c = Config::default();
+        let none = parse(&[]).settings(&c).expect("settings");
+        assert_eq!(none.1.state_file, None);
+        c.fagent.state_file = Some(PathBuf::from("/var/lib/haproxy/state"));
+        let from_config = parse(&[]).settings(&c).expect("settings").1.state_file;
+        assert_eq!(
+            from_config,
+            Some(StateFileSettings {
+                path: "/var/lib/haproxy/state".into(),
+                interval: Duration::from_secs(30)
+            })
+        );
+        let flags = parse(&["--state-file", "/tmp/s", "--state-file-interval", "5"])
+            .settings(&c)
+            .expect("settings")
+            .1
+            .state_file;
+        assert_eq!(
+            flags,
+            Some(StateFileSettings {
+                path: "/tmp/s".into(),
+                interval: Duration::from_secs(5)
+            })
+        );
+        assert!(parse(&["--state-file-interval", "0"]).settings(&c).is_err());
+        assert!(parse(&["--state-file", "/"]).settings(&c).is_err());
     }
 }

@@ -135,6 +135,12 @@ pub struct FagentConfig {
     pub socket_concurrency: usize,
     /// How many transaction ids are remembered for replays.
     pub idempotency_capacity: usize,
+    /// HAProxy's server-state file, kept by the agent so a reload keeps
+    /// runtime states (HAProxy's `server-state-file`); none by default.
+    pub state_file: Option<PathBuf>,
+    /// Seconds between writes of the state file besides those after each
+    /// change.
+    pub state_file_interval_secs: u64,
 }
 
 impl Default for FagentConfig {
@@ -146,6 +152,8 @@ impl Default for FagentConfig {
             socket_timeout_ms: 5_000,
             socket_concurrency: 8,
             idempotency_capacity: 10_000,
+            state_file: None,
+            state_file_interval_secs: 30,
         }
     }
 }

@@ -11,6 +11,9 @@ use crate::domain::snapshot::{BackendSnapshot, ServerSnapshot};
 pub struct Health {
     pub status: String,
     pub haproxy_version: String,
+    /// The HAProxy process that answered; absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy_process: Option<HaproxyProcess>,
 }
 
 /// `GET /v1/backends`.
@@ -18,6 +21,25 @@ pub struct Health {
 pub struct Backends {
     pub fetched_at: DateTime<Utc>,
     pub backends: Vec<BackendSnapshot>,
+    /// The HAProxy process these states were read from (on the same
+    /// runtime-API connection); absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy_process: Option<HaproxyProcess>,
+}
+
+/// Which HAProxy process answered, from its `show info`: a reload or a
+/// restart starts a new process, with a new `pid` and `started_at`, whose
+/// servers start from the config (and the server-state file, if loaded).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HaproxyProcess {
+    /// `Pid`.
+    pub pid: u32,
+    /// `Start_time_sec` (HAProxy's own clock), when HAProxy reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// `Uptime_sec` at the time of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
 }
 
 /// Body of `PUT /v1/backends/{backend}/servers/{server}/state`.
@@ -48,4 +70,28 @@ pub struct ErrorDetail {
     /// E.g. `malformed_json`, `unauthorized`, `not_found`, `transaction_conflict`, `invalid_action`.
     pub code: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_identity_is_optional_both_ways() {
+        let old: Health = serde_json::from_str(r#"{"status":"ok","haproxy_version":"2.6.12"}"#)
+            .expect("old body");
+        assert_eq!(old.haproxy_process, None);
+        assert_eq!(
+            serde_json::to_value(&old).expect("json"),
+            serde_json::json!({"status": "ok", "haproxy_version": "2.6.12"})
+        );
+        let new: Backends = serde_json::from_str(
+            r#"{"fetched_at":"2026-12-01T00:00:00Z","backends":[],
+                "haproxy_process":{"pid":7,"started_at":"2026-12-01T00:00:00Z","uptime_secs":3}}"#,
+        )
+        .expect("new body");
+        let process = new.haproxy_process.expect("process");
+        assert_eq!((process.pid, process.uptime_secs), (7, Some(3)));
+        assert!(process.started_at.is_some());
+    }
 }

@@ -6,6 +6,8 @@ mod extract;
 mod idempotency;
 mod routes;
 pub mod runtime;
+mod show_info;
+pub mod state_file;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::time::Duration;
 pub use auth::BearerToken;
 pub use idempotency::Idempotency;
 pub use runtime::{Haproxy, RuntimeError, SocketTarget};
+pub use state_file::StateFileSettings;
 
 /// What the agent needs to run.
 #[derive(Clone)]
@@ -26,6 +29,8 @@ pub struct AgentSettings {
     pub token: BearerToken,
     /// How many finished transaction ids are remembered for replays.
     pub idempotency_capacity: usize,
+    /// HAProxy's server-state file, kept by the agent (`--state-file`).
+    pub state_file: Option<StateFileSettings>,
 }
 
 #[derive(Clone)]
@@ -33,20 +38,38 @@ pub(crate) struct AgentState {
     pub haproxy: Haproxy,
     pub token: BearerToken,
     pub idempotency: Arc<Idempotency>,
+    pub state_file: Option<Arc<state_file::StateFile>>,
 }
 
-/// The agent's HTTP application, ready to serve.
+impl AgentState {
+    fn new(settings: AgentSettings) -> Self {
+        Self {
+            haproxy: Haproxy::new(
+                settings.socket,
+                settings.socket_timeout,
+                settings.socket_concurrency,
+            ),
+            token: settings.token,
+            idempotency: Arc::new(Idempotency::new(settings.idempotency_capacity)),
+            state_file: settings
+                .state_file
+                .map(|f| state_file::StateFile::new(f, settings.socket_timeout)),
+        }
+    }
+
+    /// Starts the state file's writer, if there is a state file; it stops
+    /// when the returned guard is dropped.
+    fn start_state_file(&self) -> Option<state_file::WriterTask> {
+        self.state_file
+            .as_ref()
+            .map(|f| f.spawn(self.haproxy.clone()))
+    }
+}
+
+/// The agent's HTTP application, ready to serve. The state file (if any)
+/// is only written while [`serve`] or [`serve_on`] runs.
 pub fn router(settings: AgentSettings) -> axum::Router {
-    let state = AgentState {
-        haproxy: Haproxy::new(
-            settings.socket,
-            settings.socket_timeout,
-            settings.socket_concurrency,
-        ),
-        token: settings.token,
-        idempotency: Arc::new(Idempotency::new(settings.idempotency_capacity)),
-    };
-    routes::router(state)
+    routes::router(AgentState::new(settings))
 }
 
 /// Binds `listen` and serves until `shutdown` resolves.
@@ -76,7 +99,9 @@ pub async fn serve_on(
     settings: AgentSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(settings))
+    let state = AgentState::new(settings);
+    let _state_file_writer = state.start_state_file();
+    axum::serve(listener, routes::router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -48,19 +48,21 @@ async fn method_not_allowed() -> AgentError {
 }
 
 async fn health(State(state): State<AgentState>) -> Result<Json<Health>, AgentError> {
-    let version = state.haproxy.version().await?;
+    let (haproxy_version, haproxy_process) = state.haproxy.info().await?;
     Ok(Json(Health {
         status: "ok".into(),
-        haproxy_version: version,
+        haproxy_version,
+        haproxy_process,
     }))
 }
 
 async fn backends(State(state): State<AgentState>) -> Result<Json<Backends>, AgentError> {
     let fetched_at = Utc::now();
-    let backends = state.haproxy.backends().await?;
+    let (backends, haproxy_process) = state.haproxy.backends().await?;
     Ok(Json(Backends {
         fetched_at,
         backends,
+        haproxy_process,
     }))
 }
 
@@ -150,6 +152,9 @@ async fn apply(
 ) -> Result<StateChanged, AgentError> {
     let (before_bits, after) = state.haproxy.set_and_read(backend, server, target).await?;
     let applied = before_bits != after.admin_bits;
+    if applied && let Some(file) = &state.state_file {
+        file.after_change().await;
+    }
     tracing::info!(
         %transaction_id, %backend, %server, state = %target, applied,
         admin_state = %after.snapshot.admin_state, op_state = %after.snapshot.op_state,

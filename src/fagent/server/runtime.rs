@@ -13,6 +13,8 @@ use crate::domain::servers_state::{self, ServerStateRow};
 use crate::domain::show_stat::{self, StatKind};
 use crate::domain::snapshot::{self, BackendSnapshot, ServerSnapshot};
 use crate::domain::{AdminState, BackendName, ServerName};
+use crate::fagent::server::show_info::{self, ShowInfo};
+use crate::fagent::wire::HaproxyProcess;
 
 /// The largest reply read from the socket; `show stat` of 50,000 servers is
 /// well under this.
@@ -246,32 +248,47 @@ impl Haproxy {
             .ok_or_else(|| RuntimeError::NoSuchServer(backend.to_string(), server.to_string()))
     }
 
-    /// `show info`'s `Version:` line.
+    /// `show info`: the version and the identity of the process.
     ///
     /// # Errors
     /// [`RuntimeError`] when the socket does not answer as HAProxy does.
-    pub async fn version(&self) -> Result<String, RuntimeError> {
-        let info = self.command("show info").await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("Version:"))
-            .map(|v| v.trim().to_owned())
-            .ok_or_else(|| RuntimeError::Unreadable("show info has no Version line".into()))
+    pub async fn info(&self) -> Result<(String, Option<HaproxyProcess>), RuntimeError> {
+        let ShowInfo { version, process } = show_info::parse(&self.command("show info").await?);
+        let version = version
+            .ok_or_else(|| RuntimeError::Unreadable("show info has no Version line".into()))?;
+        Ok((version, process))
     }
 
-    /// Every backend and its servers.
+    /// `show servers state` as HAProxy prints it: the text of a
+    /// server-state file.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] when the socket does not answer.
+    pub async fn servers_state(&self) -> Result<String, RuntimeError> {
+        self.command("show servers state").await
+    }
+
+    /// Every backend and its servers, and the process whose states they are
+    /// (`show info` and `show servers state` on one connection, so both
+    /// come from the same process even during a reload).
     ///
     /// # Errors
     /// [`RuntimeError`] when the socket does not answer or the output does
     /// not parse.
-    pub async fn backends(&self) -> Result<Vec<BackendSnapshot>, RuntimeError> {
-        let (stat, state) = tokio::try_join!(
+    pub async fn backends(
+        &self,
+    ) -> Result<(Vec<BackendSnapshot>, Option<HaproxyProcess>), RuntimeError> {
+        let info_and_state = ["show info".to_owned(), "show servers state".to_owned()];
+        let (stat, info_and_state) = tokio::try_join!(
             self.command("show stat -1 6 -1"),
-            self.command("show servers state")
+            self.commands(&info_and_state)
         )?;
+        let reply = |i: usize| info_and_state.get(i).map(String::as_str).unwrap_or("");
+        let process = show_info::parse(reply(0)).process;
         let stats = show_stat::parse(&stat).map_err(|e| RuntimeError::Unreadable(e.to_string()))?;
         let states =
-            servers_state::parse(&state).map_err(|e| RuntimeError::Unreadable(e.to_string()))?;
-        Ok(snapshot::join(&stats, &states))
+            servers_state::parse(reply(1)).map_err(|e| RuntimeError::Unreadable(e.to_string()))?;
+        Ok((snapshot::join(&stats, &states), process))
     }
 
     async fn state_row(

@@ -14,6 +14,26 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub async fn start(socket: &std::path::Path) -> Self {
+        Self::start_with(socket, None).await
+    }
+
+    /// An agent that keeps HAProxy's server-state file at `state_file`.
+    pub async fn start_with_state_file(
+        socket: &std::path::Path,
+        state_file: &std::path::Path,
+        interval: Duration,
+    ) -> Self {
+        let settings = server::StateFileSettings {
+            path: state_file.to_owned(),
+            interval,
+        };
+        Self::start_with(socket, Some(settings)).await
+    }
+
+    async fn start_with(
+        socket: &std::path::Path,
+        state_file: Option<server::StateFileSettings>,
+    ) -> Self {
         let token = format!("token-{}", uuid::Uuid::new_v4());
         let settings = AgentSettings {
             socket: SocketTarget::Unix(socket.to_owned()),
@@ -21,6 +41,7 @@ impl TestAgent {
             socket_concurrency: 8,
             token: BearerToken::new(&token).expect("token"),
             idempotency_capacity: 1000,
+            state_file,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -74,16 +95,20 @@ impl TestAgent {
         body
     }
 
-    /// The server as the agent lists it.
-    pub async fn server(&self, backend: &str, server: &str) -> serde_json::Value {
-        let body: serde_json::Value = self
-            .get("/v1/backends")
+    /// The JSON answer of a GET.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path)
             .send()
             .await
             .expect("agent answers")
             .json()
             .await
-            .expect("json");
+            .expect("json")
+    }
+
+    /// The server as the agent lists it.
+    pub async fn server(&self, backend: &str, server: &str) -> serde_json::Value {
+        let body = self.get_json("/v1/backends").await;
         body["backends"]
             .as_array()
             .and_then(|bs| bs.iter().find(|b| b["name"] == backend))

@@ -11,6 +11,8 @@ pub struct TestHaproxy {
     child: Option<Child>,
     pub socket: PathBuf,
     config: PathBuf,
+    /// HAProxy's `server-state-file`, when started with one.
+    pub state_file: Option<PathBuf>,
 }
 
 fn haproxy_bin() -> String {
@@ -21,32 +23,54 @@ impl TestHaproxy {
     /// Replaces the config's body and restarts HAProxy with it (the socket
     /// path stays), as an operator's reload after editing the config.
     pub async fn reload(&mut self, body: &str) {
-        let text = Self::config_text(&self.socket, body);
+        let text = Self::config_text(&self.socket, self.state_file.as_deref(), body);
         std::fs::write(&self.config, text).expect("write haproxy.cfg");
         self.restart().await;
     }
 
-    fn config_text(socket: &Path, body: &str) -> String {
+    /// With `state_file`, the two lines that make a reload start every
+    /// server from that file (docs/haproxy-reloads.md).
+    fn config_text(socket: &Path, state_file: Option<&Path>, body: &str) -> String {
+        let (global, defaults) = match state_file {
+            Some(path) => (
+                format!("  server-state-file {}\n", path.display()),
+                "  load-server-state-from-file global\n",
+            ),
+            None => (String::new(), ""),
+        };
         format!(
-            "global\n  stats socket {} mode 600 level admin\n  stats timeout 30s\n\
-             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\n{body}\n",
+            "global\n  stats socket {} mode 600 level admin\n  stats timeout 30s\n{global}\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n{defaults}\n{body}\n",
             socket.display()
         )
+    }
+
+    /// Starts HAProxy like [`TestHaproxy::start`], configured to load its
+    /// servers' states at start from `server-state` in its directory.
+    pub async fn start_with_state_file(body: &str) -> Self {
+        Self::start_in(body, true).await
     }
 
     /// Starts HAProxy with `body` (frontends, backends) after a generated
     /// `global` (admin stats socket in a temp dir) and `defaults` section,
     /// and waits until its socket answers.
     pub async fn start(body: &str) -> Self {
+        Self::start_in(body, false).await
+    }
+
+    async fn start_in(body: &str, with_state_file: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("admin.sock");
         let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, Self::config_text(&socket, body)).expect("write haproxy.cfg");
+        let state_file = with_state_file.then(|| dir.path().join("server-state"));
+        let text = Self::config_text(&socket, state_file.as_deref(), body);
+        std::fs::write(&config, text).expect("write haproxy.cfg");
         let mut h = Self {
             dir,
             child: None,
             socket,
             config,
+            state_file,
         };
         h.spawn().await;
         h
