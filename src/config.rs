@@ -77,6 +77,9 @@ pub struct WorkerConfig {
     pub breaker_failures: u32,
     /// How long an open breaker fails calls fast before one probe (s).
     pub breaker_open_secs: u64,
+    /// PEM file of the CA certificates that agents' HTTPS certificates are
+    /// verified against; none: the system's roots.
+    pub agent_ca_file: Option<PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -88,6 +91,7 @@ impl Default for WorkerConfig {
             agent_timeout_ms: 5_000,
             breaker_failures: 3,
             breaker_open_secs: 60,
+            agent_ca_file: None,
         }
     }
 }
@@ -135,6 +139,14 @@ pub struct FagentConfig {
     pub socket_concurrency: usize,
     /// How many transaction ids are remembered for replays.
     pub idempotency_capacity: usize,
+    /// The only directory whose files `PUT /api/servers/{id}/haproxy` may
+    /// name as `file:` token references (read by the API; none: the API
+    /// takes token values only).
+    pub token_dir: Option<PathBuf>,
+    /// PEM certificate chain the agent serves HTTPS with (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for FagentConfig {
@@ -146,6 +158,9 @@ impl Default for FagentConfig {
             socket_timeout_ms: 5_000,
             socket_concurrency: 8,
             idempotency_capacity: 10_000,
+            token_dir: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -13,5 +13,6 @@ mod harness_selftest;
 mod hostile;
 mod load;
 mod message_schemas;
+mod secrets;
 mod security;
 mod sync;

@@ -6,6 +6,7 @@ mod extract;
 mod idempotency;
 mod routes;
 pub mod runtime;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub use auth::BearerToken;
 pub use idempotency::Idempotency;
 pub use runtime::{Haproxy, RuntimeError, SocketTarget};
+pub use tls::{TlsAcceptor, TlsListener};
 
 /// What the agent needs to run.
 #[derive(Clone)]
@@ -49,22 +51,43 @@ pub fn router(settings: AgentSettings) -> axum::Router {
     routes::router(state)
 }
 
-/// Binds `listen` and serves until `shutdown` resolves.
+/// Binds `listen` and serves, over HTTPS when `tls` is given, until
+/// `shutdown` resolves.
 ///
 /// # Errors
 /// When the address cannot be bound or the server fails.
 pub async fn serve(
     listen: SocketAddr,
     settings: AgentSettings,
+    tls: Option<TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = tls.is_some(),
         haproxy.socket = %settings.socket,
         "fagent listening"
     );
-    serve_on(listener, settings, shutdown).await
+    match tls {
+        Some(tls) => serve_tls_on(listener, settings, tls, shutdown).await,
+        None => serve_on(listener, settings, shutdown).await,
+    }
+}
+
+/// Serves HTTPS on an already bound listener.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_tls_on(
+    listener: tokio::net::TcpListener,
+    settings: AgentSettings,
+    tls: TlsAcceptor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(TlsListener::new(listener, tls)?, router(settings))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves on an already bound listener (tests bind port 0 themselves).
