@@ -42,9 +42,10 @@ pub async fn add_instance(config: &Config, args: &InstanceAddArgs) -> anyhow::Re
         is_active: !args.inactive,
     };
     let row = db::run(&pool, move |c| instances::upsert(c, &new)).await?;
-    let agents = AgentClient::new(std::time::Duration::from_millis(
-        config.worker.agent_timeout_ms,
-    ))
+    let agents = AgentClient::new(
+        std::time::Duration::from_millis(config.worker.agent_timeout_ms),
+        config.worker.agent_ca_file.as_deref(),
+    )
     .map_err(anyhow::Error::msg)?;
     let template = crate::domain::mapping::NameTemplate::parse(&config.sync.name_template)
         .map_err(|e| anyhow::anyhow!("sync.name_template: {e}"))?;

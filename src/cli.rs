@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
-use crate::fagent::server::{AgentSettings, BearerToken, SocketTarget, StateFileSettings};
+use crate::fagent::server::{
+    AgentSettings, BearerToken, SocketTarget, StateFileSettings, TlsAcceptor,
+};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -110,6 +112,11 @@ pub struct ApiArgs {
     /// operator or admin).
     #[arg(long, env = "API_TOKENS_FILE")]
     pub api_tokens_file: Option<PathBuf>,
+    /// The only directory whose files an admin may name as an agent's token
+    /// (`"fagent_token": "file:…"`) through the API [default: none, token
+    /// values only].
+    #[arg(long, env = "FAGENT_TOKEN_DIR")]
+    pub fagent_token_dir: Option<PathBuf>,
 }
 
 impl ApiArgs {
@@ -119,6 +126,9 @@ impl ApiArgs {
         }
         if let Some(v) = &self.api_tokens_file {
             c.api.tokens_file = Some(v.clone());
+        }
+        if let Some(v) = &self.fagent_token_dir {
+            c.fagent.token_dir = Some(v.clone());
         }
     }
 }
@@ -150,6 +160,10 @@ pub struct WorkerArgs {
     /// Connections to PostgreSQL [default: 16, at least prefetch + 4].
     #[arg(long, env = "DATABASE_POOL_SIZE")]
     pub pool_size: Option<u32>,
+    /// PEM file of the CA certificates agents' HTTPS certificates must
+    /// chain to [default: the system's roots].
+    #[arg(long, env = "WORKER_AGENT_CA_FILE")]
+    pub agent_ca_file: Option<PathBuf>,
 }
 
 impl WorkerArgs {
@@ -178,6 +192,9 @@ impl WorkerArgs {
         }
         if let Some(v) = self.pool_size {
             c.database.pool_size = v;
+        }
+        if let Some(v) = &self.agent_ca_file {
+            c.worker.agent_ca_file = Some(v.clone());
         }
     }
 }
@@ -343,6 +360,14 @@ pub struct FagentArgs {
     /// change [default: 30].
     #[arg(long, env = "FAGENT_STATE_FILE_INTERVAL")]
     pub state_file_interval: Option<u64>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key)
+    /// [default: plain HTTP].
+    #[arg(long, env = "FAGENT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "FAGENT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl FagentArgs {
@@ -416,6 +441,30 @@ impl FagentArgs {
             path: path.clone(),
             interval: Duration::from_secs(secs),
         }))
+    }
+}
+
+impl FagentArgs {
+    /// The TLS the agent serves with, from flags, environment or config
+    /// file; None for plain HTTP.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when only one of certificate and key is
+    /// given, or they cannot be read or do not match.
+    pub fn tls(&self, config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
+        let c = &config.fagent;
+        match (
+            self.tls_cert.as_ref().or(c.tls_cert.as_ref()),
+            self.tls_key.as_ref().or(c.tls_key.as_ref()),
+        ) {
+            (Some(cert), Some(key)) => TlsAcceptor::from_pem_files(cert, key)
+                .map(Some)
+                .map_err(ConfigError::Invalid),
+            (None, None) => Ok(None),
+            _ => Err(ConfigError::Invalid(
+                "the agent's TLS needs both a certificate and a key (--tls-cert, --tls-key)".into(),
+            )),
+        }
     }
 }
 

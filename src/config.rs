@@ -77,6 +77,9 @@ pub struct WorkerConfig {
     pub breaker_failures: u32,
     /// How long an open breaker fails calls fast before one probe (s).
     pub breaker_open_secs: u64,
+    /// PEM file of the CA certificates that agents' HTTPS certificates are
+    /// verified against; none: the system's roots.
+    pub agent_ca_file: Option<PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -88,6 +91,7 @@ impl Default for WorkerConfig {
             agent_timeout_ms: 5_000,
             breaker_failures: 3,
             breaker_open_secs: 60,
+            agent_ca_file: None,
         }
     }
 }
@@ -141,6 +145,14 @@ pub struct FagentConfig {
     /// Seconds between writes of the state file besides those after each
     /// change.
     pub state_file_interval_secs: u64,
+    /// The only directory whose files `PUT /api/servers/{id}/haproxy` may
+    /// name as `file:` token references (read by the API; none: the API
+    /// takes token values only).
+    pub token_dir: Option<PathBuf>,
+    /// PEM certificate chain the agent serves HTTPS with (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for FagentConfig {
@@ -154,6 +166,9 @@ impl Default for FagentConfig {
             idempotency_capacity: 10_000,
             state_file: None,
             state_file_interval_secs: 30,
+            token_dir: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -69,7 +69,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Fagent(args) => {
             let (listen, settings) = args.settings(&config)?;
-            fagent::server::serve(listen, settings, shutdown_signal()).await?;
+            let tls = args.tls(&config)?;
+            fagent::server::serve(listen, settings, tls, shutdown_signal()).await?;
         }
     }
     Ok(())

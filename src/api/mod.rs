@@ -44,6 +44,9 @@ pub struct ApiState {
     pub amqp: Arc<lapin::Connection>,
     /// The OpenAPI document, serialised once.
     pub openapi: Bytes,
+    /// `fagent.token_dir`, canonical: the only place `file:` token
+    /// references given through the API may point into.
+    pub token_dir: Option<Arc<std::path::Path>>,
 }
 
 /// The API's HTTP application: every route, JSON 404 and 405 answers, and
@@ -94,6 +97,14 @@ async fn serve_with(
             "no API tokens configured ([api] tokens or API_TOKENS_FILE): every call but health, metrics and the OpenAPI document answers 401"
         );
     }
+    let token_dir = config
+        .fagent
+        .token_dir
+        .as_deref()
+        .map(crate::fagent::token_ref::canonical_dir)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("fagent.token_dir: {e}"))?
+        .map(Arc::from);
     let App {
         pool,
         conn,
@@ -108,6 +119,7 @@ async fn serve_with(
         tokens: Arc::new(tokens),
         amqp: amqp.clone(),
         openapi: Bytes::from(openapi::pretty_json()?),
+        token_dir,
     };
     tracing::info!(listen = %listener.local_addr()?, "api listening");
     axum::serve(listener, router(state))

@@ -1,7 +1,7 @@
 //! `PUT /api/servers/{id}/haproxy`: makes an AC server an HAProxy node (or
 //! not) and creates or updates its instance. The agent token is stored as a
-//! reference (`token:<value>`, or the `env:`/`file:` reference given) and
-//! never answered.
+//! reference (`token:<value>`, or a `file:` inside the configured token
+//! directory; see [`token_ref::from_api`]) and never answered.
 
 use axum::Json;
 use axum::extract::State;
@@ -16,6 +16,7 @@ use super::extract::{ApiJson, ApiPath};
 use super::instances::InstanceView;
 use crate::db::api_queries::{self, InstanceSettings, SettingsOutcome};
 use crate::db::{self};
+use crate::fagent::token_ref;
 use crate::queue::message::parse_instance_name;
 
 /// Longest agent token or token reference accepted.
@@ -31,8 +32,10 @@ pub struct SettingsBody {
     pub name: Option<String>,
     /// Base URL of the node's FAgent, `http://` or `https://`. Required to create.
     pub fagent_url: Option<String>,
-    /// The FAgent's bearer token, or a reference `env:VAR` / `file:/path` read by the
-    /// workers. Required to create; kept when absent. Never shown again.
+    /// The FAgent's bearer token, or `file:/path` of a file inside the configured token
+    /// directory (`fagent.token_dir`), read by the workers. `env:` references and other
+    /// files are refused (422); they can be set only from the CLI on the host.
+    /// Required to create; kept when absent. Never shown again.
     pub fagent_token: Option<String>,
     /// Whether commands and syncs go to it (default: true for a new instance, unchanged otherwise).
     pub is_active: Option<bool>,
@@ -51,7 +54,10 @@ fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::unprocessable("invalid_field", format!("{field}: {message}"))
 }
 
-fn validate(body: SettingsBody) -> Result<InstanceSettings, ApiError> {
+fn validate(
+    body: SettingsBody,
+    token_dir: Option<&std::path::Path>,
+) -> Result<InstanceSettings, ApiError> {
     let name = body
         .name
         .as_deref()
@@ -62,7 +68,11 @@ fn validate(body: SettingsBody) -> Result<InstanceSettings, ApiError> {
         })
         .transpose()?;
     let fagent_url = body.fagent_url.as_deref().map(url).transpose()?;
-    let fagent_token_ref = body.fagent_token.as_deref().map(token_ref).transpose()?;
+    let fagent_token_ref = body
+        .fagent_token
+        .as_deref()
+        .map(|t| stored_token_ref(t, token_dir))
+        .transpose()?;
     Ok(InstanceSettings {
         is_haproxy_node: body.is_haproxy_node,
         name,
@@ -92,7 +102,7 @@ fn url(raw: &str) -> Result<String, ApiError> {
     Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
-fn token_ref(raw: &str) -> Result<String, ApiError> {
+fn stored_token_ref(raw: &str, token_dir: Option<&std::path::Path>) -> Result<String, ApiError> {
     let raw = raw.trim();
     if raw.is_empty()
         || raw.len() > MAX_TOKEN_LEN
@@ -103,15 +113,7 @@ fn token_ref(raw: &str) -> Result<String, ApiError> {
             format!("must be 1 to {MAX_TOKEN_LEN} characters without spaces"),
         ));
     }
-    for prefix in ["env:", "file:", "token:"] {
-        if let Some(rest) = raw.strip_prefix(prefix) {
-            if rest.is_empty() {
-                return Err(invalid("fagent_token", format!("{prefix} needs a value")));
-            }
-            return Ok(raw.to_owned());
-        }
-    }
-    Ok(format!("token:{raw}"))
+    token_ref::from_api(raw, token_dir).map_err(|e| invalid("fagent_token", e))
 }
 
 /// Create or update an AC server's HAProxy instance.
@@ -137,7 +139,7 @@ pub async fn put_settings(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<SettingsBody>,
 ) -> Result<(StatusCode, Json<SettingsView>), ApiError> {
-    let settings = validate(body)?;
+    let settings = validate(body, st.token_dir.as_deref())?;
     let node = settings.is_haproxy_node;
     let outcome = db::run(&st.pool, move |c| {
         api_queries::put_instance_settings(c, id, &settings)
@@ -182,17 +184,12 @@ mod tests {
 
     #[test]
     fn tokens_become_references_and_urls_are_checked() {
-        assert_eq!(token_ref("s3cret").ok().as_deref(), Some("token:s3cret"));
         assert_eq!(
-            token_ref("env:LB_TOKEN").ok().as_deref(),
-            Some("env:LB_TOKEN")
+            stored_token_ref("s3cret", None).ok().as_deref(),
+            Some("token:s3cret")
         );
-        assert_eq!(
-            token_ref("file:/etc/t").ok().as_deref(),
-            Some("file:/etc/t")
-        );
-        for bad in ["", "a b", "env:", "x\ny"] {
-            assert!(token_ref(bad).is_err(), "{bad:?}");
+        for bad in ["", "a b", "env:", "x\ny", "env:LB_TOKEN", "file:/etc/t"] {
+            assert!(stored_token_ref(bad, None).is_err(), "{bad:?}");
         }
         assert_eq!(
             url("http://10.0.0.5:9100/").ok().as_deref(),

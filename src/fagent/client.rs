@@ -1,6 +1,7 @@
 //! The worker's side of the FAgent API. Errors are classified once here:
 //! what may succeed on retry (connect errors, timeouts, 5xx) and what may not.
 
+use std::path::Path;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -27,6 +28,10 @@ pub enum CallError {
     /// The agent answered 2xx with a body that is not the contract's.
     #[error("agent answer could not be read: {0}")]
     Decode(String),
+    /// The TLS handshake failed (a certificate that does not verify, or
+    /// no TLS at all): nothing was sent, and retrying cannot help.
+    #[error("agent TLS failed: {0}")]
+    Tls(String),
 }
 
 impl CallError {
@@ -36,7 +41,9 @@ impl CallError {
     }
 
     /// Whether the call counts as a failure of the agent for its breaker:
-    /// every transient error does; a 4xx is an answer from a healthy agent.
+    /// every transient error does; a 4xx is an answer from a healthy agent,
+    /// and a certificate this worker does not trust may be this worker's
+    /// CA setting (like a wrong token), so neither opens the shared breaker.
     pub fn counts_for_breaker(&self) -> bool {
         self.is_transient() || matches!(self, CallError::Decode(_))
     }
@@ -45,7 +52,9 @@ impl CallError {
     pub fn failure_code(&self) -> FailureCode {
         match self {
             CallError::Unreachable(_) => FailureCode::AgentUnreachable,
-            CallError::Server { .. } | CallError::Decode(_) => FailureCode::AgentError,
+            CallError::Server { .. } | CallError::Decode(_) | CallError::Tls(_) => {
+                FailureCode::AgentError
+            }
             CallError::Client { status: 404, .. } => FailureCode::NotFound,
             CallError::Client { status: 400, .. } => FailureCode::Invalid,
             CallError::Client { .. } => FailureCode::AgentError,
@@ -67,10 +76,17 @@ pub struct AgentEndpoint {
 }
 
 impl AgentClient {
+    /// Agents' HTTPS certificates are verified against the CA certificates
+    /// in `ca_file` (PEM) only, or against the system's roots without one.
+    ///
     /// # Errors
-    /// When the TLS backend cannot be set up.
-    pub fn new(timeout: Duration) -> Result<Self, String> {
-        let http = crate::http_client::builder()
+    /// When the CA file cannot be read or the TLS backend cannot be set up.
+    pub fn new(timeout: Duration, ca_file: Option<&Path>) -> Result<Self, String> {
+        let mut builder = crate::http_client::builder();
+        if let Some(path) = ca_file {
+            builder = builder.tls_certs_only(crate::http_client::ca_certificates(path)?);
+        }
+        let http = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -138,10 +154,13 @@ impl AgentClient {
 async fn call<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
 ) -> Result<T, CallError> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+    let response = request.send().await.map_err(|e| {
+        if crate::http_client::is_tls_failure(&e) {
+            CallError::Tls(error_chain(&e))
+        } else {
+            CallError::Unreachable(error_chain(&e))
+        }
+    })?;
     let status = response.status();
     if status.is_success() {
         return response
@@ -211,5 +230,8 @@ mod tests {
         assert_eq!(server.failure_code(), FailureCode::AgentError);
         assert_eq!(not_found.failure_code(), FailureCode::NotFound);
         assert_eq!(bad.failure_code(), FailureCode::Invalid);
+        let tls = CallError::Tls("invalid peer certificate: UnknownIssuer".into());
+        assert!(!tls.is_transient() && !tls.counts_for_breaker());
+        assert_eq!(tls.failure_code(), FailureCode::AgentError);
     }
 }

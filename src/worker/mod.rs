@@ -135,7 +135,11 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         pool,
         publisher: publisher.clone(),
         topology: topology.clone(),
-        agents: AgentClient::new(settings.agent_timeout).map_err(anyhow::Error::msg)?,
+        agents: AgentClient::new(
+            settings.agent_timeout,
+            config.worker.agent_ca_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?,
         retry: settings.retry.clone(),
         breaker: settings.breaker.clone(),
     });

@@ -14,5 +14,6 @@ mod hostile;
 mod load;
 mod message_schemas;
 mod reload;
+mod secrets;
 mod security;
 mod sync;

@@ -147,9 +147,8 @@ async fn drains_and_maints_in_two_backends_survive_a_graceful_reload_and_the_syn
     assert_eq!(status, "success", "{counts}");
     assert_eq!(counts["updated"], 0, "{counts}");
     assert_eq!(
-        sys.count("SELECT count(*) AS n FROM haproxy_server_status_history WHERE source = 'sync'")
-            .await,
-        0,
+        sys.history_from("sync").await,
+        vec![],
         "no history row from the sync"
     );
     assert!(

@@ -8,6 +8,7 @@ mod routes;
 pub mod runtime;
 mod show_info;
 pub mod state_file;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub use auth::BearerToken;
 pub use idempotency::Idempotency;
 pub use runtime::{Haproxy, RuntimeError, SocketTarget};
 pub use state_file::StateFileSettings;
+pub use tls::{TlsAcceptor, TlsListener};
 
 /// What the agent needs to run.
 #[derive(Clone)]
@@ -72,22 +74,45 @@ pub fn router(settings: AgentSettings) -> axum::Router {
     routes::router(AgentState::new(settings))
 }
 
-/// Binds `listen` and serves until `shutdown` resolves.
+/// Binds `listen` and serves, over HTTPS when `tls` is given, until
+/// `shutdown` resolves.
 ///
 /// # Errors
 /// When the address cannot be bound or the server fails.
 pub async fn serve(
     listen: SocketAddr,
     settings: AgentSettings,
+    tls: Option<TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = tls.is_some(),
         haproxy.socket = %settings.socket,
         "fagent listening"
     );
-    serve_on(listener, settings, shutdown).await
+    match tls {
+        Some(tls) => serve_tls_on(listener, settings, tls, shutdown).await,
+        None => serve_on(listener, settings, shutdown).await,
+    }
+}
+
+/// Serves HTTPS on an already bound listener.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_tls_on(
+    listener: tokio::net::TcpListener,
+    settings: AgentSettings,
+    tls: TlsAcceptor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AgentState::new(settings);
+    let _state_file_writer = state.start_state_file();
+    axum::serve(TlsListener::new(listener, tls)?, routes::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves on an already bound listener (tests bind port 0 themselves).

@@ -141,6 +141,11 @@ impl TestHaproxy {
         }
     }
 
+    /// The temporary directory holding this HAProxy's config, socket and log.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
     }
