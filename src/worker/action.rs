@@ -177,8 +177,8 @@ fn prepare(
     may_refresh: bool,
 ) -> Result<Prepared, DbError> {
     let target = match resolve(session, req, may_refresh)? {
-        Resolved::Server(target) => target,
-        Resolved::Refresh(instance) => return Ok(Prepared::Refresh(instance)),
+        Resolved::Server(target) => *target,
+        Resolved::Refresh(instance) => return Ok(Prepared::Refresh(*instance)),
         Resolved::NoServer => {
             return not_found(session, req, new_action(req, requested_at, None));
         }
@@ -192,10 +192,10 @@ fn prepare(
 
 /// What the target of an action resolved to.
 enum Resolved {
-    Server(ServerTarget),
+    Server(Box<ServerTarget>),
     /// The instance is known, active and reachable, but not the server:
     /// its listing may name it.
-    Refresh(instances::InstanceRow),
+    Refresh(Box<instances::InstanceRow>),
     NoServer,
 }
 
@@ -224,12 +224,12 @@ fn resolve(
                 && row.is_active
                 && breaker_closed(&row)
             {
-                return Ok(Resolved::Refresh(row));
+                return Ok(Resolved::Refresh(Box::new(row)));
             }
             found
         }
     };
-    Ok(found.map_or(Resolved::NoServer, Resolved::Server))
+    Ok(found.map_or(Resolved::NoServer, |t| Resolved::Server(Box::new(t))))
 }
 
 /// Lock: under the server's lock a delivery of the same command waits for
