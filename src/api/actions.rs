@@ -20,6 +20,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::db::actions::{self, ActionRow, Claim, NewAction};
 use crate::db::{self, inventory};
+use crate::domain::AdminState;
 use crate::domain::action::ActionStatus;
 use crate::queue::message::{parse_action, parse_action_kind};
 use crate::queue::topology::ROUTE_ACTION;
@@ -51,7 +52,7 @@ pub struct ActionAccepted {
 /// The validated request.
 struct Asked {
     transaction_id: Uuid,
-    action: String,
+    action: AdminState,
     reason: Option<String>,
     force: bool,
 }
@@ -63,7 +64,7 @@ fn validate(body: ActionRequestBody) -> Result<Asked, ApiError> {
     let reason = super::reason(body.reason)?;
     Ok(Asked {
         transaction_id,
-        action: action.as_str().to_owned(),
+        action,
         reason,
         force: body.force.unwrap_or(false),
     })
@@ -105,8 +106,8 @@ pub async fn post_action(
         transaction_id: asked.transaction_id,
         server_id: Some(id),
         batch_id: None,
-        action: asked.action.clone(),
-        status: ActionStatus::Pending.as_str().to_owned(),
+        action: asked.action,
+        status: ActionStatus::Pending,
         actor: caller.actor.clone(),
         reason: asked.reason.clone(),
         force: asked.force,
@@ -163,7 +164,7 @@ pub async fn post_action(
             row
         }
     };
-    if row.status() == ActionStatus::Pending {
+    if row.status == ActionStatus::Pending {
         publish(&st, &row, id).await?;
     }
     tracing::info!(
@@ -174,7 +175,7 @@ pub async fn post_action(
         StatusCode::ACCEPTED,
         Json(ActionAccepted {
             transaction_id: row.transaction_id,
-            status: row.status,
+            status: row.status.to_string(),
         }),
     ))
 }
@@ -226,8 +227,8 @@ impl From<ActionRow> for ActionView {
     fn from(r: ActionRow) -> Self {
         Self {
             transaction_id: r.transaction_id,
-            action: r.action,
-            status: r.status,
+            action: r.action.to_string(),
+            status: r.status.to_string(),
             server_id: r.server_id,
             batch_id: r.batch_id,
             actor: r.actor,

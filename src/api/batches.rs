@@ -22,6 +22,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::db::batches::{self, BatchRow, NewBatch};
 use crate::db::{self, api_queries};
+use crate::domain::AdminState;
 use crate::domain::action::BatchTargets;
 use crate::queue::message::{parse_action_kind, parse_batch, parse_batch_targets_json};
 use crate::queue::topology::ROUTE_BATCH;
@@ -65,7 +66,7 @@ pub struct BatchAccepted {
 
 struct Asked {
     transaction_id: Uuid,
-    action: String,
+    action: AdminState,
     targets: BatchTargets,
     reason: Option<String>,
     force: bool,
@@ -80,7 +81,7 @@ fn validate(body: BatchRequestBody) -> Result<Asked, ApiError> {
     let reason = super::reason(body.reason)?;
     Ok(Asked {
         transaction_id,
-        action: action.as_str().to_owned(),
+        action,
         targets,
         reason,
         force: body.force.unwrap_or(false),
@@ -136,7 +137,7 @@ pub async fn post_batch(
     let asked = validate(body)?;
     let new = NewBatch {
         transaction_id: asked.transaction_id,
-        action: asked.action.clone(),
+        action: asked.action,
         actor: caller.actor.clone(),
         reason: asked.reason.clone(),
         force: asked.force,
@@ -148,7 +149,7 @@ pub async fn post_batch(
     let probe = BatchRow {
         id: 0,
         transaction_id: new.transaction_id,
-        action: new.action.clone(),
+        action: new.action,
         actor: new.actor.clone(),
         reason: new.reason.clone(),
         force: new.force,
@@ -276,7 +277,7 @@ pub async fn get_batch(
     Ok(Json(BatchView {
         id: r.id,
         transaction_id: r.transaction_id,
-        action: r.action,
+        action: r.action.to_string(),
         actor: r.actor,
         reason: r.reason,
         force: r.force,

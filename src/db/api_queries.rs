@@ -1,6 +1,10 @@
 //! Queries of the HTTP API: keyset-paginated listings, settings and the
 //! aggregates `/metrics` reads. Every listing walks an index in order and
 //! stops after `limit + 1` rows (never OFFSET, never a whole table).
+//!
+//! Raw SQL where the DSL cannot say it: optional filters written as
+//! `($n IS NULL OR …)` so each listing is one prepared statement, row-value
+//! keyset comparisons, `LATERAL` and the histogram's CTE.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -12,6 +16,8 @@ use uuid::Uuid;
 use super::DbError;
 use super::instances::InstanceRow;
 use super::schema::{haproxy_instances as i, servers as ac};
+use crate::domain::action::ActionStatus;
+use crate::domain::{AdminState, HistorySource, OpState};
 
 /// A live backend of an instance with its live server counts.
 #[derive(Debug, Clone, QueryableByName)]
@@ -95,8 +101,8 @@ pub fn backend(conn: &mut PgConnection, id: i64) -> Result<Option<BackendRef>, D
 /// Filters of the servers listing; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct ServerFilter {
-    pub admin_state: Option<String>,
-    pub op_state: Option<String>,
+    pub admin_state: Option<AdminState>,
+    pub op_state: Option<OpState>,
     pub application_id: Option<i64>,
     /// `Some(false)`: only servers linked to no application.
     pub linked: Option<bool>,
@@ -114,9 +120,9 @@ pub struct ServerListRow {
     #[diesel(sql_type = Nullable<Int4>)]
     pub port: Option<i32>,
     #[diesel(sql_type = Text)]
-    pub admin_state: String,
+    pub admin_state: AdminState,
     #[diesel(sql_type = Text)]
-    pub op_state: String,
+    pub op_state: OpState,
     #[diesel(sql_type = Int4)]
     pub weight: i32,
     #[diesel(sql_type = BigInt)]
@@ -156,8 +162,8 @@ pub fn servers_page(
     )
     .bind::<BigInt, _>(backend_id)
     .bind::<BigInt, _>(after_id)
-    .bind::<Nullable<Text>, _>(filter.admin_state.as_deref())
-    .bind::<Nullable<Text>, _>(filter.op_state.as_deref())
+    .bind::<Nullable<Text>, _>(filter.admin_state)
+    .bind::<Nullable<Text>, _>(filter.op_state)
     .bind::<Nullable<BigInt>, _>(filter.application_id)
     .bind::<Nullable<Bool>, _>(filter.linked)
     .bind::<BigInt, _>(limit)
@@ -176,15 +182,15 @@ pub struct HistoryListRow {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     #[diesel(sql_type = Nullable<Text>)]
-    pub previous_admin_state: Option<String>,
+    pub previous_admin_state: Option<AdminState>,
     #[diesel(sql_type = Text)]
-    pub new_admin_state: String,
+    pub new_admin_state: AdminState,
     #[diesel(sql_type = Nullable<Text>)]
-    pub previous_op_state: Option<String>,
+    pub previous_op_state: Option<OpState>,
     #[diesel(sql_type = Text)]
-    pub new_op_state: String,
+    pub new_op_state: OpState,
     #[diesel(sql_type = Text)]
-    pub source: String,
+    pub source: HistorySource,
     #[diesel(sql_type = Text)]
     pub actor: String,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -400,7 +406,7 @@ fn save_settings(
 #[derive(Debug, Clone, QueryableByName)]
 pub struct StatusCount {
     #[diesel(sql_type = Text)]
-    pub status: String,
+    pub status: ActionStatus,
     #[diesel(sql_type = BigInt)]
     pub n: i64,
 }

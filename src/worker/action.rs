@@ -12,13 +12,14 @@ use futures::future::BoxFuture;
 use tracing::Instrument;
 
 use super::breaker::{self, BreakerSettings, Transition};
-use super::events::{ActionFacts, circuit, stored_pair};
+use super::events::{ActionFacts, circuit};
 use super::{Trouble, WorkerContext, inventory as refresh};
 use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
 use crate::db::inventory::{self, ServerRow, ServerTarget};
 use crate::db::locks::{ServerLock, Session};
 use crate::db::{DbError, instances};
 use crate::domain::action::{ActionRequest, ActionStatus, FailureCode, Target, is_superseded};
+use crate::domain::breaker::BreakerState;
 use crate::domain::event::{EventType, StatePair};
 use crate::domain::{BackendName, ServerName};
 use crate::fagent::client::{AgentEndpoint, CallError};
@@ -197,7 +198,7 @@ fn prepare(
                 && may_refresh
                 && let Some(row) = instances::find_by_name(session.conn(), instance)?
                 && row.is_active
-                && row.breaker_state == "closed"
+                && row.breaker_state == BreakerState::Closed
             {
                 return Ok(Prepared::Refresh(row));
             }
@@ -208,8 +209,8 @@ fn prepare(
         transaction_id: txn,
         server_id: target.as_ref().map(|t| t.server.id),
         batch_id: req.batch_id,
-        action: req.action.as_str().to_owned(),
-        status: ActionStatus::Pending.as_str().to_owned(),
+        action: req.action,
+        status: ActionStatus::Pending,
         actor: req.actor.clone(),
         reason: req.reason.clone(),
         force: req.force,
@@ -245,7 +246,7 @@ fn prepare(
             Some(id) => actions::finish(session.conn(), id, &outcome)?,
             None => {
                 let row = NewAction {
-                    status: outcome.status.as_str().to_owned(),
+                    status: outcome.status,
                     ..new.clone()
                 };
                 if actions::insert_finished(session.conn(), &row, &outcome)?.is_none() {
@@ -258,7 +259,7 @@ fn prepare(
     };
     let server =
         inventory::server(session.conn(), server_id)?.unwrap_or_else(|| target.server.clone());
-    let previous = stored_pair(&server.admin_state, &server.op_state);
+    let previous = server.state();
     let facts = facts(req, Some(&target));
 
     if is_superseded(requested_at, server.last_requested_at) {
@@ -329,7 +330,7 @@ fn prepare(
     // The instance row loaded with the target is fresh enough when it shows
     // a closed breaker; otherwise the breaker decides (and may make this
     // call its half-open probe).
-    if target.instance.breaker_state != "closed"
+    if target.instance.breaker_state != BreakerState::Closed
         && !breaker::admission_on(session.conn(), target.instance.id, breaker_settings)?
     {
         let detail = format!(
@@ -345,7 +346,7 @@ fn prepare(
         }
         None => {
             let row = NewAction {
-                status: ActionStatus::Running.as_str().to_owned(),
+                status: ActionStatus::Running,
                 ..new
             };
             match actions::insert_started(session.conn(), &row)? {
@@ -406,14 +407,14 @@ fn check_existing(
     server_id: Option<i64>,
 ) -> Result<Option<Prepared>, DbError> {
     let txn = req.transaction_id;
-    if row.action != req.action.as_str() {
+    if row.action != req.action {
         return Ok(Some(Prepared::DeadLetter(format!(
             "transaction_id {txn} was already used for another command ({} on server {:?})",
             row.action, row.server_id
         ))));
     }
     // A duplicate of a finished action: its final events again, nothing else.
-    if row.status().is_final() {
+    if row.status.is_final() {
         tracing::info!(status = %row.status, "duplicate of a finished action; re-publishing its events");
         session.unlock_all()?;
         return Ok(Some(Prepared::Done {

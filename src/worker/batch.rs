@@ -64,7 +64,7 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
     let total = i32::try_from(server_ids.len()).unwrap_or(i32::MAX);
     let new = NewBatch {
         transaction_id: req.transaction_id,
-        action: req.action.as_str().to_owned(),
+        action: req.action,
         actor: req.actor.clone(),
         reason: req.reason.clone(),
         force: req.force,
@@ -73,7 +73,7 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
         requested_at: req.requested_at.unwrap_or_else(Utc::now),
     };
     let (batch, created) = db::run(&ctx.pool, move |c| batches::create(c, &new)).await?;
-    if batch.action != req.action.as_str() {
+    if batch.action != req.action {
         return Ok(Disposition::DeadLetter(format!(
             "transaction_id {} was already used for another batch ({})",
             req.transaction_id, batch.action
