@@ -304,6 +304,55 @@ pub fn put_instance_settings(
     }
 }
 
+/// A server that stops being a node keeps its instance, made inactive.
+fn deactivate(
+    conn: &mut PgConnection,
+    mine: Option<InstanceRow>,
+) -> Result<SettingsOutcome, DbError> {
+    let instance = match mine {
+        Some(row) => Some(Box::new(
+            diesel::update(i::table.find(row.id))
+                .set((i::is_active.eq(false), i::updated_at.eq(diesel::dsl::now)))
+                .returning(InstanceRow::as_returning())
+                .get_result(conn)?,
+        )),
+        None => None,
+    };
+    Ok(SettingsOutcome::Saved {
+        instance,
+        created: false,
+    })
+}
+
+/// Updates the server's (or the adopted) instance; a setting not given
+/// keeps the stored value.
+fn update_instance(
+    conn: &mut PgConnection,
+    server_id: i64,
+    row: &InstanceRow,
+    name: &str,
+    s: &InstanceSettings,
+) -> Result<SettingsOutcome, DbError> {
+    let updated = diesel::update(i::table.find(row.id))
+        .set((
+            i::server_id.eq(Some(server_id)),
+            i::name.eq(name),
+            i::fagent_url.eq(s.fagent_url.as_deref().unwrap_or(&row.fagent_url)),
+            i::fagent_token_ref.eq(s
+                .fagent_token_ref
+                .as_deref()
+                .unwrap_or(&row.fagent_token_ref)),
+            i::is_active.eq(s.is_active.unwrap_or(row.is_active)),
+            i::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(InstanceRow::as_returning())
+        .get_result(conn)?;
+    Ok(SettingsOutcome::Saved {
+        instance: Some(Box::new(updated)),
+        created: false,
+    })
+}
+
 fn save_settings(
     conn: &mut PgConnection,
     server_id: i64,
@@ -329,19 +378,7 @@ fn save_settings(
             .first(conn)
             .optional()?;
         if !s.is_haproxy_node {
-            let instance = match mine {
-                Some(row) => Some(Box::new(
-                    diesel::update(i::table.find(row.id))
-                        .set((i::is_active.eq(false), i::updated_at.eq(diesel::dsl::now)))
-                        .returning(InstanceRow::as_returning())
-                        .get_result(conn)?,
-                )),
-                None => None,
-            };
-            return Ok(SettingsOutcome::Saved {
-                instance,
-                created: false,
-            });
+            return deactivate(conn, mine);
         }
         let Some(name) = s.name.clone() else {
             return Ok(SettingsOutcome::Missing("name"));
@@ -360,24 +397,7 @@ fn save_settings(
             (None, None) => None,
         };
         if let Some(row) = existing {
-            let updated = diesel::update(i::table.find(row.id))
-                .set((
-                    i::server_id.eq(Some(server_id)),
-                    i::name.eq(&name),
-                    i::fagent_url.eq(s.fagent_url.as_deref().unwrap_or(&row.fagent_url)),
-                    i::fagent_token_ref.eq(s
-                        .fagent_token_ref
-                        .as_deref()
-                        .unwrap_or(&row.fagent_token_ref)),
-                    i::is_active.eq(s.is_active.unwrap_or(row.is_active)),
-                    i::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(InstanceRow::as_returning())
-                .get_result(conn)?;
-            return Ok(SettingsOutcome::Saved {
-                instance: Some(Box::new(updated)),
-                created: false,
-            });
+            return update_instance(conn, server_id, &row, &name, s);
         }
         let Some(url) = s.fagent_url.clone() else {
             return Ok(SettingsOutcome::Missing("fagent_url"));
