@@ -179,7 +179,7 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
             db::actions::get_by_transaction(c, transaction_id)
         })
         .await?;
-        if let Some(row) = row.filter(|r| r.status().is_final()) {
+        if let Some(row) = row.filter(|r| r.status.is_final()) {
             return Ok(serde_json::to_string_pretty(&serde_json::json!({
                 "transaction_id": transaction_id,
                 "status": row.status,

@@ -105,8 +105,8 @@ pub async fn post_action(
         transaction_id: asked.transaction_id,
         server_id: Some(id),
         batch_id: None,
-        action: asked.action.as_str().to_owned(),
-        status: ActionStatus::Pending.as_str().to_owned(),
+        action: asked.action,
+        status: ActionStatus::Pending,
         actor: caller.actor.clone(),
         reason: asked.reason.clone(),
         force: asked.force,
@@ -139,7 +139,7 @@ pub async fn post_action(
         }
         Recorded::New(row) => row,
         Recorded::Existing(row) => {
-            let same = row.action == asked.action.as_str()
+            let same = row.action == asked.action
                 && row.server_id == Some(id)
                 && row.batch_id.is_none()
                 && row.force == asked.force
@@ -163,7 +163,7 @@ pub async fn post_action(
             row
         }
     };
-    if row.status() == ActionStatus::Pending {
+    if row.status == ActionStatus::Pending {
         publish(&st, &row, id, asked.action).await?;
     }
     tracing::info!(
@@ -174,7 +174,7 @@ pub async fn post_action(
         StatusCode::ACCEPTED,
         Json(ActionAccepted {
             transaction_id: row.transaction_id,
-            status: row.status,
+            status: row.status.to_string(),
         }),
     ))
 }
@@ -228,8 +228,8 @@ impl From<ActionRow> for ActionView {
     fn from(r: ActionRow) -> Self {
         Self {
             transaction_id: r.transaction_id,
-            action: r.action,
-            status: r.status,
+            action: r.action.to_string(),
+            status: r.status.to_string(),
             server_id: r.server_id,
             batch_id: r.batch_id,
             actor: r.actor,

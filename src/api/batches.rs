@@ -133,7 +133,7 @@ pub async fn post_batch(
     let asked = validate(body)?;
     let new = NewBatch {
         transaction_id: asked.transaction_id,
-        action: asked.action.as_str().to_owned(),
+        action: asked.action,
         actor: caller.actor.clone(),
         reason: asked.reason.clone(),
         force: asked.force,
@@ -174,7 +174,7 @@ pub async fn post_batch(
         }
         Recorded::New(row) => (row, true),
         Recorded::Existing(row, recorded) => {
-            let same = row.action == asked.action.as_str()
+            let same = row.action == asked.action
                 && parse_batch_targets_json(&row.targets).ok().as_ref() == Some(&asked.targets)
                 && row.reason == asked.reason
                 && row.force == asked.force;
@@ -259,7 +259,7 @@ pub async fn get_batch(
     Ok(Json(BatchView {
         id: r.id,
         transaction_id: r.transaction_id,
-        action: r.action,
+        action: r.action.to_string(),
         actor: r.actor,
         reason: r.reason,
         force: r.force,

@@ -63,13 +63,13 @@ impl From<InstanceRow> for InstanceView {
             fagent_url: public_url(&r.fagent_url),
             is_active: r.is_active,
             breaker: BreakerView {
-                state: r.breaker_state,
+                state: r.breaker_state.to_string(),
                 consecutive_failures: r.consecutive_failures,
                 opened_at: r.opened_at,
             },
             last_sync: LastSyncView {
                 at: r.last_sync_at,
-                result: r.last_sync_result,
+                result: r.last_sync_result.map(|r| r.to_string()),
                 error: r.last_sync_error,
             },
             created_at: r.created_at,

@@ -14,7 +14,8 @@ use super::ApiState;
 use crate::db::api_queries::{self, Histogram, LastSync, StatusCount};
 use crate::db::instances::{self, InstanceRow};
 use crate::db::{self, DbError};
-use crate::domain::action::ActionStatus;
+use crate::domain::action::{ActionStatus, SyncStatus};
+use crate::domain::breaker::BreakerState;
 
 /// Upper bounds of the action latency histogram (Prometheus' defaults).
 pub const LATENCY_BUCKETS: [f64; 11] = [
@@ -187,7 +188,7 @@ fn render_db(out: &mut String, s: &Snapshot) {
         let n = s
             .statuses
             .iter()
-            .find(|c| c.status == status.as_str())
+            .find(|c| c.status == status)
             .map_or(0, |c| c.n);
         let _ = writeln!(
             out,
@@ -216,7 +217,7 @@ fn render_db(out: &mut String, s: &Snapshot) {
         "1 while an instance's circuit breaker is open or half-open.",
     );
     for i in &s.instances {
-        let open = u8::from(i.breaker_state != "closed");
+        let open = u8::from(i.breaker_state != BreakerState::Closed);
         let _ = writeln!(
             out,
             "haproxy_control_breaker_open{{instance=\"{}\"}} {open}",
@@ -244,7 +245,7 @@ fn render_db(out: &mut String, s: &Snapshot) {
         "1 when an instance's last sync failed.",
     );
     for i in &s.instances {
-        let failed = u8::from(i.last_sync_result.as_deref() == Some("failed"));
+        let failed = u8::from(i.last_sync_result == Some(SyncStatus::Failed));
         let _ = writeln!(
             out,
             "haproxy_control_sync_last_failed{{instance=\"{}\"}} {failed}",

@@ -52,15 +52,15 @@ fn server_view(backend_id: i64, r: ServerListRow) -> ServerView {
         backend_id,
         address: r.address,
         port: r.port,
-        admin_state: r.admin_state,
-        op_state: r.op_state,
+        admin_state: r.admin_state.to_string(),
+        op_state: r.op_state.to_string(),
         weight: r.weight,
         current_sessions: r.current_sessions,
         check_status: r.check_status,
-        application: r.application_id.map(|id| Named {
-            id,
-            name: r.application_name.unwrap_or_default(),
-        }),
+        application: r
+            .application_id
+            .zip(r.application_name)
+            .map(|(id, name)| Named { id, name }),
         last_seen_at: r.last_seen_at,
         state_changed_at: r.state_changed_at,
     }
@@ -94,24 +94,24 @@ impl ServersQuery {
             .admin_state
             .as_deref()
             .map(|s| {
-                s.parse::<AdminState>()
-                    .map(|a| a.as_str().to_owned())
-                    .map_err(|_| {
-                        ApiError::unprocessable(
-                            "invalid_filter",
-                            format!("admin_state {s:?} is not one of ready, drain, maint"),
-                        )
-                    })
+                s.parse::<AdminState>().map_err(|_| {
+                    ApiError::unprocessable(
+                        "invalid_filter",
+                        format!("admin_state {s:?} is not one of ready, drain, maint"),
+                    )
+                })
             })
             .transpose()?;
         let op_state = self
             .op_state
             .as_deref()
             .map(|s| {
-                s.parse::<OpState>().map(|o| o.as_str().to_owned()).map_err(|_| {
+                s.parse::<OpState>().map_err(|_| {
                     ApiError::unprocessable(
                         "invalid_filter",
-                        format!("op_state {s:?} is not one of up, down, no_check, stopping, starting"),
+                        format!(
+                            "op_state {s:?} is not one of up, down, no_check, stopping, starting"
+                        ),
                     )
                 })
             })
@@ -229,14 +229,14 @@ fn history_view(server_id: i64, r: HistoryListRow) -> HistoryView {
         id: r.id,
         server_id,
         previous: StateView {
-            admin_state: r.previous_admin_state,
-            op_state: r.previous_op_state,
+            admin_state: r.previous_admin_state.map(|s| s.to_string()),
+            op_state: r.previous_op_state.map(|s| s.to_string()),
         },
         current: StateView {
-            admin_state: Some(r.new_admin_state),
-            op_state: Some(r.new_op_state),
+            admin_state: Some(r.new_admin_state.to_string()),
+            op_state: Some(r.new_op_state.to_string()),
         },
-        source: r.source,
+        source: r.source.as_str().to_owned(),
         actor: r.actor,
         action_id: r.action_id,
         transaction_id: r.transaction_id,

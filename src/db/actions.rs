@@ -1,6 +1,9 @@
 //! `haproxy_actions` and the history rows an action writes. An action's
 //! outcome, its server's new state, its history row and its final events
 //! commit together in [`finish_success`] (or [`finish`] when no server changed).
+//!
+//! Raw SQL only in [`finish_success`]: one CTE statement writes the action,
+//! the server and the history row (one round trip on the hot path).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -19,13 +22,14 @@ pub struct ActionRow {
     pub transaction_id: Uuid,
     pub server_id: Option<i64>,
     pub batch_id: Option<i64>,
-    pub action: String,
-    pub status: String,
+    pub action: AdminState,
+    pub status: ActionStatus,
     pub actor: String,
     pub reason: Option<String>,
     pub force: bool,
     pub requested_at: DateTime<Utc>,
     pub attempts: i32,
+    /// A [`FailureCode`]'s text; the column has no CHECK and callers read it as text.
     pub error: Option<String>,
     pub error_detail: Option<String>,
     pub events: serde_json::Value,
@@ -35,10 +39,9 @@ pub struct ActionRow {
 }
 
 impl ActionRow {
-    /// The status; an unknown string (impossible under the CHECK) reads as
-    /// pending, so the action is processed rather than skipped.
+    /// The status (kept as a method for the callers that read it so).
     pub fn status(&self) -> ActionStatus {
-        self.status.parse().unwrap_or(ActionStatus::Pending)
+        self.status
     }
 }
 
@@ -48,8 +51,8 @@ pub struct NewAction {
     pub transaction_id: Uuid,
     pub server_id: Option<i64>,
     pub batch_id: Option<i64>,
-    pub action: String,
-    pub status: String,
+    pub action: AdminState,
+    pub status: ActionStatus,
     pub actor: String,
     pub reason: Option<String>,
     pub force: bool,
@@ -108,7 +111,7 @@ pub fn insert_finished(
         Ok(diesel::insert_into(a::table)
             .values((
                 new,
-                a::error.eq(outcome.error.map(|e| e.as_str())),
+                a::error.eq(outcome.error),
                 a::error_detail.eq(outcome.error_detail.as_deref()),
                 a::events.eq(&outcome.events),
                 a::finished_at.eq(diesel::dsl::now),
@@ -136,7 +139,7 @@ pub fn get_by_transaction(
 /// forms are Diesel DSL, so PostgreSQL gets cached prepared statements.
 pub fn begin_attempt(conn: &mut PgConnection, action_id: i64, first: bool) -> Result<i32, DbError> {
     let target = a::table.find(action_id);
-    let running = a::status.eq(ActionStatus::Running.as_str());
+    let running = a::status.eq(ActionStatus::Running);
     let attempts = a::attempts.eq(a::attempts + 1);
     Ok(if first {
         diesel::update(target)
@@ -189,8 +192,8 @@ pub fn finish(conn: &mut PgConnection, action_id: i64, outcome: &Outcome) -> Res
         super::durable(conn)?;
         diesel::update(a::table.find(action_id))
             .set((
-                a::status.eq(outcome.status.as_str()),
-                a::error.eq(outcome.error.map(|e| e.as_str())),
+                a::status.eq(outcome.status),
+                a::error.eq(outcome.error),
                 a::error_detail.eq(outcome.error_detail.as_deref()),
                 a::events.eq(&outcome.events),
                 a::finished_at.eq(diesel::dsl::now),

@@ -1,6 +1,10 @@
 //! Queries of the HTTP API: keyset-paginated listings, settings and the
 //! aggregates `/metrics` reads. Every listing walks an index in order and
 //! stops after `limit + 1` rows (never OFFSET, never a whole table).
+//!
+//! Raw SQL where the DSL cannot say it: optional filters written as
+//! `($n IS NULL OR …)` so each listing is one prepared statement, row-value
+//! keyset comparisons, `LATERAL` and the histogram's CTE.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -12,6 +16,8 @@ use uuid::Uuid;
 use super::DbError;
 use super::instances::InstanceRow;
 use super::schema::{haproxy_instances as i, servers as ac};
+use crate::domain::action::ActionStatus;
+use crate::domain::{AdminState, HistorySource, OpState};
 
 /// A live backend of an instance with its live server counts.
 #[derive(Debug, Clone, QueryableByName)]
@@ -95,8 +101,8 @@ pub fn backend(conn: &mut PgConnection, id: i64) -> Result<Option<BackendRef>, D
 /// Filters of the servers listing; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct ServerFilter {
-    pub admin_state: Option<String>,
-    pub op_state: Option<String>,
+    pub admin_state: Option<AdminState>,
+    pub op_state: Option<OpState>,
     pub application_id: Option<i64>,
     /// `Some(false)`: only servers linked to no application.
     pub linked: Option<bool>,
@@ -114,9 +120,9 @@ pub struct ServerListRow {
     #[diesel(sql_type = Nullable<Int4>)]
     pub port: Option<i32>,
     #[diesel(sql_type = Text)]
-    pub admin_state: String,
+    pub admin_state: AdminState,
     #[diesel(sql_type = Text)]
-    pub op_state: String,
+    pub op_state: OpState,
     #[diesel(sql_type = Int4)]
     pub weight: i32,
     #[diesel(sql_type = BigInt)]
@@ -156,8 +162,8 @@ pub fn servers_page(
     )
     .bind::<BigInt, _>(backend_id)
     .bind::<BigInt, _>(after_id)
-    .bind::<Nullable<Text>, _>(filter.admin_state.as_deref())
-    .bind::<Nullable<Text>, _>(filter.op_state.as_deref())
+    .bind::<Nullable<Text>, _>(filter.admin_state)
+    .bind::<Nullable<Text>, _>(filter.op_state)
     .bind::<Nullable<BigInt>, _>(filter.application_id)
     .bind::<Nullable<Bool>, _>(filter.linked)
     .bind::<BigInt, _>(limit)
@@ -176,15 +182,15 @@ pub struct HistoryListRow {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     #[diesel(sql_type = Nullable<Text>)]
-    pub previous_admin_state: Option<String>,
+    pub previous_admin_state: Option<AdminState>,
     #[diesel(sql_type = Text)]
-    pub new_admin_state: String,
+    pub new_admin_state: AdminState,
     #[diesel(sql_type = Nullable<Text>)]
-    pub previous_op_state: Option<String>,
+    pub previous_op_state: Option<OpState>,
     #[diesel(sql_type = Text)]
-    pub new_op_state: String,
+    pub new_op_state: OpState,
     #[diesel(sql_type = Text)]
-    pub source: String,
+    pub source: HistorySource,
     #[diesel(sql_type = Text)]
     pub actor: String,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -298,6 +304,55 @@ pub fn put_instance_settings(
     }
 }
 
+/// A server that stops being a node keeps its instance, made inactive.
+fn deactivate(
+    conn: &mut PgConnection,
+    mine: Option<InstanceRow>,
+) -> Result<SettingsOutcome, DbError> {
+    let instance = match mine {
+        Some(row) => Some(Box::new(
+            diesel::update(i::table.find(row.id))
+                .set((i::is_active.eq(false), i::updated_at.eq(diesel::dsl::now)))
+                .returning(InstanceRow::as_returning())
+                .get_result(conn)?,
+        )),
+        None => None,
+    };
+    Ok(SettingsOutcome::Saved {
+        instance,
+        created: false,
+    })
+}
+
+/// Updates the server's (or the adopted) instance; a setting not given
+/// keeps the stored value.
+fn update_instance(
+    conn: &mut PgConnection,
+    server_id: i64,
+    row: &InstanceRow,
+    name: &str,
+    s: &InstanceSettings,
+) -> Result<SettingsOutcome, DbError> {
+    let updated = diesel::update(i::table.find(row.id))
+        .set((
+            i::server_id.eq(Some(server_id)),
+            i::name.eq(name),
+            i::fagent_url.eq(s.fagent_url.as_deref().unwrap_or(&row.fagent_url)),
+            i::fagent_token_ref.eq(s
+                .fagent_token_ref
+                .as_deref()
+                .unwrap_or(&row.fagent_token_ref)),
+            i::is_active.eq(s.is_active.unwrap_or(row.is_active)),
+            i::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(InstanceRow::as_returning())
+        .get_result(conn)?;
+    Ok(SettingsOutcome::Saved {
+        instance: Some(Box::new(updated)),
+        created: false,
+    })
+}
+
 fn save_settings(
     conn: &mut PgConnection,
     server_id: i64,
@@ -323,19 +378,7 @@ fn save_settings(
             .first(conn)
             .optional()?;
         if !s.is_haproxy_node {
-            let instance = match mine {
-                Some(row) => Some(Box::new(
-                    diesel::update(i::table.find(row.id))
-                        .set((i::is_active.eq(false), i::updated_at.eq(diesel::dsl::now)))
-                        .returning(InstanceRow::as_returning())
-                        .get_result(conn)?,
-                )),
-                None => None,
-            };
-            return Ok(SettingsOutcome::Saved {
-                instance,
-                created: false,
-            });
+            return deactivate(conn, mine);
         }
         let Some(name) = s.name.clone() else {
             return Ok(SettingsOutcome::Missing("name"));
@@ -354,24 +397,7 @@ fn save_settings(
             (None, None) => None,
         };
         if let Some(row) = existing {
-            let updated = diesel::update(i::table.find(row.id))
-                .set((
-                    i::server_id.eq(Some(server_id)),
-                    i::name.eq(&name),
-                    i::fagent_url.eq(s.fagent_url.as_deref().unwrap_or(&row.fagent_url)),
-                    i::fagent_token_ref.eq(s
-                        .fagent_token_ref
-                        .as_deref()
-                        .unwrap_or(&row.fagent_token_ref)),
-                    i::is_active.eq(s.is_active.unwrap_or(row.is_active)),
-                    i::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(InstanceRow::as_returning())
-                .get_result(conn)?;
-            return Ok(SettingsOutcome::Saved {
-                instance: Some(Box::new(updated)),
-                created: false,
-            });
+            return update_instance(conn, server_id, &row, &name, s);
         }
         let Some(url) = s.fagent_url.clone() else {
             return Ok(SettingsOutcome::Missing("fagent_url"));
@@ -400,7 +426,7 @@ fn save_settings(
 #[derive(Debug, Clone, QueryableByName)]
 pub struct StatusCount {
     #[diesel(sql_type = Text)]
-    pub status: String,
+    pub status: ActionStatus,
     #[diesel(sql_type = BigInt)]
     pub n: i64,
 }

@@ -1,82 +1,73 @@
 //! `haproxy_batches`: one action for many servers, and their expansion.
+//!
+//! DSL throughout, except [`complete_if_done`]: its UPDATE compares a
+//! correlated count with the row's own `total`, which the DSL cannot say.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{
-    Array, BigInt, Bool, Int4, Int8, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-};
+use diesel::sql_types::BigInt;
 use uuid::Uuid;
 
 use super::DbError;
-use crate::domain::action::BatchTargets;
+use super::schema::{
+    application_group_members as g, haproxy_actions as a, haproxy_backends as b,
+    haproxy_batches as t, haproxy_instances as i, haproxy_servers as s,
+};
+use crate::domain::AdminState;
+use crate::domain::action::{ActionStatus, BatchTargets};
 
 /// A batch as stored.
-#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = t)]
 pub struct BatchRow {
-    #[diesel(sql_type = BigInt)]
     pub id: i64,
-    #[diesel(sql_type = SqlUuid)]
     pub transaction_id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub action: String,
-    #[diesel(sql_type = Text)]
+    pub action: AdminState,
     pub actor: String,
-    #[diesel(sql_type = Nullable<Text>)]
     pub reason: Option<String>,
-    #[diesel(sql_type = Bool)]
     pub force: bool,
-    #[diesel(sql_type = Jsonb)]
     pub targets: serde_json::Value,
-    #[diesel(sql_type = Int4)]
     pub total: i32,
-    #[diesel(sql_type = Timestamptz)]
     pub requested_at: DateTime<Utc>,
-    #[diesel(sql_type = Timestamptz)]
     pub created_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub completed_at: Option<DateTime<Utc>>,
-}
-
-const COLUMNS: &str = "id, transaction_id, action, actor, reason, force, targets, total, requested_at, created_at, completed_at";
-
-#[derive(QueryableByName)]
-struct Id {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
 }
 
 /// The live servers a batch's targets name, ordered by backend then server
 /// (so the guard is evaluated backend by backend, in order).
 pub fn expand(conn: &mut PgConnection, targets: &BatchTargets) -> Result<Vec<i64>, DbError> {
-    let base = "SELECT s.id FROM haproxy_servers s JOIN haproxy_backends b ON b.id = s.backend_id \
-                JOIN haproxy_instances i ON i.id = b.haproxy_id \
-                WHERE s.removed_at IS NULL AND b.removed_at IS NULL AND i.is_active";
-    let rows: Vec<Id> = match targets {
-        BatchTargets::ServerIds(ids) => diesel::sql_query(format!("{base} AND s.id = ANY($1) ORDER BY b.id, s.id"))
-            .bind::<Array<Int8>, _>(ids)
-            .load(conn)?,
-        BatchTargets::ApplicationIds(ids) => {
-            diesel::sql_query(format!("{base} AND s.application_id = ANY($1) ORDER BY b.id, s.id"))
-                .bind::<Array<Int8>, _>(ids)
-                .load(conn)?
-        }
-        BatchTargets::ApplicationGroup(group) => diesel::sql_query(format!(
-            "{base} AND s.application_id IN (SELECT application_id FROM application_group_members WHERE group_id = $1) \
-             ORDER BY b.id, s.id"
-        ))
-        .bind::<BigInt, _>(*group)
-        .load(conn)?,
+    let live = s::table
+        .inner_join(b::table.inner_join(i::table))
+        .filter(s::removed_at.is_null())
+        .filter(b::removed_at.is_null())
+        .filter(i::is_active)
+        .order((b::id, s::id))
+        .select(s::id)
+        .into_boxed();
+    // `assume_not_null`: a server linked to no application matches no id.
+    let application = s::application_id.assume_not_null();
+    let query = match targets {
+        BatchTargets::ServerIds(ids) => live.filter(s::id.eq_any(ids)),
+        BatchTargets::ApplicationIds(ids) => live.filter(application.eq_any(ids)),
+        BatchTargets::ApplicationGroup(group) => live.filter(
+            application.eq_any(
+                g::table
+                    .filter(g::group_id.eq(*group))
+                    .select(g::application_id),
+            ),
+        ),
     };
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    Ok(query.load(conn)?)
 }
 
 /// What [`create`] needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = t)]
 pub struct NewBatch {
     pub transaction_id: Uuid,
-    pub action: String,
+    pub action: AdminState,
     pub actor: String,
     pub reason: Option<String>,
     pub force: bool,
@@ -88,20 +79,13 @@ pub struct NewBatch {
 /// Records a batch, or returns the one its transaction id already has;
 /// the flag says whether it was created now.
 pub fn create(conn: &mut PgConnection, new: &NewBatch) -> Result<(BatchRow, bool), DbError> {
-    let inserted: Option<BatchRow> = diesel::sql_query(format!(
-        "INSERT INTO haproxy_batches (transaction_id, action, actor, reason, force, targets, total, requested_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transaction_id) DO NOTHING RETURNING {COLUMNS}"
-    ))
-    .bind::<SqlUuid, _>(new.transaction_id)
-    .bind::<Text, _>(&new.action)
-    .bind::<Text, _>(&new.actor)
-    .bind::<Nullable<Text>, _>(new.reason.as_deref())
-    .bind::<Bool, _>(new.force)
-    .bind::<Jsonb, _>(&new.targets)
-    .bind::<Int4, _>(new.total)
-    .bind::<Timestamptz, _>(new.requested_at)
-    .get_result(conn)
-    .optional()?;
+    let inserted: Option<BatchRow> = diesel::insert_into(t::table)
+        .values(new)
+        .on_conflict(t::transaction_id)
+        .do_nothing()
+        .returning(BatchRow::as_returning())
+        .get_result(conn)
+        .optional()?;
     if let Some(row) = inserted {
         return Ok((row, true));
     }
@@ -114,51 +98,43 @@ pub fn by_transaction(
     conn: &mut PgConnection,
     transaction_id: Uuid,
 ) -> Result<Option<BatchRow>, DbError> {
-    Ok(diesel::sql_query(format!(
-        "SELECT {COLUMNS} FROM haproxy_batches WHERE transaction_id = $1"
-    ))
-    .bind::<SqlUuid, _>(transaction_id)
-    .get_result(conn)
-    .optional()?)
+    Ok(t::table
+        .filter(t::transaction_id.eq(transaction_id))
+        .select(BatchRow::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 pub fn get(conn: &mut PgConnection, id: i64) -> Result<Option<BatchRow>, DbError> {
-    Ok(diesel::sql_query(format!(
-        "SELECT {COLUMNS} FROM haproxy_batches WHERE id = $1"
-    ))
-    .bind::<BigInt, _>(id)
-    .get_result(conn)
-    .optional()?)
-}
-
-#[derive(QueryableByName)]
-struct StatusCount {
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = BigInt)]
-    n: i64,
+    Ok(t::table
+        .find(id)
+        .select(BatchRow::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 /// Counts of the batch's actions by status. Servers of the batch whose
 /// action has not been recorded yet count as `pending`.
 pub fn counts(conn: &mut PgConnection, batch: &BatchRow) -> Result<BTreeMap<String, i64>, DbError> {
-    let rows: Vec<StatusCount> = diesel::sql_query(
-        "SELECT status, count(*) AS n FROM haproxy_actions WHERE batch_id = $1 GROUP BY status",
-    )
-    .bind::<BigInt, _>(batch.id)
-    .load(conn)?;
-    let mut counts: BTreeMap<String, i64> = crate::domain::action::ActionStatus::ALL
+    let rows: Vec<(ActionStatus, i64)> = a::table
+        .filter(a::batch_id.eq(batch.id))
+        .group_by(a::status)
+        .select((a::status, diesel::dsl::count_star()))
+        .load(conn)?;
+    let mut counts: BTreeMap<String, i64> = ActionStatus::ALL
         .iter()
         .map(|s| (s.as_str().to_owned(), 0))
         .collect();
     let mut recorded = 0;
-    for r in rows {
-        recorded += r.n;
-        counts.insert(r.status, r.n);
+    for (status, n) in rows {
+        recorded += n;
+        counts.insert(status.as_str().to_owned(), n);
     }
     let missing = i64::from(batch.total) - recorded;
     if missing > 0 {
-        *counts.entry("pending".into()).or_insert(0) += missing;
+        *counts
+            .entry(ActionStatus::Pending.as_str().to_owned())
+            .or_insert(0) += missing;
     }
     Ok(counts)
 }
@@ -179,9 +155,8 @@ pub fn complete_if_done(conn: &mut PgConnection, batch_id: i64) -> Result<bool, 
 
 /// Sets the total of a batch created by a command (not through the API).
 pub fn set_total(conn: &mut PgConnection, batch_id: i64, total: i32) -> Result<(), DbError> {
-    diesel::sql_query("UPDATE haproxy_batches SET total = $2 WHERE id = $1")
-        .bind::<BigInt, _>(batch_id)
-        .bind::<Int4, _>(total)
+    diesel::update(t::table.find(batch_id))
+        .set(t::total.eq(total))
         .execute(conn)?;
     Ok(())
 }

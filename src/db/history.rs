@@ -1,4 +1,7 @@
 //! `haproxy_server_status_history` housekeeping.
+//!
+//! Raw SQL: batched deletes (`DELETE … WHERE id IN (SELECT … LIMIT)`)
+//! against a `make_interval` cut-off.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double};

@@ -1,5 +1,9 @@
 //! `haproxy_instances`: registered HAProxy instances and their shared
 //! circuit-breaker state.
+//!
+//! Raw SQL in two breaker statements: the probe claim compares with
+//! `make_interval`, and [`record_success`] is a CTE that locks and reads the
+//! state it replaces.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -7,6 +11,7 @@ use diesel::sql_types::BigInt;
 
 use super::DbError;
 use super::schema::haproxy_instances as t;
+use crate::domain::action::SyncStatus;
 use crate::domain::breaker::{BreakerState, BreakerView};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -18,23 +23,22 @@ pub struct InstanceRow {
     pub fagent_url: String,
     pub fagent_token_ref: String,
     pub is_active: bool,
-    pub breaker_state: String,
+    pub breaker_state: BreakerState,
     pub consecutive_failures: i32,
     pub opened_at: Option<DateTime<Utc>>,
     pub probe_started_at: Option<DateTime<Utc>>,
     pub last_sync_at: Option<DateTime<Utc>>,
-    pub last_sync_result: Option<String>,
+    pub last_sync_result: Option<SyncStatus>,
     pub last_sync_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 impl InstanceRow {
-    /// The breaker as the domain rules see it. An unknown state string
-    /// (impossible under the CHECK constraint) reads as open.
+    /// The breaker as the domain rules see it.
     pub fn breaker(&self) -> BreakerView {
         BreakerView {
-            state: self.breaker_state.parse().unwrap_or(BreakerState::Open),
+            state: self.breaker_state,
             consecutive_failures: self.consecutive_failures,
             opened_at: self.opened_at,
             probe_started_at: self.probe_started_at,
@@ -133,7 +137,7 @@ pub fn record_success(conn: &mut PgConnection, id: i64) -> Result<Option<Breaker
     #[derive(QueryableByName)]
     struct Before {
         #[diesel(sql_type = diesel::sql_types::Text)]
-        breaker_state: String,
+        breaker_state: BreakerState,
     }
     let before: Option<Before> = diesel::sql_query(
         "WITH before AS ( \
@@ -150,12 +154,9 @@ pub fn record_success(conn: &mut PgConnection, id: i64) -> Result<Option<Breaker
     .bind::<BigInt, _>(id)
     .get_result(conn)
     .optional()?;
-    Ok(
-        before.and_then(|b| match b.breaker_state.parse::<BreakerState>() {
-            Ok(BreakerState::Closed) | Err(_) => None,
-            Ok(state) => Some(state),
-        }),
-    )
+    Ok(before
+        .map(|b| b.breaker_state)
+        .filter(|state| *state != BreakerState::Closed))
 }
 
 /// Locks the instance row and returns its breaker (for a failure update).
@@ -181,7 +182,7 @@ pub fn write_failure(
         diesel::update(t::table.find(id))
             .set((
                 t::consecutive_failures.eq(failures),
-                t::breaker_state.eq(BreakerState::Open.as_str()),
+                t::breaker_state.eq(BreakerState::Open),
                 t::opened_at.eq(diesel::dsl::now),
                 t::probe_started_at.eq(None::<DateTime<Utc>>),
                 t::updated_at.eq(diesel::dsl::now),

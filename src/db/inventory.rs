@@ -7,6 +7,8 @@ use diesel::prelude::*;
 use super::DbError;
 use super::instances::InstanceRow;
 use super::schema::{haproxy_backends as b, haproxy_instances as i, haproxy_servers as s};
+use crate::domain::event::StatePair;
+use crate::domain::{AdminState, OpState};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = s)]
@@ -16,8 +18,8 @@ pub struct ServerRow {
     pub server_name: String,
     pub address: String,
     pub port: Option<i32>,
-    pub admin_state: String,
-    pub op_state: String,
+    pub admin_state: AdminState,
+    pub op_state: OpState,
     pub weight: i32,
     pub current_sessions: i64,
     pub check_status: Option<String>,
@@ -28,6 +30,16 @@ pub struct ServerRow {
     pub state_changed_at: Option<DateTime<Utc>>,
     pub state_written_at: Option<DateTime<Utc>>,
     pub last_requested_at: Option<DateTime<Utc>>,
+}
+
+impl ServerRow {
+    /// The stored state as a pair.
+    pub fn state(&self) -> StatePair {
+        StatePair {
+            admin_state: self.admin_state,
+            op_state: self.op_state,
+        }
+    }
 }
 
 /// A live server with its backend and instance: what an action needs.
@@ -129,7 +141,7 @@ pub fn ready_servers_besides(
         .filter(s::backend_id.eq(backend_id))
         .filter(s::id.ne(server_id))
         .filter(s::removed_at.is_null())
-        .filter(s::admin_state.eq(crate::domain::AdminState::Ready.as_str()))
+        .filter(s::admin_state.eq(AdminState::Ready))
         .count()
         .get_result(conn)?)
 }

@@ -1,5 +1,7 @@
 //! Per-server serialisation (DESIGN.md rule 3): a session-level advisory lock
 //! held on a pooled connection for as long as one action for that server runs.
+//!
+//! Raw SQL throughout: advisory-lock functions are not in Diesel's DSL.
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};

@@ -2,10 +2,13 @@
 //!
 //! Migrations are embedded in the binary and run by [`run_migrations`], which serialises
 //! concurrent runners (several replicas starting at once) with a PostgreSQL advisory lock.
+//! That lock is raw SQL (advisory-lock functions are not in Diesel's DSL); so are the
+//! statements of `testing` and `tests`, which create databases and inspect the catalog.
 
 pub mod actions;
 pub mod api_queries;
 pub mod batches;
+pub mod enums;
 pub mod history;
 pub mod instances;
 pub mod inventory;

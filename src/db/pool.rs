@@ -1,4 +1,6 @@
 //! The r2d2 connection pool.
+//!
+//! Raw SQL: `SET` of session settings, which are not tables.
 
 use std::time::Duration;
 

@@ -8,6 +8,8 @@
 //!
 //! The server is `postgres://postgres@127.0.0.1:5432/postgres`, or `$TEST_DATABASE_ADMIN_URL`;
 //! its user must be allowed to create databases.
+//!
+//! Raw SQL throughout: `CREATE/DROP DATABASE` and advisory locks are not in Diesel's DSL.
 
 use diesel::Connection as _;
 use diesel::RunQueryDsl as _;

@@ -1,5 +1,6 @@
 //! Tests of the migrations, the schema and the test-database helper. They need the PostgreSQL
 //! server of `testing::admin_url()`; each uses a database of its own and drops it.
+//! Raw SQL where a test reads the catalog or writes what the CHECK constraints must reject.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};

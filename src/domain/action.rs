@@ -72,12 +72,81 @@ pub enum SyncReason {
 }
 
 impl SyncReason {
+    pub const ALL: [SyncReason; 2] = [SyncReason::Schedule, SyncReason::Force];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SyncReason::Schedule => "schedule",
             SyncReason::Force => "force",
         }
     }
+}
+
+impl FromStr for SyncReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        find(&SyncReason::ALL, s, SyncReason::as_str, "sync reason")
+    }
+}
+
+/// `haproxy_sync_runs.status`, and `haproxy_instances.last_sync_result`
+/// (which holds only `success` or `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    Running,
+    Success,
+    Failed,
+    Skipped,
+}
+
+impl SyncStatus {
+    pub const ALL: [SyncStatus; 4] = [
+        SyncStatus::Running,
+        SyncStatus::Success,
+        SyncStatus::Failed,
+        SyncStatus::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::Running => "running",
+            SyncStatus::Success => "success",
+            SyncStatus::Failed => "failed",
+            SyncStatus::Skipped => "skipped",
+        }
+    }
+}
+
+impl fmt::Display for SyncStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SyncStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        find(&SyncStatus::ALL, s, SyncStatus::as_str, "sync status")
+    }
+}
+
+/// The one of `all` whose text is `s`; otherwise an error naming what was
+/// looked for and the text found (cut to 64 characters).
+pub(crate) fn find<T: Copy>(
+    all: &[T],
+    s: &str,
+    text: fn(T) -> &'static str,
+    kind: &str,
+) -> Result<T, String> {
+    all.iter().copied().find(|x| text(*x) == s).ok_or_else(|| {
+        let expected: Vec<&str> = all.iter().map(|x| text(*x)).collect();
+        let found: String = s.chars().take(64).collect();
+        format!(
+            "unknown {kind} {found:?}; expected one of {}",
+            expected.join(", ")
+        )
+    })
 }
 
 /// A validated `sync` command.
@@ -154,13 +223,30 @@ impl fmt::Display for ActionStatus {
     }
 }
 
+/// A status compares with its text (`row.status == "success"`).
+impl PartialEq<&str> for ActionStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Statuses sort by their text, as the column does.
+impl Ord for ActionStatus {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for ActionStatus {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl FromStr for ActionStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ActionStatus::ALL
-            .into_iter()
-            .find(|x| x.as_str() == s)
-            .ok_or_else(|| format!("unknown action status {s:?}"))
+        find(&ActionStatus::ALL, s, ActionStatus::as_str, "action status")
     }
 }
 
@@ -176,6 +262,14 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
+    pub const ALL: [FailureCode; 5] = [
+        FailureCode::CircuitOpen,
+        FailureCode::AgentUnreachable,
+        FailureCode::AgentError,
+        FailureCode::NotFound,
+        FailureCode::Invalid,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureCode::CircuitOpen => "circuit_open",
@@ -190,6 +284,13 @@ impl FailureCode {
 impl fmt::Display for FailureCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FailureCode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        find(&FailureCode::ALL, s, FailureCode::as_str, "failure code")
     }
 }
 
@@ -243,6 +344,22 @@ mod tests {
         assert!(!ActionStatus::Running.is_final());
         assert!(ActionStatus::Superseded.is_final());
         assert!("done".parse::<ActionStatus>().is_err());
+        for s in SyncStatus::ALL {
+            assert_eq!(s.as_str().parse::<SyncStatus>(), Ok(s));
+        }
+        for s in FailureCode::ALL {
+            assert_eq!(s.as_str().parse::<FailureCode>(), Ok(s));
+        }
+        for s in SyncReason::ALL {
+            assert_eq!(s.as_str().parse::<SyncReason>(), Ok(s));
+        }
+        assert_eq!(
+            "ajar".parse::<SyncStatus>(),
+            Err(
+                "unknown sync status \"ajar\"; expected one of running, success, failed, skipped"
+                    .into()
+            )
+        );
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    pub const ALL: [BreakerState; 3] = [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -30,19 +36,15 @@ impl BreakerState {
 
 impl fmt::Display for BreakerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so `{:<10}` lines a table up.
+        f.pad(self.as_str())
     }
 }
 
 impl FromStr for BreakerState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "closed" => Ok(BreakerState::Closed),
-            "open" => Ok(BreakerState::Open),
-            "half_open" => Ok(BreakerState::HalfOpen),
-            other => Err(format!("unknown breaker state {other:?}")),
-        }
+        super::action::find(&BreakerState::ALL, s, BreakerState::as_str, "breaker state")
     }
 }
 

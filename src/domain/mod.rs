@@ -14,4 +14,4 @@ pub mod snapshot;
 pub mod state;
 
 pub use names::{BackendName, NameError, ServerName};
-pub use state::{AdminState, OpState, StateParseError};
+pub use state::{AdminState, HistorySource, OpState, StateParseError};

@@ -24,6 +24,37 @@ pub enum OpState {
     Starting,
 }
 
+/// Who wrote a state change (`haproxy_server_status_history.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistorySource {
+    Action,
+    Sync,
+}
+
+impl HistorySource {
+    pub const ALL: [HistorySource; 2] = [HistorySource::Action, HistorySource::Sync];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistorySource::Action => "action",
+            HistorySource::Sync => "sync",
+        }
+    }
+}
+
+impl FromStr for HistorySource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        super::action::find(
+            &HistorySource::ALL,
+            s,
+            HistorySource::as_str,
+            "history source",
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} {found:?}; expected one of {expected}")]
 pub struct StateParseError {

@@ -11,13 +11,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::breaker::{self, BreakerSettings, Transition};
-use super::events::{ActionFacts, circuit, stored_pair};
+use super::events::{ActionFacts, circuit};
 use super::{Trouble, WorkerContext, inventory as refresh};
 use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
 use crate::db::inventory::{self, ServerRow, ServerTarget};
 use crate::db::locks::{ServerLock, Session};
 use crate::db::{DbError, instances};
 use crate::domain::action::{ActionRequest, ActionStatus, FailureCode, Target, is_superseded};
+use crate::domain::breaker::BreakerState;
 use crate::domain::event::{EventType, StatePair};
 use crate::domain::{BackendName, ServerName};
 use crate::fagent::client::{AgentEndpoint, CallError};
@@ -263,7 +264,7 @@ fn dedupe<'a>(
     let server =
         inventory::server(session.conn(), server_id)?.unwrap_or_else(|| target.server.clone());
     Ok(ControlFlow::Continue(Pending {
-        previous: stored_pair(&server.admin_state, &server.op_state),
+        previous: server.state(),
         occurred_at: Utc::now(),
         batch_id: existing.as_ref().map_or(req.batch_id, |r| r.batch_id),
         existing_id: existing.as_ref().map(|r| r.id),
@@ -423,7 +424,7 @@ impl Pending<'_> {
             }
             None => {
                 let row = NewAction {
-                    status: ActionStatus::Running.as_str().to_owned(),
+                    status: ActionStatus::Running,
                     ..self.new
                 };
                 match actions::insert_started(self.session.conn(), &row)? {
@@ -450,7 +451,7 @@ impl Pending<'_> {
             Some(id) => actions::finish(self.session.conn(), id, &outcome)?,
             None => {
                 let row = NewAction {
-                    status: outcome.status.as_str().to_owned(),
+                    status: outcome.status,
                     ..self.new
                 };
                 if actions::insert_finished(self.session.conn(), &row, &outcome)?.is_none() {
@@ -476,8 +477,8 @@ fn new_action(
         transaction_id: req.transaction_id,
         server_id,
         batch_id: req.batch_id,
-        action: req.action.as_str().to_owned(),
-        status: ActionStatus::Pending.as_str().to_owned(),
+        action: req.action,
+        status: ActionStatus::Pending,
         actor: req.actor.clone(),
         reason: req.reason.clone(),
         force: req.force,
@@ -487,7 +488,7 @@ fn new_action(
 
 /// Whether an instance's row shows a closed breaker.
 fn breaker_closed(instance: &instances::InstanceRow) -> bool {
-    instance.breaker_state == "closed"
+    instance.breaker_state == BreakerState::Closed
 }
 
 /// The target names no live server: the action fails with `not_found`
@@ -530,14 +531,14 @@ fn check_existing(
     server_id: Option<i64>,
 ) -> Result<Option<Prepared>, DbError> {
     let txn = req.transaction_id;
-    if row.action != req.action.as_str() {
+    if row.action != req.action {
         return Ok(Some(Prepared::DeadLetter(format!(
             "transaction_id {txn} was already used for another command ({} on server {:?})",
             row.action, row.server_id
         ))));
     }
     // A duplicate of a finished action: its final events again, nothing else.
-    if row.status().is_final() {
+    if row.status.is_final() {
         tracing::info!(status = %row.status, "duplicate of a finished action; re-publishing its events");
         session.unlock_all()?;
         return Ok(Some(Prepared::Done {

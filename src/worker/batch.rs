@@ -67,7 +67,7 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
     };
     let new = NewBatch {
         transaction_id: req.transaction_id,
-        action: req.action.as_str().to_owned(),
+        action: req.action,
         actor: req.actor.clone(),
         reason: req.reason.clone(),
         force: req.force,
@@ -76,7 +76,7 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
         requested_at: req.requested_at.unwrap_or_else(Utc::now),
     };
     let (batch, created) = db::run(&ctx.pool, move |c| batches::create(c, &new)).await?;
-    if batch.action != req.action.as_str() {
+    if batch.action != req.action {
         return Ok(Disposition::DeadLetter(format!(
             "transaction_id {} was already used for another batch ({})",
             req.transaction_id, batch.action

@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::db::inventory::ServerTarget;
+use crate::domain::AdminState;
 use crate::domain::action::FailureCode;
 use crate::domain::event::{Event, EventType, NamedRef, ServerRef, StatePair};
-use crate::domain::{AdminState, OpState};
 
 /// What every event of one action shares.
 pub struct ActionFacts<'a> {
@@ -79,14 +79,6 @@ impl ActionFacts<'_> {
         let mut e = self.event(EventType::ActionSuperseded);
         e.current = current;
         e
-    }
-}
-
-/// A server row's state as a pair; an unknown string reads as ready/down.
-pub fn stored_pair(admin: &str, op: &str) -> StatePair {
-    StatePair {
-        admin_state: admin.parse().unwrap_or(AdminState::Ready),
-        op_state: op.parse().unwrap_or(OpState::Down),
     }
 }
 
@@ -196,7 +188,7 @@ pub fn batch_completed(
         Some(batch.transaction_id),
     );
     e.batch_id = Some(batch.id);
-    e.action = batch.action.parse().ok();
+    e.action = Some(batch.action);
     e.counts = Some(counts);
     e
 }

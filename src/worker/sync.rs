@@ -12,10 +12,67 @@ use super::{Trouble, WorkerContext, breaker, inventory as agent_inventory};
 use crate::db::locks::ServerLock;
 use crate::db::sync::{self as db_sync, RunClaim};
 use crate::db::{self, DbError, instances};
-use crate::domain::action::{SyncRequest, instance_sync_id};
+use crate::domain::action::{SyncRequest, SyncStatus, instance_sync_id};
+use crate::domain::event::Event;
 use crate::domain::mapping::NameTemplate;
 use crate::queue::message::{InvalidMessage, SyncMessage, parse_sync};
 use crate::queue::{Disposition, MessageHandler, TroublePolicy};
+
+/// How a sync run ends.
+#[derive(Debug)]
+pub enum SyncOutcome {
+    /// The plan was applied; `events` are what changed.
+    Success {
+        counts: serde_json::Value,
+        events: Vec<Event>,
+    },
+    /// The agent could not be read (or its breaker is open): one
+    /// `sync.failed` event.
+    Failed { error: String, event: Box<Event> },
+    /// Nothing was done: the instance is inactive or another sync runs.
+    Skipped { reason: String },
+}
+
+impl SyncOutcome {
+    /// The run's status, error, counts and stored events.
+    fn into_run(
+        self,
+    ) -> (
+        SyncStatus,
+        Option<String>,
+        serde_json::Value,
+        serde_json::Value,
+    ) {
+        let empty = || serde_json::json!({});
+        match self {
+            SyncOutcome::Success { counts, events } => {
+                (SyncStatus::Success, None, counts, events_json(&events))
+            }
+            SyncOutcome::Failed { error, event } => (
+                SyncStatus::Failed,
+                Some(error),
+                empty(),
+                events_json(&[*event]),
+            ),
+            SyncOutcome::Skipped { reason } => (
+                SyncStatus::Skipped,
+                Some(reason),
+                empty(),
+                serde_json::json!([]),
+            ),
+        }
+    }
+}
+
+/// Events as stored on the run, to be re-published verbatim. An `Event`
+/// is plain data, so this serialisation cannot fail; if it ever did, the
+/// run stores no events rather than failing a sync that was applied.
+fn events_json(events: &[Event]) -> serde_json::Value {
+    serde_json::to_value(events).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "sync events could not be serialised");
+        serde_json::json!([])
+    })
+}
 
 pub struct SyncHandler {
     ctx: Arc<WorkerContext>,
@@ -68,13 +125,13 @@ impl SyncHandler {
             )));
         };
         let requested_at = req.requested_at.unwrap_or_else(Utc::now);
-        let (txn, reason, actor) = (req.transaction_id, req.reason.as_str(), req.actor.clone());
+        let (txn, reason, actor) = (req.transaction_id, req.reason, req.actor.clone());
         let run = db::run(&ctx.pool, move |c| {
             db_sync::claim_run(c, txn, instance_id, reason, &actor, requested_at)
         })
         .await?;
         let run_id = match run {
-            RunClaim::Existing(row) if row.status != "running" => {
+            RunClaim::Existing(row) if row.status != SyncStatus::Running => {
                 tracing::info!(status = %row.status, "duplicate of a finished sync; re-publishing its events");
                 ctx.publisher
                     .publish_stored(&ctx.topology, &row.events)
@@ -84,12 +141,10 @@ impl SyncHandler {
             RunClaim::Existing(row) => row.id,
             RunClaim::New(id) => id,
         };
-        let finish = |status: &'static str,
-                      error: Option<String>,
-                      counts: serde_json::Value,
-                      events: serde_json::Value| {
+        let finish = |outcome: SyncOutcome| {
             let pool = ctx.pool.clone();
             async move {
+                let (status, error, counts, events) = outcome.into_run();
                 let stored = events.clone();
                 db::run(&pool, move |c| {
                     db_sync::finish_run(c, run_id, status, error.as_deref(), &counts, &events)
@@ -99,49 +154,34 @@ impl SyncHandler {
             }
         };
         if !instance.is_active {
-            finish(
-                "skipped",
-                Some("instance is not active".into()),
-                serde_json::json!({}),
-                serde_json::json!([]),
-            )
+            finish(SyncOutcome::Skipped {
+                reason: "instance is not active".into(),
+            })
             .await?;
             return Ok(Disposition::Ack);
         }
         // Rule 7: one sync per instance at a time; a concurrent one is skipped.
         let Some(lock) = ServerLock::try_instance(&ctx.pool, instance_id).await? else {
             tracing::info!(instance = %instance.name, "another sync of this instance is running; skipped");
-            finish(
-                "skipped",
-                Some("another sync of this instance was running".into()),
-                serde_json::json!({}),
-                serde_json::json!([]),
-            )
+            finish(SyncOutcome::Skipped {
+                reason: "another sync of this instance was running".into(),
+            })
             .await?;
             return Ok(Disposition::Ack);
         };
         let result = self.sync_locked(&instance, txn).await;
         lock.release().await;
-        let (status, error, counts, events) = result?;
-        let events = finish(status, error, counts, events).await?;
+        let events = finish(result?).await?;
         ctx.publisher.publish_stored(&ctx.topology, &events).await?;
         Ok(Disposition::Ack)
     }
 
-    /// Returns (status, error, counts, events) for the run.
+    /// Syncs an instance whose sync lock is held; the outcome is the run's.
     async fn sync_locked(
         &self,
         instance: &instances::InstanceRow,
         txn: uuid::Uuid,
-    ) -> Result<
-        (
-            &'static str,
-            Option<String>,
-            serde_json::Value,
-            serde_json::Value,
-        ),
-        Trouble,
-    > {
+    ) -> Result<SyncOutcome, Trouble> {
         let ctx = &self.ctx;
         let started = Instant::now();
         let failed = |error: String| async move {
@@ -150,12 +190,10 @@ impl SyncHandler {
             db::run(&ctx.pool, move |c| db_sync::record_failure(c, id, &e2)).await?;
             let event = sync_failed(instance.id, &instance.name, txn, &error);
             tracing::warn!(instance = %instance.name, error = %error, "sync failed");
-            Ok::<_, Trouble>((
-                "failed",
-                Some(error),
-                serde_json::json!({}),
-                serde_json::json!([event]),
-            ))
+            Ok::<_, Trouble>(SyncOutcome::Failed {
+                error,
+                event: Box::new(event),
+            })
         };
         if !breaker::admission(&ctx.pool, instance.id, &ctx.breaker).await? {
             return failed(format!(
@@ -199,12 +237,10 @@ impl SyncHandler {
         counts["fetch_ms"] = serde_json::json!(fetched.as_millis());
         counts["total_ms"] = serde_json::json!(started.elapsed().as_millis());
         tracing::info!(instance = %instance.name, counts = %counts, "synced");
-        Ok((
-            "success",
-            None,
+        Ok(SyncOutcome::Success {
             counts,
-            serde_json::to_value(&reconciled.events).unwrap_or_default(),
-        ))
+            events: reconciled.events,
+        })
     }
 
     /// A sync of every active instance becomes one sync command per instance.
