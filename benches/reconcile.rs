@@ -17,7 +17,7 @@ use haproxy_control::domain::mapping::NameTemplate;
 use haproxy_control::domain::snapshot::{BackendSnapshot, ServerSnapshot};
 use haproxy_control::domain::{AdminState, OpState};
 use haproxy_control::fagent::wire::Backends;
-use haproxy_control::worker::inventory::reconcile_listing;
+use haproxy_control::worker::agent_listing::reconcile_listing;
 
 const SERVERS_PER_BACKEND: usize = 100;
 

@@ -49,7 +49,7 @@ pub async fn add_instance(config: &Config, args: &InstanceAddArgs) -> anyhow::Re
     .map_err(anyhow::Error::msg)?;
     let template = crate::domain::mapping::NameTemplate::parse(&config.sync.name_template)
         .map_err(|e| anyhow::anyhow!("sync.name_template: {e}"))?;
-    let loaded = match worker::inventory::refresh(&pool, &agents, &row, &template).await {
+    let loaded = match worker::agent_listing::refresh(&pool, &agents, &row, &template).await {
         Ok(r) => {
             let published = publish_events(config, &r.events).await;
             format!("synced from its agent: {}{published}", r.counts)

@@ -328,7 +328,7 @@ pub struct FagentArgs {
     /// The bearer token itself (prefer --token-file: the environment of a
     /// process is visible to its user).
     #[arg(
-        long = "token-env",
+        long = "token",
         env = "FAGENT_TOKEN",
         hide_env_values = true,
         hide = true
@@ -551,7 +551,7 @@ mod tests {
                 "fagent",
                 "--haproxy-socket",
                 "/tmp/x.sock",
-                "--token-env",
+                "--token",
                 "secret-token-123",
             ];
             argv.extend_from_slice(extra);

@@ -49,19 +49,19 @@ pub struct ActionAccepted {
 }
 
 /// The validated request.
-struct Asked {
+struct ValidActionBody {
     transaction_id: Uuid,
     action: AdminState,
     reason: Option<String>,
     force: bool,
 }
 
-fn validate(body: ActionRequestBody) -> Result<Asked, ApiError> {
+fn validate(body: ActionRequestBody) -> Result<ValidActionBody, ApiError> {
     let action = parse_action_kind(&body.action)
         .map_err(|e| ApiError::unprocessable("invalid_action", e.0))?;
     let transaction_id = super::transaction_id(body.transaction_id.as_deref())?;
     let reason = super::reason(body.reason)?;
-    Ok(Asked {
+    Ok(ValidActionBody {
         transaction_id,
         action,
         reason,
@@ -69,7 +69,7 @@ fn validate(body: ActionRequestBody) -> Result<Asked, ApiError> {
     })
 }
 
-enum Recorded {
+enum ActionRecording {
     NoServer,
     /// The server's instance is not active (its name).
     Inactive(String),
@@ -114,31 +114,33 @@ pub async fn post_action(
     };
     let recorded = db::run(&st.pool, move |c| {
         if let Some(row) = actions::get_by_transaction(c, new.transaction_id)? {
-            return Ok(Recorded::Existing(row));
+            return Ok(ActionRecording::Existing(row));
         }
         match inventory::find_server(c, id)? {
-            None => return Ok(Recorded::NoServer),
-            Some(t) if !t.instance.is_active => return Ok(Recorded::Inactive(t.instance.name)),
+            None => return Ok(ActionRecording::NoServer),
+            Some(t) if !t.instance.is_active => {
+                return Ok(ActionRecording::Inactive(t.instance.name));
+            }
             Some(_) => {}
         }
         Ok(match actions::claim(c, &new)? {
-            Claim::New(row) => Recorded::New(row),
-            Claim::Existing(row) => Recorded::Existing(row),
+            Claim::New(row) => ActionRecording::New(row),
+            Claim::Existing(row) => ActionRecording::Existing(row),
         })
     })
     .await?;
     let row = match recorded {
-        Recorded::NoServer => {
+        ActionRecording::NoServer => {
             return Err(ApiError::not_found(format!("no live server with id {id}")));
         }
-        Recorded::Inactive(instance) => {
+        ActionRecording::Inactive(instance) => {
             return Err(ApiError::unprocessable(
                 "instance_inactive",
                 format!("server {id} belongs to instance {instance}, which is not active"),
             ));
         }
-        Recorded::New(row) => row,
-        Recorded::Existing(row) => {
+        ActionRecording::New(row) => row,
+        ActionRecording::Existing(row) => {
             let same = row.action == asked.action
                 && row.server_id == Some(id)
                 && row.batch_id.is_none()

@@ -65,7 +65,7 @@ pub struct BatchAccepted {
     pub total: i32,
 }
 
-struct Asked {
+struct ValidBatchBody {
     transaction_id: Uuid,
     action: AdminState,
     targets: BatchTargets,
@@ -73,14 +73,14 @@ struct Asked {
     force: bool,
 }
 
-fn validate(body: BatchRequestBody) -> Result<Asked, ApiError> {
+fn validate(body: BatchRequestBody) -> Result<ValidBatchBody, ApiError> {
     let action = parse_action_kind(&body.action)
         .map_err(|e| ApiError::unprocessable("invalid_action", e.0))?;
     let targets = parse_batch_targets_json(&body.targets)
         .map_err(|e| ApiError::unprocessable("invalid_targets", e.0))?;
     let transaction_id = super::transaction_id(body.transaction_id.as_deref())?;
     let reason = super::reason(body.reason)?;
-    Ok(Asked {
+    Ok(ValidBatchBody {
         transaction_id,
         action,
         targets,
@@ -91,7 +91,7 @@ fn validate(body: BatchRequestBody) -> Result<Asked, ApiError> {
 
 /// The contract's `batch` command for a recorded batch (whose action and
 /// targets are the request's, which a reused row matches).
-fn command(row: &BatchRow, asked: &Asked) -> BatchMessage {
+fn command(row: &BatchRow, asked: &ValidBatchBody) -> BatchMessage {
     BatchMessage::from(&BatchRequest {
         transaction_id: row.transaction_id,
         action: asked.action,
@@ -103,7 +103,7 @@ fn command(row: &BatchRow, asked: &Asked) -> BatchMessage {
     })
 }
 
-enum Recorded {
+enum BatchRecording {
     NoServers,
     New(BatchRow),
     /// With how many of its actions are recorded.
@@ -147,11 +147,11 @@ pub async fn post_batch(
     let recorded = db::run(&st.pool, move |c| {
         if let Some(row) = batches::by_transaction(c, new.transaction_id)? {
             let n = api_queries::batch_recorded(c, row.id)?;
-            return Ok(Recorded::Existing(row, n));
+            return Ok(BatchRecording::Existing(row, n));
         }
         let ids = batches::expand(c, &targets)?;
         if ids.is_empty() {
-            return Ok(Recorded::NoServers);
+            return Ok(BatchRecording::NoServers);
         }
         let new = NewBatch {
             total: i32::try_from(ids.len()).unwrap_or(i32::MAX),
@@ -159,21 +159,21 @@ pub async fn post_batch(
         };
         let (row, created) = batches::create(c, &new)?;
         if created {
-            return Ok(Recorded::New(row));
+            return Ok(BatchRecording::New(row));
         }
         let n = api_queries::batch_recorded(c, row.id)?;
-        Ok(Recorded::Existing(row, n))
+        Ok(BatchRecording::Existing(row, n))
     })
     .await?;
     let (row, publish) = match recorded {
-        Recorded::NoServers => {
+        BatchRecording::NoServers => {
             return Err(ApiError::unprocessable(
                 "no_servers",
                 "the targets name no live server of an active instance",
             ));
         }
-        Recorded::New(row) => (row, true),
-        Recorded::Existing(row, recorded) => {
+        BatchRecording::New(row) => (row, true),
+        BatchRecording::Existing(row, recorded) => {
             let same = row.action == asked.action
                 && parse_batch_targets_json(&row.targets).ok().as_ref() == Some(&asked.targets)
                 && row.reason == asked.reason

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 
 use crate::db::DbError;
 pub use crate::fagent::wire::{ErrorBody, ErrorDetail};
-pub use crate::http_error::HttpError as ApiError;
+pub use crate::http::error::HttpError as ApiError;
 
 impl ApiError {
     /// 403.

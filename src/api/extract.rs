@@ -1,11 +1,11 @@
-//! The API's extractors ([`crate::http_extract`]): malformed JSON is a 400,
+//! The API's extractors ([`crate::http::extract`]): malformed JSON is a 400,
 //! JSON of the wrong shape a 422, a bad path or query a 400.
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 
-use crate::http_extract::{BodyRejection, is_too_large};
-pub use crate::http_extract::{Json as ApiJson, Path as ApiPath, Query as ApiQuery};
+use crate::http::extract::{BodyRejection, is_too_large};
+pub use crate::http::extract::{Json as ApiJson, Path as ApiPath, Query as ApiQuery};
 
 use super::ApiState;
 use super::error::ApiError;

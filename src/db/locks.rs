@@ -104,15 +104,15 @@ impl Drop for Session {
 
 /// Holds a [`Session`] (a server's lock, or one instance's sync lock)
 /// across awaits; queries of the locked section run on its connection
-/// through [`ServerLock::run`].
-pub struct ServerLock {
+/// through [`AdvisoryLocks::run`].
+pub struct AdvisoryLocks {
     inner: Option<Session>,
 }
 
-impl ServerLock {
+impl AdvisoryLocks {
     /// Takes a pooled connection and runs `f` on it, in one blocking call;
-    /// the locks `f` takes are held until [`ServerLock::finish`] or
-    /// [`ServerLock::release`]. An action's whole locked preamble (resolve,
+    /// the locks `f` takes are held until [`AdvisoryLocks::finish`] or
+    /// [`AdvisoryLocks::release`]. An action's whole locked preamble (resolve,
     /// claim, lock, read, guard) is one such call, not one per statement.
     ///
     /// # Errors
@@ -133,7 +133,7 @@ impl ServerLock {
             };
             match f(&mut session) {
                 Ok(value) => Ok((
-                    ServerLock {
+                    AdvisoryLocks {
                         inner: Some(session),
                     },
                     value,
@@ -170,7 +170,7 @@ impl ServerLock {
             let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
                 .bind::<BigInt, _>(key)
                 .get_result(&mut conn)?;
-            Ok(got.locked.then(|| ServerLock {
+            Ok(got.locked.then(|| AdvisoryLocks {
                 inner: Some(Session {
                     conn,
                     keys: vec![key],
@@ -251,7 +251,7 @@ impl ServerLock {
     }
 }
 
-impl Drop for ServerLock {
+impl Drop for AdvisoryLocks {
     fn drop(&mut self) {
         // Not released through `release` (a cancelled task): unlock here.
         drop(self.inner.take());

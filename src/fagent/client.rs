@@ -82,9 +82,9 @@ impl AgentClient {
     /// # Errors
     /// When the CA file cannot be read or the TLS backend cannot be set up.
     pub fn new(timeout: Duration, ca_file: Option<&Path>) -> Result<Self, String> {
-        let mut builder = crate::http_client::builder();
+        let mut builder = crate::http::client::builder();
         if let Some(path) = ca_file {
-            builder = builder.tls_certs_only(crate::http_client::ca_certificates(path)?);
+            builder = builder.tls_certs_only(crate::http::client::ca_certificates(path)?);
         }
         let http = builder
             .timeout(timeout)
@@ -155,7 +155,7 @@ async fn call<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
 ) -> Result<T, CallError> {
     let response = request.send().await.map_err(|e| {
-        if crate::http_client::is_tls_failure(&e) {
+        if crate::http::client::is_tls_failure(&e) {
             CallError::Tls(error_chain(&e))
         } else {
             CallError::Unreachable(error_chain(&e))

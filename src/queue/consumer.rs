@@ -51,7 +51,7 @@ pub trait Handler: Send + Sync + 'static {
 /// How long a message that hit infrastructure trouble (database or broker
 /// down) is kept before it is given back to the broker.
 #[derive(Debug, Clone, Copy)]
-pub struct TroublePolicy {
+pub struct InfraRetryPolicy {
     /// Waits between in-process attempts; after the last one, the message
     /// is requeued.
     pub retries: &'static [Duration],
@@ -62,13 +62,13 @@ pub struct TroublePolicy {
 
 /// One command kind's handler. The opening every handler shares is written
 /// once, in its [`Handler`] impl: parse or dead-letter, open the span,
-/// process with retries on trouble ([`TroublePolicy`]), else requeue.
+/// process with retries on trouble ([`InfraRetryPolicy`]), else requeue.
 pub trait MessageHandler: Send + Sync + 'static {
     type Request: Send + Sync + 'static;
     /// Infrastructure trouble: the message is kept and processed again.
-    type Trouble: std::fmt::Display + Send;
+    type InfraError: std::fmt::Display + Send;
 
-    const TROUBLE: TroublePolicy;
+    const INFRA_RETRY: InfraRetryPolicy;
 
     /// Parses and validates a body; an error dead-letters the message.
     ///
@@ -84,7 +84,7 @@ pub trait MessageHandler: Send + Sync + 'static {
     fn process(
         &self,
         request: &Self::Request,
-    ) -> impl Future<Output = Result<Disposition, Self::Trouble>> + Send;
+    ) -> impl Future<Output = Result<Disposition, Self::InfraError>> + Send;
 }
 
 impl<H: MessageHandler> Handler for H {
@@ -103,7 +103,7 @@ impl<H: MessageHandler> Handler for H {
 /// [`MessageHandler::process`], retried in process on trouble, then
 /// requeued.
 async fn process_kept<H: MessageHandler>(handler: &H, request: &H::Request) -> Disposition {
-    let policy = H::TROUBLE;
+    let policy = H::INFRA_RETRY;
     let processed = (|| handler.process(request))
         .retry(policy.retries.iter().copied())
         .sleep(tokio::time::sleep)

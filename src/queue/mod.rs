@@ -6,7 +6,7 @@ pub mod message;
 pub mod publisher;
 pub mod topology;
 
-pub use consumer::{Disposition, Handler, Incoming, MessageHandler, TroublePolicy};
+pub use consumer::{Disposition, Handler, Incoming, InfraRetryPolicy, MessageHandler};
 pub use publisher::Publisher;
 pub use topology::Topology;
 

@@ -12,10 +12,10 @@ use chrono::{DateTime, Utc};
 
 use super::breaker::{self, BreakerSettings, Transition};
 use super::events::{ActionFacts, circuit};
-use super::{Trouble, WorkerContext, inventory as refresh};
+use super::{InfraError, WorkerContext, agent_listing};
 use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
 use crate::db::inventory::{self, ServerRow, ServerTarget};
-use crate::db::locks::{ServerLock, Session};
+use crate::db::locks::{AdvisoryLocks, Session};
 use crate::db::{DbError, instances};
 use crate::domain::action::{ActionRequest, ActionStatus, FailureCode, Target, is_superseded};
 use crate::domain::breaker::BreakerState;
@@ -25,13 +25,13 @@ use crate::fagent::client::{AgentEndpoint, CallError};
 use crate::fagent::wire::StateChanged;
 use crate::queue::message::{InvalidMessage, parse_action};
 use crate::queue::publisher::PublishError;
-use crate::queue::{Disposition, MessageHandler, TroublePolicy};
+use crate::queue::{Disposition, InfraRetryPolicy, MessageHandler};
 
 /// Waits between in-process retries of a message whose processing hit
 /// infrastructure trouble (database or broker down), before giving it back:
 /// an action holds no lock while it waits, and a quick retry keeps its
 /// place ahead of later commands for its server.
-const TROUBLE_BACKOFF: [Duration; 4] = [
+const INFRA_RETRY_BACKOFF: [Duration; 4] = [
     Duration::from_millis(500),
     Duration::from_secs(1),
     Duration::from_secs(2),
@@ -52,10 +52,10 @@ impl MessageHandler for ActionHandler {
     /// The command, and when it was received (its `requested_at` when it
     /// carries none).
     type Request = (ActionRequest, DateTime<Utc>);
-    type Trouble = Trouble;
+    type InfraError = InfraError;
 
-    const TROUBLE: TroublePolicy = TroublePolicy {
-        retries: &TROUBLE_BACKOFF,
+    const INFRA_RETRY: InfraRetryPolicy = InfraRetryPolicy {
+        retries: &INFRA_RETRY_BACKOFF,
         pause_before_requeue: Duration::ZERO,
     };
 
@@ -72,7 +72,7 @@ impl MessageHandler for ActionHandler {
         )
     }
 
-    async fn process(&self, request: &Self::Request) -> Result<Disposition, Trouble> {
+    async fn process(&self, request: &Self::Request) -> Result<Disposition, InfraError> {
         let (request, received_at) = request;
         process(&self.ctx, request, *received_at).await
     }
@@ -82,12 +82,12 @@ async fn process(
     ctx: &WorkerContext,
     req: &ActionRequest,
     received_at: DateTime<Utc>,
-) -> Result<Disposition, Trouble> {
+) -> Result<Disposition, InfraError> {
     let requested_at = req.requested_at.unwrap_or(received_at);
     let mut may_refresh = true;
     loop {
         let (r, settings) = (req.clone(), ctx.breaker.clone());
-        let (lock, prepared) = ServerLock::open(&ctx.pool, move |session| {
+        let (lock, prepared) = AdvisoryLocks::open(&ctx.pool, move |session| {
             prepare(session, &r, requested_at, &settings, may_refresh)
         })
         .await?;
@@ -98,7 +98,7 @@ async fn process(
                 may_refresh = false;
                 continue;
             }
-            Prepared::Again => {
+            Prepared::TransactionIdClaimedMeanwhile => {
                 lock.release().await;
                 continue;
             }
@@ -122,7 +122,7 @@ async fn process(
 }
 
 /// After an action of a batch finished: `batch.completed` when it was the last.
-async fn batch_progress(ctx: &WorkerContext, batch_id: Option<i64>) -> Result<(), Trouble> {
+async fn batch_progress(ctx: &WorkerContext, batch_id: Option<i64>) -> Result<(), InfraError> {
     let Some(batch_id) = batch_id else {
         return Ok(());
     };
@@ -137,7 +137,7 @@ enum Prepared {
     DeadLetter(String),
     /// The transaction id got a row between reading and writing it (a
     /// command sent to two servers under one id): prepare again.
-    Again,
+    TransactionIdClaimedMeanwhile,
     /// Nothing (more) to call: publish these events, committed already.
     Done {
         events: serde_json::Value,
@@ -388,7 +388,7 @@ impl Pending<'_> {
             .and_then(|b| Ok((b, ServerName::parse(&self.target.server.server_name)?)));
         let (backend, server_name) =
             names.map_err(|e| failed(&self.facts(), FailureCode::Invalid, &e.to_string()))?;
-        let endpoint = refresh::endpoint(&self.target.instance)
+        let endpoint = agent_listing::endpoint(&self.target.instance)
             .map_err(|detail| failed(&self.facts(), FailureCode::AgentError, &detail))?;
         Ok(AgentTarget {
             endpoint,
@@ -429,7 +429,7 @@ impl Pending<'_> {
                 };
                 match actions::insert_started(self.session.conn(), &row)? {
                     Some(id) => id,
-                    None => return Ok(Prepared::Again),
+                    None => return Ok(Prepared::TransactionIdClaimedMeanwhile),
                 }
             }
         };
@@ -455,7 +455,7 @@ impl Pending<'_> {
                     ..self.new
                 };
                 if actions::insert_finished(self.session.conn(), &row, &outcome)?.is_none() {
-                    return Ok(Prepared::Again);
+                    return Ok(Prepared::TransactionIdClaimedMeanwhile);
                 }
             }
         }
@@ -573,8 +573,8 @@ async fn apply(
     req: &ActionRequest,
     requested_at: DateTime<Utc>,
     call: Call,
-    mut lock: ServerLock,
-) -> Result<serde_json::Value, Trouble> {
+    mut lock: AdvisoryLocks,
+) -> Result<serde_json::Value, InfraError> {
     let facts = facts(req, Some(&call.target));
     let action_id = call.action_id;
     let outcome = match call_with_retries(ctx, req, &call, &mut lock).await? {
@@ -626,7 +626,7 @@ async fn apply(
             Ok(transition)
         })
         .await?;
-    note(ctx, &call.target.instance, transition).await?;
+    publish_breaker_transition(ctx, &call.target.instance, transition).await?;
     tracing::info!(
         status = "success",
         admin_state = %current.admin_state,
@@ -670,7 +670,7 @@ fn describe(target: &Target) -> String {
 /// Loads an instance's servers from its agent, for a command that names a
 /// server not known yet.
 async fn load_listing(ctx: &WorkerContext, instance: &instances::InstanceRow) {
-    match refresh::refresh(&ctx.pool, &ctx.agents, instance, &ctx.template).await {
+    match agent_listing::refresh(&ctx.pool, &ctx.agents, instance, &ctx.template).await {
         Ok(r) => {
             tracing::info!(instance = %instance.name, counts = %r.counts, "loaded the instance's servers");
             if let Err(e) = publish_all(ctx, &r.events).await {
@@ -695,8 +695,8 @@ async fn call_with_retries(
     ctx: &WorkerContext,
     req: &ActionRequest,
     call: &Call,
-    lock: &mut ServerLock,
-) -> Result<CallOutcome, Trouble> {
+    lock: &mut AdvisoryLocks,
+) -> Result<CallOutcome, InfraError> {
     let instance = &call.target.instance;
     let mut delays = ctx.retry.backoff();
     let mut last: Option<CallError> = None;
@@ -748,7 +748,7 @@ async fn call_with_retries(
 async fn admit_retry(
     ctx: &WorkerContext,
     call: &Call,
-    lock: &mut ServerLock,
+    lock: &mut AdvisoryLocks,
 ) -> Result<bool, DbError> {
     let (id, settings, action_id) = (call.target.instance.id, ctx.breaker.clone(), call.action_id);
     lock.run(move |c| {
@@ -767,8 +767,8 @@ async fn record_call_failure(
     ctx: &WorkerContext,
     instance: &instances::InstanceRow,
     e: &CallError,
-    lock: &mut ServerLock,
-) -> Result<(), Trouble> {
+    lock: &mut AdvisoryLocks,
+) -> Result<(), InfraError> {
     let id = instance.id;
     let transition = if e.counts_for_breaker() {
         let settings = ctx.breaker.clone();
@@ -777,7 +777,7 @@ async fn record_call_failure(
     } else {
         lock.run(move |c| breaker::record_success_on(c, id)).await?
     };
-    note(ctx, instance, transition).await?;
+    publish_breaker_transition(ctx, instance, transition).await?;
     Ok(())
 }
 
@@ -791,16 +791,9 @@ async fn publish_all(
     Ok(())
 }
 
-/// Publishes a breaker transition.
-pub(crate) async fn note_transition(
-    ctx: &WorkerContext,
-    instance: &instances::InstanceRow,
-    transition: Transition,
-) -> Result<(), PublishError> {
-    note(ctx, instance, transition).await
-}
-
-async fn note(
+/// Publishes a breaker transition (`instance.circuit_opened` or
+/// `instance.circuit_closed`); nothing when the breaker did not move.
+pub(crate) async fn publish_breaker_transition(
     ctx: &WorkerContext,
     instance: &instances::InstanceRow,
     transition: Transition,

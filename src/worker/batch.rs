@@ -9,12 +9,12 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::events::batch_completed;
-use super::{Trouble, WorkerContext};
+use super::{InfraError, WorkerContext};
 use crate::db;
 use crate::db::batches::{self, NewBatch};
 use crate::domain::action::{ActionRequest, BatchRequest, Target, batch_action_id};
 use crate::queue::message::{ActionMessage, BatchTargetsMessage, InvalidMessage, parse_batch};
-use crate::queue::{Disposition, MessageHandler, TroublePolicy};
+use crate::queue::{Disposition, InfraRetryPolicy, MessageHandler};
 
 pub struct BatchHandler {
     ctx: Arc<WorkerContext>,
@@ -28,9 +28,9 @@ impl BatchHandler {
 
 impl MessageHandler for BatchHandler {
     type Request = BatchRequest;
-    type Trouble = Trouble;
+    type InfraError = InfraError;
 
-    const TROUBLE: TroublePolicy = TroublePolicy {
+    const INFRA_RETRY: InfraRetryPolicy = InfraRetryPolicy {
         retries: &[],
         pause_before_requeue: Duration::from_secs(1),
     };
@@ -48,12 +48,12 @@ impl MessageHandler for BatchHandler {
         )
     }
 
-    async fn process(&self, request: &BatchRequest) -> Result<Disposition, Trouble> {
+    async fn process(&self, request: &BatchRequest) -> Result<Disposition, InfraError> {
         expand(&self.ctx, request).await
     }
 }
 
-async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, Trouble> {
+async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, InfraError> {
     let targets = req.targets.clone();
     let server_ids = db::run(&ctx.pool, move |c| batches::expand(c, &targets)).await?;
     let total = i32::try_from(server_ids.len()).unwrap_or(i32::MAX);
@@ -122,7 +122,7 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
 ///
 /// # Errors
 /// Database or broker trouble.
-pub async fn completed(ctx: &WorkerContext, batch_id: i64) -> Result<(), Trouble> {
+pub async fn completed(ctx: &WorkerContext, batch_id: i64) -> Result<(), InfraError> {
     let done = db::run(&ctx.pool, move |c| {
         batches::complete_if_done(c, batch_id)?;
         let Some(batch) = batches::get(c, batch_id)? else {

@@ -2,10 +2,10 @@
 //! outcomes, publishes events, and acks last.
 
 pub mod action;
+pub mod agent_listing;
 pub mod batch;
 pub mod breaker;
 pub mod events;
-pub mod inventory;
 pub mod retry;
 pub mod sync;
 
@@ -28,7 +28,7 @@ use retry::RetryPolicy;
 /// Infrastructure trouble while handling a message (database or broker
 /// down): the message is kept and handled again.
 #[derive(Debug, thiserror::Error)]
-pub enum Trouble {
+pub enum InfraError {
     #[error(transparent)]
     Db(#[from] db::DbError),
     #[error(transparent)]

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::events::sync_failed;
-use super::{Trouble, WorkerContext, breaker, inventory as agent_inventory};
-use crate::db::locks::ServerLock;
+use super::{InfraError, WorkerContext, agent_listing, breaker};
+use crate::db::locks::AdvisoryLocks;
 use crate::db::sync::{self as db_sync, RunClaim};
 use crate::db::{self, DbError, instances};
 use crate::domain::action::{SyncRequest, SyncStatus, instance_sync_id};
 use crate::domain::event::Event;
 use crate::domain::mapping::NameTemplate;
 use crate::queue::message::{InvalidMessage, SyncMessage, parse_sync};
-use crate::queue::{Disposition, MessageHandler, TroublePolicy};
+use crate::queue::{Disposition, InfraRetryPolicy, MessageHandler};
 
 /// How a sync run ends.
 #[derive(Debug)]
@@ -87,9 +87,9 @@ impl SyncHandler {
 
 impl MessageHandler for SyncHandler {
     type Request = SyncRequest;
-    type Trouble = Trouble;
+    type InfraError = InfraError;
 
-    const TROUBLE: TroublePolicy = TroublePolicy {
+    const INFRA_RETRY: InfraRetryPolicy = InfraRetryPolicy {
         retries: &[],
         pause_before_requeue: Duration::from_secs(1),
     };
@@ -107,13 +107,13 @@ impl MessageHandler for SyncHandler {
         )
     }
 
-    async fn process(&self, request: &SyncRequest) -> Result<Disposition, Trouble> {
+    async fn process(&self, request: &SyncRequest) -> Result<Disposition, InfraError> {
         self.sync(request).await
     }
 }
 
 impl SyncHandler {
-    async fn sync(&self, req: &SyncRequest) -> Result<Disposition, Trouble> {
+    async fn sync(&self, req: &SyncRequest) -> Result<Disposition, InfraError> {
         let ctx = &self.ctx;
         let Some(instance_id) = req.instance_id else {
             return self.fan_out(req).await;
@@ -161,7 +161,7 @@ impl SyncHandler {
             return Ok(Disposition::Ack);
         }
         // Rule 7: one sync per instance at a time; a concurrent one is skipped.
-        let Some(lock) = ServerLock::try_instance(&ctx.pool, instance_id).await? else {
+        let Some(lock) = AdvisoryLocks::try_instance(&ctx.pool, instance_id).await? else {
             tracing::info!(instance = %instance.name, "another sync of this instance is running; skipped");
             finish(SyncOutcome::Skipped {
                 reason: "another sync of this instance was running".into(),
@@ -181,7 +181,7 @@ impl SyncHandler {
         &self,
         instance: &instances::InstanceRow,
         txn: uuid::Uuid,
-    ) -> Result<SyncOutcome, Trouble> {
+    ) -> Result<SyncOutcome, InfraError> {
         let ctx = &self.ctx;
         let started = Instant::now();
         let failed = |error: String| async move {
@@ -190,7 +190,7 @@ impl SyncHandler {
             db::run(&ctx.pool, move |c| db_sync::record_failure(c, id, &e2)).await?;
             let event = sync_failed(instance.id, &instance.name, txn, &error);
             tracing::warn!(instance = %instance.name, error = %error, "sync failed");
-            Ok::<_, Trouble>(SyncOutcome::Failed {
+            Ok::<_, InfraError>(SyncOutcome::Failed {
                 error,
                 event: Box::new(event),
             })
@@ -202,13 +202,13 @@ impl SyncHandler {
             ))
             .await;
         }
-        let endpoint = match agent_inventory::endpoint(instance) {
+        let endpoint = match agent_listing::endpoint(instance) {
             Ok(e) => e,
             Err(e) => return failed(e).await,
         };
         let listing = match ctx.agents.backends(&endpoint).await {
             Ok(l) => {
-                super::action::note_transition(
+                super::action::publish_breaker_transition(
                     ctx,
                     instance,
                     breaker::record_success(&ctx.pool, instance.id).await?,
@@ -225,14 +225,13 @@ impl SyncHandler {
                 } else {
                     breaker::record_success(&ctx.pool, instance.id).await?
                 };
-                super::action::note_transition(ctx, instance, transition).await?;
+                super::action::publish_breaker_transition(ctx, instance, transition).await?;
                 return failed(format!("{}: {e}", e.failure_code())).await;
             }
         };
         let fetched = started.elapsed();
         let reconciled =
-            agent_inventory::reconcile_listing(&ctx.pool, instance, listing, &self.template)
-                .await?;
+            agent_listing::reconcile_listing(&ctx.pool, instance, listing, &self.template).await?;
         let mut counts = reconciled.counts;
         counts["fetch_ms"] = serde_json::json!(fetched.as_millis());
         counts["total_ms"] = serde_json::json!(started.elapsed().as_millis());
@@ -244,7 +243,7 @@ impl SyncHandler {
     }
 
     /// A sync of every active instance becomes one sync command per instance.
-    async fn fan_out(&self, req: &SyncRequest) -> Result<Disposition, Trouble> {
+    async fn fan_out(&self, req: &SyncRequest) -> Result<Disposition, InfraError> {
         let ctx = &self.ctx;
         let mut after = 0;
         let mut count = 0;

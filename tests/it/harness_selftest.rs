@@ -170,7 +170,7 @@ async fn harness_selftest_proxy_modes_against_real_backend() {
     // Hang
     proxy.reset_counter();
     proxy.set_mode(Mode::Hang);
-    let short = haproxy_control::http_client::builder()
+    let short = haproxy_control::http::client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_millis(300))
         .build()

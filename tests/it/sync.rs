@@ -431,7 +431,7 @@ async fn a_sync_of_every_instance_and_duplicate_scheduler_ticks() {
 async fn a_sync_while_another_runs_for_the_same_instance_is_skipped() {
     let Registered { sys, id, .. } = &SpiedLb::numbered(&[("web", 1)]).await.with_worker().await;
     let id = *id;
-    let held = haproxy_control::db::locks::ServerLock::try_instance(&sys.pool, id)
+    let held = haproxy_control::db::locks::AdvisoryLocks::try_instance(&sys.pool, id)
         .await
         .expect("lock query")
         .expect("free");

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 
 use super::runtime::RuntimeError;
-pub(crate) use crate::http_error::HttpError as AgentError;
+pub(crate) use crate::http::error::HttpError as AgentError;
 
 impl From<RuntimeError> for AgentError {
     fn from(e: RuntimeError) -> Self {

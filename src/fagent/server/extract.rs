@@ -1,12 +1,12 @@
-//! The agent's extractors ([`crate::http_extract`]): every bad body is a
+//! The agent's extractors ([`crate::http::extract`]): every bad body is a
 //! 400 `invalid_body`, except a missing content type (415) and a body over
 //! the limit (413).
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 
-use crate::http_extract::{BodyRejection, is_too_large};
-pub(crate) use crate::http_extract::{Json as JsonBody, Path as PathParams};
+use crate::http::extract::{BodyRejection, is_too_large};
+pub(crate) use crate::http::extract::{Json as JsonBody, Path as PathParams};
 
 use super::AgentState;
 use super::error::AgentError;

@@ -51,7 +51,7 @@ impl TestAgent {
         tokio::spawn(server::serve_on(listener, settings, async move {
             let _ = rx.await;
         }));
-        let client = haproxy_control::http_client::builder()
+        let client = haproxy_control::http::client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");

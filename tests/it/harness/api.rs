@@ -72,7 +72,7 @@ impl Api {
             tokio::spawn(
                 async move { haproxy_control::api::serve_on(listener, &config, rx).await },
             );
-        let http = haproxy_control::http_client::builder()
+        let http = haproxy_control::http::client::builder()
             .timeout(Duration::from_secs(15))
             .build()
             .expect("client");

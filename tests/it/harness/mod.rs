@@ -58,7 +58,7 @@ where
 /// An HTTP client that opens a new connection for every request, so each
 /// request is a new session for HAProxy to balance.
 pub fn fresh_connection_client() -> reqwest::Client {
-    haproxy_control::http_client::builder()
+    haproxy_control::http::client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))
         .build()

@@ -2,7 +2,7 @@
 //! reconcile, used by `instance add` and when a command names a server that
 //! is not known yet.
 
-use crate::db::locks::ServerLock;
+use crate::db::locks::AdvisoryLocks;
 use crate::db::{self, PgPool, instances::InstanceRow, sync as db_sync};
 use crate::domain::event::Event;
 use crate::domain::mapping::NameTemplate;
@@ -34,7 +34,7 @@ pub async fn refresh(
         .backends(&endpoint)
         .await
         .map_err(|e| e.to_string())?;
-    let lock = ServerLock::instance(pool, instance.id)
+    let lock = AdvisoryLocks::instance(pool, instance.id)
         .await
         .map_err(|e| e.to_string())?;
     let result = reconcile_listing(pool, instance, listing, template).await;

@@ -8,7 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::http_error::HttpError;
+use crate::http::error::HttpError;
 
 /// How a server answers a JSON body axum refused; implemented by the
 /// server's state type.
