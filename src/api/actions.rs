@@ -112,7 +112,27 @@ pub async fn post_action(
         force: asked.force,
         requested_at: Utc::now(),
     };
-    let recorded = db::run(&st.pool, move |c| {
+    let row = accepted_row(record(&st, new, id).await?, &asked, id)?;
+    if row.status == ActionStatus::Pending {
+        publish(&st, &row, id, asked.action).await?;
+    }
+    tracing::info!(
+        transaction_id = %row.transaction_id, server_id = id, action = %row.action,
+        actor = %caller.actor, status = %row.status, "action accepted"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ActionAccepted {
+            transaction_id: row.transaction_id,
+            status: row.status.to_string(),
+        }),
+    ))
+}
+
+/// Records the action as `pending` under its transaction id, or finds the
+/// row a first request with that id left.
+async fn record(st: &ApiState, new: NewAction, id: i64) -> Result<ActionRecording, ApiError> {
+    Ok(db::run(&st.pool, move |c| {
         if let Some(row) = actions::get_by_transaction(c, new.transaction_id)? {
             return Ok(ActionRecording::Existing(row));
         }
@@ -128,8 +148,18 @@ pub async fn post_action(
             Claim::Existing(row) => ActionRecording::Existing(row),
         })
     })
-    .await?;
-    let row = match recorded {
+    .await?)
+}
+
+/// The row to answer with, or the error the recording means: no live
+/// server, an inactive instance, or a transaction id used for another
+/// request.
+fn accepted_row(
+    recorded: ActionRecording,
+    asked: &ValidActionBody,
+    id: i64,
+) -> Result<ActionRow, ApiError> {
+    Ok(match recorded {
         ActionRecording::NoServer => {
             return Err(ApiError::not_found(format!("no live server with id {id}")));
         }
@@ -164,21 +194,7 @@ pub async fn post_action(
             }
             row
         }
-    };
-    if row.status == ActionStatus::Pending {
-        publish(&st, &row, id, asked.action).await?;
-    }
-    tracing::info!(
-        transaction_id = %row.transaction_id, server_id = id, action = %row.action,
-        actor = %caller.actor, status = %row.status, "action accepted"
-    );
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(ActionAccepted {
-            transaction_id: row.transaction_id,
-            status: row.status.to_string(),
-        }),
-    ))
+    })
 }
 
 /// Publishes the contract's `action` command for a recorded action (whose

@@ -143,8 +143,33 @@ pub async fn post_batch(
         total: 0,
         requested_at: Utc::now(),
     };
-    let targets = asked.targets.clone();
-    let recorded = db::run(&st.pool, move |c| {
+    let (row, publish) = accepted_row(record(&st, new, asked.targets.clone()).await?, &asked)?;
+    if publish {
+        super::publish_command(&st, &command(&row, &asked)).await?;
+    }
+    tracing::info!(
+        transaction_id = %row.transaction_id, batch_id = row.id, total = row.total,
+        action = %row.action, actor = %caller.actor, "batch accepted"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BatchAccepted {
+            batch_id: row.id,
+            transaction_id: row.transaction_id,
+            total: row.total,
+        }),
+    ))
+}
+
+/// Records the batch with its expanded total under its transaction id, or
+/// finds the row a first request with that id left (with how many of its
+/// actions are recorded).
+async fn record(
+    st: &ApiState,
+    new: NewBatch,
+    targets: BatchTargets,
+) -> Result<BatchRecording, ApiError> {
+    Ok(db::run(&st.pool, move |c| {
         if let Some(row) = batches::by_transaction(c, new.transaction_id)? {
             let n = api_queries::batch_recorded(c, row.id)?;
             return Ok(BatchRecording::Existing(row, n));
@@ -164,8 +189,16 @@ pub async fn post_batch(
         let n = api_queries::batch_recorded(c, row.id)?;
         Ok(BatchRecording::Existing(row, n))
     })
-    .await?;
-    let (row, publish) = match recorded {
+    .await?)
+}
+
+/// The batch row to answer with and whether its command is to be
+/// published, or the error the recording means.
+fn accepted_row(
+    recorded: BatchRecording,
+    asked: &ValidBatchBody,
+) -> Result<(BatchRow, bool), ApiError> {
+    Ok(match recorded {
         BatchRecording::NoServers => {
             return Err(ApiError::unprocessable(
                 "no_servers",
@@ -192,22 +225,7 @@ pub async fn post_batch(
             let unfinished = row.completed_at.is_none() && recorded < i64::from(row.total);
             (row, unfinished)
         }
-    };
-    if publish {
-        super::publish_command(&st, &command(&row, &asked)).await?;
-    }
-    tracing::info!(
-        transaction_id = %row.transaction_id, batch_id = row.id, total = row.total,
-        action = %row.action, actor = %caller.actor, "batch accepted"
-    );
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(BatchAccepted {
-            batch_id: row.id,
-            transaction_id: row.transaction_id,
-            total: row.total,
-        }),
-    ))
+    })
 }
 
 /// A batch and its progress.

@@ -325,16 +325,14 @@ impl Pending<'_> {
     /// Order (rule 3): a command older than the newest one applied to the
     /// server is superseded.
     fn order(&self) -> Option<Outcome> {
-        if !is_superseded(self.requested_at, self.server.last_requested_at) {
+        let newest = self.server.last_requested_at?;
+        if !is_superseded(self.requested_at, Some(newest)) {
             return None;
         }
         tracing::info!(status = "superseded", "action superseded");
         let detail = format!(
             "a command requested at {} was already applied",
-            self.server
-                .last_requested_at
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default()
+            newest.to_rfc3339()
         );
         Some(Outcome {
             status: ActionStatus::Superseded,
