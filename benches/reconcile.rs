@@ -106,24 +106,48 @@ async fn main() {
     for &n in &sizes {
         let inst = instance(&pool, &format!("lb-{n}")).await;
         let t = Instant::now();
-        reconcile_listing(&pool, &inst, listing(n, None), &template)
-            .await
-            .expect("all new");
+        reconcile_listing(
+            &pool,
+            &inst,
+            listing(n, None),
+            chrono::Utc::now(),
+            &template,
+        )
+        .await
+        .expect("all new");
         let new = t.elapsed();
         // Warm: one no-change pass, then the measured one.
-        reconcile_listing(&pool, &inst, listing(n, None), &template)
-            .await
-            .expect("warm");
+        reconcile_listing(
+            &pool,
+            &inst,
+            listing(n, None),
+            chrono::Utc::now(),
+            &template,
+        )
+        .await
+        .expect("warm");
         let t = Instant::now();
-        let r = reconcile_listing(&pool, &inst, listing(n, None), &template)
-            .await
-            .expect("no change");
+        let r = reconcile_listing(
+            &pool,
+            &inst,
+            listing(n, None),
+            chrono::Utc::now(),
+            &template,
+        )
+        .await
+        .expect("no change");
         let unchanged = t.elapsed();
         assert_eq!(r.counts["unchanged"], serde_json::json!(n));
         let t = Instant::now();
-        let r = reconcile_listing(&pool, &inst, listing(n, Some(100)), &template)
-            .await
-            .expect("1 %");
+        let r = reconcile_listing(
+            &pool,
+            &inst,
+            listing(n, Some(100)),
+            chrono::Utc::now(),
+            &template,
+        )
+        .await
+        .expect("1 %");
         let one_pct = t.elapsed();
         println!(
             "{n:>7} | {} | {} | {} ({})",
@@ -144,14 +168,20 @@ async fn main() {
     // JSON from the agent deserialised, then reconciled — repeated, CPU measured.
     let inst = instance(&pool, "fleet").await;
     let body = serde_json::to_vec(&listing(1000, None)).expect("json");
-    reconcile_listing(&pool, &inst, listing(1000, None), &template)
-        .await
-        .expect("seed");
+    reconcile_listing(
+        &pool,
+        &inst,
+        listing(1000, None),
+        chrono::Utc::now(),
+        &template,
+    )
+    .await
+    .expect("seed");
     let rounds = 200;
     let (cpu0, t) = (cpu_seconds(), Instant::now());
     for _ in 0..rounds {
         let parsed: Backends = serde_json::from_slice(&body).expect("parse");
-        reconcile_listing(&pool, &inst, parsed, &template)
+        reconcile_listing(&pool, &inst, parsed, chrono::Utc::now(), &template)
             .await
             .expect("sync");
     }

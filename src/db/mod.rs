@@ -60,6 +60,22 @@ pub fn connect(database_url: &str) -> Result<PgConnection, DbError> {
     Ok(PgConnection::establish(database_url)?)
 }
 
+/// The database's clock. Rule 6 compares times from this one clock only:
+/// an action's `state_written_at` is the database's `now()`, so the time a
+/// sync's snapshot is "taken after" must come from here too, never from the
+/// agent's machine.
+///
+/// # Errors
+/// [`DbError`] when the query fails.
+pub fn database_now(conn: &mut PgConnection) -> Result<chrono::DateTime<chrono::Utc>, DbError> {
+    Ok(
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+            "clock_timestamp()",
+        ))
+        .get_result(conn)?,
+    )
+}
+
 /// Runs every pending migration and returns the names of those applied, oldest first (empty
 /// when the schema is already up to date).
 ///

@@ -199,7 +199,9 @@ fn compare(row: &StoredServer, snap: &ServerSnapshot, fetched_at: DateTime<Utc>)
 /// Computes what one sync must write.
 ///
 /// `backends` and `servers` are the instance's stored rows, live and removed;
-/// `fetched_at` is when the snapshot was read from HAProxy. Duplicate names
+/// `fetched_at` is a time the snapshot is newer than, from the database's
+/// clock (read before the agent was asked), the clock `state_written_at`
+/// comes from: rule 6 never compares two machines' clocks. Duplicate names
 /// in the snapshot (which HAProxy does not produce) keep the first occurrence.
 /// Outputs follow snapshot order for what the snapshot has and stored order
 /// for what it lacks, so a plan is deterministic.

@@ -2,6 +2,8 @@
 //! reconcile, used by `instance add` and when a command names a server that
 //! is not known yet.
 
+use chrono::{DateTime, Utc};
+
 use crate::db::locks::AdvisoryLocks;
 use crate::db::{self, PgPool, instances::InstanceRow, sync as db_sync};
 use crate::domain::event::Event;
@@ -30,6 +32,9 @@ pub async fn refresh(
     template: &NameTemplate,
 ) -> Result<Reconciled, String> {
     let endpoint = endpoint(instance)?;
+    let asked_at = db::run(pool, db::database_now)
+        .await
+        .map_err(|e| e.to_string())?;
     let listing = agents
         .backends(&endpoint)
         .await
@@ -37,7 +42,7 @@ pub async fn refresh(
     let lock = AdvisoryLocks::instance(pool, instance.id)
         .await
         .map_err(|e| e.to_string())?;
-    let result = reconcile_listing(pool, instance, listing, template).await;
+    let result = reconcile_listing(pool, instance, listing, asked_at, template).await;
     lock.release().await;
     result.map_err(|e| e.to_string())
 }
@@ -45,21 +50,27 @@ pub async fn refresh(
 /// Diffs a listing against PostgreSQL in pure code and applies the plan in
 /// one transaction. The caller holds the instance's sync lock.
 ///
+/// `asked_at` is the database's clock ([`db::database_now`]) read before the
+/// agent was asked for the listing: the snapshot is at least that new. Rule
+/// 6 compares it with the `state_written_at` of actions, a time from the same
+/// clock; the agent's own `fetched_at` is from another machine's clock and is
+/// not used for the rule.
+///
 /// # Errors
 /// [`db::DbError`].
 pub async fn reconcile_listing(
     pool: &PgPool,
     instance: &InstanceRow,
     listing: crate::fagent::wire::Backends,
+    asked_at: DateTime<Utc>,
     template: &NameTemplate,
 ) -> Result<Reconciled, db::DbError> {
     let id = instance.id;
     let actor = format!("haproxy:{}", instance.name);
-    let fetched_at = listing.fetched_at;
     let (a, t) = (actor.clone(), template.clone());
     let (counts, applied) = db::run(pool, move |c| {
         let (backends, servers) = db_sync::load(c, id)?;
-        let plan = reconcile::plan(&backends, &servers, fetched_at, &listing.backends);
+        let plan = reconcile::plan(&backends, &servers, asked_at, &listing.backends);
         let counts = serde_json::json!({
             "servers_seen": listing.backends.iter().map(|b| b.servers.len()).sum::<usize>(),
             "new": plan.new_servers.len(),
@@ -68,7 +79,7 @@ pub async fn reconcile_listing(
             "unchanged": plan.unchanged,
             "kept_states": plan.kept_states,
         });
-        let applied = db_sync::apply(c, id, fetched_at, &plan, &a, &t)?;
+        let applied = db_sync::apply(c, id, asked_at, &plan, &a, &t)?;
         Ok((counts, applied))
     })
     .await?;
@@ -76,7 +87,7 @@ pub async fn reconcile_listing(
     counts["state_changes"] = serde_json::json!(applied.changed.len());
     counts["linked"] = serde_json::json!(applied.linked);
     let events =
-        super::events::sync_findings(instance.id, &instance.name, &actor, fetched_at, &applied);
+        super::events::sync_findings(instance.id, &instance.name, &actor, asked_at, &applied);
     Ok(Reconciled { counts, events })
 }
 

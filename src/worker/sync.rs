@@ -206,6 +206,8 @@ impl SyncHandler {
             Ok(e) => e,
             Err(e) => return failed(e).await,
         };
+        // Rule 6 on one clock: the snapshot is newer than this database time.
+        let asked_at = db::run(&ctx.pool, db::database_now).await?;
         let listing = match ctx.agents.backends(&endpoint).await {
             Ok(l) => {
                 super::action::publish_breaker_transition(
@@ -230,8 +232,14 @@ impl SyncHandler {
             }
         };
         let fetched = started.elapsed();
-        let reconciled =
-            agent_listing::reconcile_listing(&ctx.pool, instance, listing, &self.template).await?;
+        let reconciled = agent_listing::reconcile_listing(
+            &ctx.pool,
+            instance,
+            listing,
+            asked_at,
+            &self.template,
+        )
+        .await?;
         let mut counts = reconciled.counts;
         counts["fetch_ms"] = serde_json::json!(fetched.as_millis());
         counts["total_ms"] = serde_json::json!(started.elapsed().as_millis());
