@@ -5,6 +5,7 @@ mod harness;
 mod action_path;
 mod api;
 mod batch_guard;
+mod bounded_waits;
 mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;
