@@ -181,7 +181,11 @@ impl AdvisoryLocks {
     /// [`DbError`] when no connection can be had or the lock query fails.
     pub async fn instance(pool: &PgPool, instance_id: i64) -> Result<Self, DbError> {
         let key = instance_sync_lock_key(instance_id);
-        Ok(Self::open(pool, move |s| s.lock(key)).await?.0)
+        let lock = move |s: &mut Session| {
+            s.lock(key)
+                .map_err(|e| lock_timeout(e, || format!("the sync lock of instance {instance_id}")))
+        };
+        Ok(Self::open(pool, lock).await?.0)
     }
 
     /// Takes the sync lock of an instance if nobody holds it (rule 7: one
