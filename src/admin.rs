@@ -14,7 +14,8 @@ use crate::worker;
 /// # Errors
 /// When the database is unreachable or a migration fails.
 pub async fn migrate(config: &Config) -> anyhow::Result<Vec<String>> {
-    let pool = db::pool_off_runtime(&config.database.url, 2, false).await?;
+    let pool =
+        db::pool_off_runtime(&config.database.url, 2, db::SessionSettings::default()).await?;
     Ok(worker::migrate(&pool).await?)
 }
 
@@ -32,7 +33,8 @@ pub async fn add_instance(config: &Config, args: &InstanceAddArgs) -> anyhow::Re
     }
     let token_ref = args.token_ref()?;
     token_ref::resolve(&token_ref).map_err(anyhow::Error::msg)?;
-    let pool = db::pool_off_runtime(&config.database.url, 2, false).await?;
+    let pool =
+        db::pool_off_runtime(&config.database.url, 2, db::SessionSettings::default()).await?;
     worker::migrate(&pool).await?;
     let new = instances::NewInstance {
         server_id: args.server_id,
@@ -91,7 +93,8 @@ async fn publish_events(config: &Config, events: &[crate::domain::event::Event])
 /// # Errors
 /// When the database is unreachable.
 pub async fn list_instances(config: &Config) -> anyhow::Result<String> {
-    let pool = db::pool_off_runtime(&config.database.url, 2, false).await?;
+    let pool =
+        db::pool_off_runtime(&config.database.url, 2, db::SessionSettings::default()).await?;
     let mut out = format!(
         "{:<6} {:<20} {:<32} {:<7} {:<10} {:<9} {}\n",
         "ID", "NAME", "FAGENT", "ACTIVE", "BREAKER", "FAILURES", "LAST SYNC"
@@ -172,7 +175,8 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
     if args.wait == 0 {
         return Ok(format!("published {transaction_id}"));
     }
-    let pool = db::pool_off_runtime(&config.database.url, 1, false).await?;
+    let pool =
+        db::pool_off_runtime(&config.database.url, 1, db::SessionSettings::default()).await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.wait);
     loop {
         let row = db::run(&pool, move |c| {

@@ -13,7 +13,9 @@ use crate::queue::{Publisher, Topology};
 pub struct Role {
     /// The broker connection's name.
     pub name: &'static str,
-    /// Commit without waiting for the WAL flush (see [`db::pool_off_runtime`]).
+    /// The worker's sessions: commit without waiting for the WAL flush (see
+    /// [`db::pool_async_commit`]) and bounded lock and statement waits
+    /// ([`crate::config::DatabaseConfig::worker_session`]).
     pub async_commit: bool,
     /// Run the migrations (under their advisory lock) before anything else.
     pub migrate: bool,
@@ -52,9 +54,22 @@ impl App {
     /// # Errors
     /// When PostgreSQL or RabbitMQ cannot be reached, or a migration fails.
     pub async fn connect(config: &Config, role: Role, pool_size: u32) -> anyhow::Result<Self> {
-        let pool = db::pool_off_runtime(&config.database.url, pool_size, role.async_commit).await?;
+        let settings = if role.async_commit {
+            config.database.worker_session()
+        } else {
+            db::SessionSettings::default()
+        };
+        let pool = db::pool_off_runtime(&config.database.url, pool_size, settings).await?;
         if role.migrate {
-            let applied = db::run(&pool, db::run_migrations).await?;
+            // Migrations wait for each other's lock and may run long: not
+            // on the bounded sessions.
+            let unbounded = if settings == db::SessionSettings::default() {
+                pool.clone()
+            } else {
+                db::pool_off_runtime(&config.database.url, 1, db::SessionSettings::default())
+                    .await?
+            };
+            let applied = db::run(&unbounded, db::run_migrations).await?;
             if !applied.is_empty() {
                 tracing::info!(?applied, "migrations applied");
             }

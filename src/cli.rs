@@ -164,6 +164,13 @@ pub struct WorkerArgs {
     /// chain to [default: the system's roots].
     #[arg(long, env = "WORKER_AGENT_CA_FILE")]
     pub agent_ca_file: Option<PathBuf>,
+    /// How long a statement waits for a lock (a server's included), in ms;
+    /// 0: no limit [default: 10000].
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS")]
+    pub lock_timeout_ms: Option<u64>,
+    /// How long a statement may run, in ms; 0: no limit [default: 60000].
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS")]
+    pub statement_timeout_ms: Option<u64>,
 }
 
 impl WorkerArgs {
@@ -195,6 +202,12 @@ impl WorkerArgs {
         }
         if let Some(v) = &self.agent_ca_file {
             c.worker.agent_ca_file = Some(v.clone());
+        }
+        if let Some(v) = self.lock_timeout_ms {
+            c.database.lock_timeout_ms = v;
+        }
+        if let Some(v) = self.statement_timeout_ms {
+            c.database.statement_timeout_ms = v;
         }
     }
 }

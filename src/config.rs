@@ -24,6 +24,25 @@ pub struct Config {
 pub struct DatabaseConfig {
     pub url: String,
     pub pool_size: u32,
+    /// The worker's sessions: how long one statement waits for a lock (a
+    /// server's advisory lock included) before it fails and the message is
+    /// retried, in ms; 0: no limit.
+    pub lock_timeout_ms: u64,
+    /// The worker's sessions: how long one statement may run, in ms; 0: no
+    /// limit.
+    pub statement_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// The session settings of the worker's connections.
+    pub fn worker_session(&self) -> crate::db::SessionSettings {
+        let limit = |ms: u64| (ms > 0).then(|| std::time::Duration::from_millis(ms));
+        crate::db::SessionSettings {
+            async_commit: true,
+            lock_timeout: limit(self.lock_timeout_ms),
+            statement_timeout: limit(self.statement_timeout_ms),
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -31,6 +50,8 @@ impl Default for DatabaseConfig {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/haproxy_control".into(),
             pool_size: 16,
+            lock_timeout_ms: 10_000,
+            statement_timeout_ms: 60_000,
         }
     }
 }

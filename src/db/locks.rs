@@ -23,14 +23,26 @@ type Pooled = PooledConnection<ConnectionManager<PgConnection>>;
 /// task), so a connection never returns to the pool still holding a lock.
 pub struct Session {
     conn: Pooled,
-    /// Session-level advisory locks held, in the order taken.
-    keys: Vec<i64>,
+    /// True only right after [`Session::unlock_all`] succeeded and nothing
+    /// ran on the connection since; otherwise dropping the session runs
+    /// `pg_advisory_unlock_all()`, whatever locks it believes it holds (a
+    /// statement cancelled between the two locks of
+    /// [`Session::lock_server_and_backend`] may have taken one).
+    released: bool,
 }
 
 impl Session {
     /// The connection, for the queries of the locked section.
     pub fn conn(&mut self) -> &mut PgConnection {
+        self.released = false;
         &mut self.conn
+    }
+
+    fn new(conn: Pooled) -> Self {
+        Session {
+            conn,
+            released: false,
+        }
     }
 
     /// Waits for the lock of a server (rule 3).
@@ -39,6 +51,7 @@ impl Session {
     /// [`DbError`] when the lock query fails.
     pub fn lock_server(&mut self, server_id: i64) -> Result<(), DbError> {
         self.lock(server_lock_key(server_id))
+            .map_err(|e| lock_timeout(e, || format!("the lock of server {server_id}")))
     }
 
     /// Waits for the lock of a server and then the guard lock of its
@@ -57,19 +70,26 @@ impl Session {
             server_lock_key(server_id),
             backend_guard_lock_key(backend_id),
         );
+        self.released = false;
         diesel::sql_query("SELECT pg_advisory_lock($1), pg_advisory_lock($2)")
             .bind::<BigInt, _>(server)
             .bind::<BigInt, _>(backend)
-            .execute(&mut self.conn)?;
-        self.keys.extend([server, backend]);
+            .execute(&mut self.conn)
+            .map_err(|e| {
+                lock_timeout(e.into(), || {
+                    format!(
+                        "the lock of server {server_id} or the guard lock of backend {backend_id}"
+                    )
+                })
+            })?;
         Ok(())
     }
 
     fn lock(&mut self, key: i64) -> Result<(), DbError> {
+        self.released = false;
         diesel::sql_query("SELECT pg_advisory_lock($1)")
             .bind::<BigInt, _>(key)
             .execute(&mut self.conn)?;
-        self.keys.push(key);
         Ok(())
     }
 
@@ -79,25 +99,35 @@ impl Session {
     /// # Errors
     /// [`DbError`] when the unlock query fails.
     pub fn unlock_all(&mut self) -> Result<(), DbError> {
-        if !self.keys.is_empty() {
+        if !self.released {
             diesel::sql_query("SELECT pg_advisory_unlock_all()").execute(&mut self.conn)?;
-            self.keys.clear();
+            self.released = true;
         }
         Ok(())
     }
 }
 
+/// A lock wait that ran out of `lock_timeout` (SQLSTATE 55P03,
+/// lock_not_available) as [`DbError::LockTimeout`] naming `what`; any
+/// other error unchanged. Diesel has no error kind for it, so PostgreSQL's
+/// message ("canceling statement due to lock timeout") tells.
+fn lock_timeout(error: DbError, what: impl FnOnce() -> String) -> DbError {
+    match &error {
+        DbError::Query(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("lock timeout") =>
+        {
+            DbError::LockTimeout(what())
+        }
+        _ => error,
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
-        for key in self.keys.drain(..).rev() {
-            if let Err(e) = diesel::sql_query("SELECT pg_advisory_unlock($1)")
-                .bind::<BigInt, _>(key)
-                .execute(&mut self.conn)
-            {
-                // The connection is then almost surely dead, and a dead
-                // session holds no lock.
-                tracing::warn!(error = %e, "could not release an advisory lock");
-            }
+        if let Err(e) = self.unlock_all() {
+            // The connection is then almost surely dead, and a dead
+            // session holds no lock.
+            tracing::warn!(error = %e, "could not release the advisory locks");
         }
     }
 }
@@ -127,10 +157,7 @@ impl AdvisoryLocks {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let mut session = Session {
-                conn: pool.get()?,
-                keys: Vec::new(),
-            };
+            let mut session = Session::new(pool.get()?);
             match f(&mut session) {
                 Ok(value) => Ok((
                     AdvisoryLocks {
@@ -154,7 +181,11 @@ impl AdvisoryLocks {
     /// [`DbError`] when no connection can be had or the lock query fails.
     pub async fn instance(pool: &PgPool, instance_id: i64) -> Result<Self, DbError> {
         let key = instance_sync_lock_key(instance_id);
-        Ok(Self::open(pool, move |s| s.lock(key)).await?.0)
+        let lock = move |s: &mut Session| {
+            s.lock(key)
+                .map_err(|e| lock_timeout(e, || format!("the sync lock of instance {instance_id}")))
+        };
+        Ok(Self::open(pool, lock).await?.0)
     }
 
     /// Takes the sync lock of an instance if nobody holds it (rule 7: one
@@ -171,10 +202,7 @@ impl AdvisoryLocks {
                 .bind::<BigInt, _>(key)
                 .get_result(&mut conn)?;
             Ok(got.locked.then(|| AdvisoryLocks {
-                inner: Some(Session {
-                    conn,
-                    keys: vec![key],
-                }),
+                inner: Some(Session::new(conn)),
             }))
         })
         .await
@@ -231,7 +259,7 @@ impl AdvisoryLocks {
             match &result {
                 Ok(_) => {
                     if let Err(e) = session.unlock_all() {
-                        // Drop tries again key by key; a dead session holds no lock.
+                        // Drop tries again; a dead session holds no lock.
                         tracing::warn!(error = %e, "could not release the advisory locks");
                     }
                 }

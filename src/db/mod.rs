@@ -27,7 +27,7 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
 
-pub use pool::{PgPool, durable, pool, pool_async_commit, pool_off_runtime};
+pub use pool::{PgPool, SessionSettings, durable, pool, pool_async_commit, pool_off_runtime};
 
 /// Every migration in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -50,6 +50,10 @@ pub enum DbError {
     /// Running the migrations failed.
     #[error("database migration failed: {0}")]
     Migration(String),
+    /// A lock was not had within the session's `lock_timeout` (SQLSTATE
+    /// 55P03): another session holds it. Worth retrying later.
+    #[error("timed out waiting for {0} (lock_timeout): another session holds it")]
+    LockTimeout(String),
     /// A blocking database task panicked or was cancelled.
     #[error("database task failed: {0}")]
     Task(String),

@@ -6,6 +6,7 @@ mod action_path;
 mod api;
 mod batch_guard;
 mod clock;
+mod bounded_waits;
 mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;

@@ -177,6 +177,10 @@ impl TestSystem {
         Self::role_command(config, "worker", log)
             .env("WORKER_PREFETCH", config.worker.prefetch.to_string())
             .env(
+                "DATABASE_LOCK_TIMEOUT_MS",
+                config.database.lock_timeout_ms.to_string(),
+            )
+            .env(
                 "WORKER_RETRY_BACKOFF_MS",
                 config
                     .worker
