@@ -17,7 +17,7 @@ use haproxy_control::domain::mapping::NameTemplate;
 use haproxy_control::domain::snapshot::{BackendSnapshot, ServerSnapshot};
 use haproxy_control::domain::{AdminState, OpState};
 use haproxy_control::fagent::wire::Backends;
-use haproxy_control::worker::agent_listing::reconcile_listing;
+use haproxy_control::worker::agent_listing::{Reconciled, reconcile_listing};
 
 const SERVERS_PER_BACKEND: usize = 100;
 
@@ -106,48 +106,24 @@ async fn main() {
     for &n in &sizes {
         let inst = instance(&pool, &format!("lb-{n}")).await;
         let t = Instant::now();
-        reconcile_listing(
-            &pool,
-            &inst,
-            listing(n, None),
-            chrono::Utc::now(),
-            &template,
-        )
-        .await
-        .expect("all new");
+        reconcile(&pool, &inst, listing(n, None), &template)
+            .await
+            .expect("all new");
         let new = t.elapsed();
         // Warm: one no-change pass, then the measured one.
-        reconcile_listing(
-            &pool,
-            &inst,
-            listing(n, None),
-            chrono::Utc::now(),
-            &template,
-        )
-        .await
-        .expect("warm");
+        reconcile(&pool, &inst, listing(n, None), &template)
+            .await
+            .expect("warm");
         let t = Instant::now();
-        let r = reconcile_listing(
-            &pool,
-            &inst,
-            listing(n, None),
-            chrono::Utc::now(),
-            &template,
-        )
-        .await
-        .expect("no change");
+        let r = reconcile(&pool, &inst, listing(n, None), &template)
+            .await
+            .expect("no change");
         let unchanged = t.elapsed();
         assert_eq!(r.counts["unchanged"], serde_json::json!(n));
         let t = Instant::now();
-        let r = reconcile_listing(
-            &pool,
-            &inst,
-            listing(n, Some(100)),
-            chrono::Utc::now(),
-            &template,
-        )
-        .await
-        .expect("1 %");
+        let r = reconcile(&pool, &inst, listing(n, Some(100)), &template)
+            .await
+            .expect("1 %");
         let one_pct = t.elapsed();
         println!(
             "{n:>7} | {} | {} | {} ({})",
@@ -168,20 +144,14 @@ async fn main() {
     // JSON from the agent deserialised, then reconciled — repeated, CPU measured.
     let inst = instance(&pool, "fleet").await;
     let body = serde_json::to_vec(&listing(1000, None)).expect("json");
-    reconcile_listing(
-        &pool,
-        &inst,
-        listing(1000, None),
-        chrono::Utc::now(),
-        &template,
-    )
-    .await
-    .expect("seed");
+    reconcile(&pool, &inst, listing(1000, None), &template)
+        .await
+        .expect("seed");
     let rounds = 200;
     let (cpu0, t) = (cpu_seconds(), Instant::now());
     for _ in 0..rounds {
         let parsed: Backends = serde_json::from_slice(&body).expect("parse");
-        reconcile_listing(&pool, &inst, parsed, chrono::Utc::now(), &template)
+        reconcile(&pool, &inst, parsed, &template)
             .await
             .expect("sync");
     }
@@ -206,4 +176,15 @@ async fn main() {
             format!("{:.2} % of one core", per_sync * 100.0 / 60.0 * 100.0),
         ])],
     );
+}
+
+/// One reconcile of `listing`, the snapshot taken now (the bench's own
+/// machine is the database's, so its clock serves as the database's).
+async fn reconcile(
+    pool: &db::PgPool,
+    inst: &db::instances::InstanceRow,
+    listing: Backends,
+    template: &NameTemplate,
+) -> Result<Reconciled, db::DbError> {
+    reconcile_listing(pool, inst, listing, Utc::now(), template).await
 }
