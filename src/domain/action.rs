@@ -223,26 +223,6 @@ impl fmt::Display for ActionStatus {
     }
 }
 
-/// A status compares with its text (`row.status == "success"`).
-impl PartialEq<&str> for ActionStatus {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-/// Statuses sort by their text, as the column does.
-impl Ord for ActionStatus {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
-    }
-}
-
-impl PartialOrd for ActionStatus {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
 impl FromStr for ActionStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
