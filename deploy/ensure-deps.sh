@@ -13,6 +13,8 @@ command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # libfaketime: the clock-skew tests run the fagent with its clock 5 minutes off.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need_apt+=(faketime)
+# initdb and pg_ctl: the connections test runs a PostgreSQL server of its own.
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq
@@ -31,3 +33,29 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   rabbitmq-server -detached
   rabbitmqctl await_startup >/dev/null
 fi
+
+# Ansible for the rollouts' `ansible` update hook and its tests: ansible-core
+# from PyPI in the project's own venv, .venv/ansible under the repository root
+# (the tests and the `[rollout]` config point at .venv/ansible/bin/ansible-playbook).
+# Debian's python3 needs python3-venv for `python3 -m venv`.
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+ansible_venv="$repo_root/.venv/ansible"
+if [ ! -x "$ansible_venv/bin/ansible-playbook" ]; then
+  py=/usr/bin/python3
+  [ -x "$py" ] || py="$(command -v python3)"
+  if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "installing: python3-venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
+  echo "installing: ansible-core into $ansible_venv"
+  "$py" -m venv "$ansible_venv"
+  "$ansible_venv/bin/pip" install --quiet 'ansible-core>=2.19,<2.20'
+fi
+# community.general (its haproxy module is the benchmark's reference): the
+# `ansible` package bundles it; about 25 s and 480 MB more.
+if ! ls -d "$ansible_venv"/lib/python3*/site-packages/ansible_collections/community/general >/dev/null 2>&1; then
+  echo "installing: ansible (collections, community.general among them) into $ansible_venv"
+  "$ansible_venv/bin/pip" install --quiet 'ansible>=12,<13' 'ansible-core>=2.19,<2.20'
+fi
+echo "ansible-playbook: $ansible_venv/bin/ansible-playbook ($("$ansible_venv/bin/ansible-playbook" --version | sed -n 1p))"

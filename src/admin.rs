@@ -14,8 +14,7 @@ use crate::worker;
 /// # Errors
 /// When the database is unreachable or a migration fails.
 pub async fn migrate(config: &Config) -> anyhow::Result<Vec<String>> {
-    let pool =
-        db::pool_off_runtime(&config.database.url, 2, db::SessionSettings::default()).await?;
+    let pool = db::pool_for_command(&config.database.url, 2).await?;
     Ok(worker::migrate(&pool).await?)
 }
 
@@ -33,8 +32,7 @@ pub async fn add_instance(config: &Config, args: &InstanceAddArgs) -> anyhow::Re
     }
     let token_ref = args.token_ref()?;
     token_ref::resolve(&token_ref).map_err(anyhow::Error::msg)?;
-    let pool =
-        db::pool_off_runtime(&config.database.url, 2, db::SessionSettings::default()).await?;
+    let pool = db::pool_for_command(&config.database.url, 2).await?;
     worker::migrate(&pool).await?;
     let new = instances::NewInstance {
         server_id: args.server_id,
@@ -43,7 +41,15 @@ pub async fn add_instance(config: &Config, args: &InstanceAddArgs) -> anyhow::Re
         fagent_token_ref: token_ref,
         is_active: !args.inactive,
     };
-    let row = db::run(&pool, move |c| instances::upsert(c, &new)).await?;
+    let restore = args.restore_after_reload;
+    let row = db::run(&pool, move |c| {
+        let row = instances::upsert(c, &new)?;
+        match restore {
+            Some(on) => instances::set_restore_after_reload(c, row.id, on),
+            None => Ok(row),
+        }
+    })
+    .await?;
     let agents = AgentClient::new(
         std::time::Duration::from_millis(config.worker.agent_timeout_ms),
         config.worker.agent_ca_file.as_deref(),
@@ -93,8 +99,7 @@ async fn publish_events(config: &Config, events: &[crate::domain::event::Event])
 /// # Errors
 /// When the database is unreachable.
 pub async fn list_instances(config: &Config) -> anyhow::Result<String> {
-    let pool =
-        db::pool_off_runtime(&config.database.url, 2, db::SessionSettings::default()).await?;
+    let pool = db::pool_for_command(&config.database.url, 2).await?;
     let mut out = format!(
         "{:<6} {:<20} {:<32} {:<7} {:<10} {:<9} {}\n",
         "ID", "NAME", "FAGENT", "ACTIVE", "BREAKER", "FAILURES", "LAST SYNC"
@@ -123,6 +128,20 @@ pub async fn list_instances(config: &Config) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Who a command given on the command line is from: `given`, else
+/// `cli:$USER` (`$LOGNAME`, else `unknown`).
+pub fn cli_actor(given: Option<&str>) -> String {
+    given.map_or_else(
+        || {
+            let user = std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "unknown".into());
+            format!("cli:{user}")
+        },
+        str::to_owned,
+    )
+}
+
 /// Publishes an `action` command built from the flags (validated as the
 /// worker validates a message) and waits for its outcome.
 ///
@@ -144,12 +163,7 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
         },
         _ => anyhow::bail!("give --server-id, or --instance with --backend and --server"),
     };
-    let actor = args.actor.clone().unwrap_or_else(|| {
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
-        format!("cli:{user}")
-    });
+    let actor = cli_actor(args.actor.as_deref());
     // The flags are read as the worker reads a message: the same checks.
     let request = ActionRequest::try_from(ActionMessage {
         transaction_id: transaction_id.to_string(),
@@ -175,8 +189,7 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
     if args.wait == 0 {
         return Ok(format!("published {transaction_id}"));
     }
-    let pool =
-        db::pool_off_runtime(&config.database.url, 1, db::SessionSettings::default()).await?;
+    let pool = db::pool_for_command(&config.database.url, 1).await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.wait);
     loop {
         let row = db::run(&pool, move |c| {

@@ -68,6 +68,12 @@ pub enum Command {
     /// Register and list HAProxy instances.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Show and re-drive dead-lettered commands (haproxy.dead-letter).
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+    /// Start, watch and steer rolling updates (docs/rollouts.md).
+    #[command(subcommand)]
+    Rollout(crate::rollout::cli::RolloutCommand),
     /// Run the reference FAgent next to one HAProxy: HTTP in front of its runtime API.
     Fagent(FagentArgs),
 }
@@ -80,6 +86,22 @@ pub struct SchedulerArgs {
     /// Days of status history kept [default: 30].
     #[arg(long, env = "HISTORY_RETENTION_DAYS")]
     pub history_retention_days: Option<u64>,
+    /// Seconds between sweeps for stuck actions and batches; 0: none [default: 30].
+    #[arg(long, env = "SWEEPER_INTERVAL_SECS")]
+    pub sweeper_interval_secs: Option<u64>,
+    /// Seconds before a `pending` action's command is published again [default: 120].
+    #[arg(long, env = "SWEEPER_PENDING_GRACE_SECS")]
+    pub sweeper_pending_grace_secs: Option<u64>,
+    /// Seconds before a `running` action's command is published again [default: 600].
+    #[arg(long, env = "SWEEPER_RUNNING_GRACE_SECS")]
+    pub sweeper_running_grace_secs: Option<u64>,
+    /// Seconds before an open batch with no action in flight is re-driven or
+    /// completed [default: 900].
+    #[arg(long, env = "SWEEPER_BATCH_GRACE_SECS")]
+    pub sweeper_batch_grace_secs: Option<u64>,
+    /// Re-publications of one action or batch before the sweeper leaves it [default: 5].
+    #[arg(long, env = "SWEEPER_MAX_REPUBLISHES")]
+    pub sweeper_max_republishes: Option<i32>,
 }
 
 impl SchedulerArgs {
@@ -89,6 +111,20 @@ impl SchedulerArgs {
         }
         if let Some(v) = self.history_retention_days {
             c.sync.history_retention_days = v;
+        }
+        let w = &mut c.sweeper;
+        for (flag, value) in [
+            (self.sweeper_interval_secs, &mut w.interval_secs),
+            (self.sweeper_pending_grace_secs, &mut w.pending_grace_secs),
+            (self.sweeper_running_grace_secs, &mut w.running_grace_secs),
+            (self.sweeper_batch_grace_secs, &mut w.batch_grace_secs),
+        ] {
+            if let Some(v) = flag {
+                *value = v;
+            }
+        }
+        if let Some(v) = self.sweeper_max_republishes {
+            w.max_republishes = v;
         }
     }
 }
@@ -157,13 +193,19 @@ pub struct WorkerArgs {
     /// Seconds an open breaker fails fast before one probe [default: 60].
     #[arg(long, env = "WORKER_BREAKER_OPEN_SECS")]
     pub breaker_open_secs: Option<u64>,
-    /// Connections to PostgreSQL [default: 16, at least prefetch + 4].
+    /// The worker's connections to PostgreSQL: 14 for syncs, batches and
+    /// rollouts, the rest for actions at once (at most the prefetch); at least 15
+    /// [default: 20].
     #[arg(long, env = "DATABASE_POOL_SIZE")]
     pub pool_size: Option<u32>,
     /// PEM file of the CA certificates agents' HTTPS certificates must
     /// chain to [default: the system's roots].
     #[arg(long, env = "WORKER_AGENT_CA_FILE")]
     pub agent_ca_file: Option<PathBuf>,
+    /// Seconds a command's `requested_at` may be ahead of the database's
+    /// clock; a command further ahead is dead-lettered [default: 60].
+    #[arg(long, env = "WORKER_CLOCK_TOLERANCE_SECS")]
+    pub clock_tolerance_secs: Option<u64>,
     /// How long a statement waits for a lock (a server's included), in ms;
     /// 0: no limit [default: 10000].
     #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS")]
@@ -202,6 +244,9 @@ impl WorkerArgs {
         }
         if let Some(v) = &self.agent_ca_file {
             c.worker.agent_ca_file = Some(v.clone());
+        }
+        if let Some(v) = self.clock_tolerance_secs {
+            c.worker.clock_tolerance_secs = v;
         }
         if let Some(v) = self.lock_timeout_ms {
             c.database.lock_timeout_ms = v;
@@ -262,6 +307,35 @@ pub enum InstanceCommand {
     List,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Print dead-lettered messages as JSON lines (routing key, transaction
+    /// id, `x-error`, `x-death`); they stay in the queue.
+    List(DeadLettersListArgs),
+    /// Publish dead-lettered commands again on the commands exchange with
+    /// their routing key; each leaves the dead-letter queue once the broker
+    /// confirmed its publication.
+    Replay(DeadLettersReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersListArgs {
+    /// At most this many messages, oldest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct DeadLettersReplayArgs {
+    /// Every dead-lettered message.
+    #[arg(long)]
+    pub all: bool,
+    /// Only the messages of this transaction id.
+    #[arg(long)]
+    pub transaction_id: Option<uuid::Uuid>,
+}
+
 #[derive(Debug, Args)]
 pub struct InstanceAddArgs {
     /// Unique name, e.g. `lb-1` (letters, digits, `.`, `_`, `:`, `-`).
@@ -285,6 +359,10 @@ pub struct InstanceAddArgs {
     /// Register it inactive (no commands or syncs go to it).
     #[arg(long)]
     pub inactive: bool,
+    /// Re-apply drains and maints the module applied when a reload of HAProxy reset them
+    /// (`true` or `false`; default false for a new instance, unchanged when absent).
+    #[arg(long, value_name = "BOOL")]
+    pub restore_after_reload: Option<bool>,
 }
 
 impl InstanceAddArgs {
@@ -515,6 +593,42 @@ mod tests {
         assert_eq!(c.worker.retry_backoff_ms, vec![10, 20]);
         assert_eq!(c.worker.breaker_open_secs, 2);
         assert_eq!(c.worker.max_attempts, 3);
+    }
+
+    #[test]
+    fn sweeper_flags_override_the_config_and_replay_needs_a_choice() {
+        let cli = Cli::parse_from([
+            "haproxy-control",
+            "scheduler",
+            "--sweeper-pending-grace-secs",
+            "7",
+            "--sweeper-max-republishes",
+            "2",
+        ]);
+        let mut c = Config::default();
+        let Command::Scheduler(args) = &cli.command else {
+            panic!("parsed as scheduler");
+        };
+        args.apply(&mut c);
+        assert_eq!(c.sweeper.pending_grace_secs, 7);
+        assert_eq!(c.sweeper.max_republishes, 2);
+        assert_eq!(c.sweeper.running_grace_secs, 600);
+        let replay = |extra: &[&str]| {
+            let mut argv = vec!["haproxy-control", "dead-letters", "replay"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        assert!(replay(&[]).is_err());
+        assert!(
+            replay(&[
+                "--all",
+                "--transaction-id",
+                "5f0c6f4e-1b7e-4a52-9d0e-2f4f2a8f3c11"
+            ])
+            .is_err()
+        );
+        assert!(replay(&["--transaction-id", "not-a-uuid"]).is_err());
+        assert!(replay(&["--all"]).is_ok());
     }
 
     #[test]

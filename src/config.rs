@@ -14,6 +14,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub worker: WorkerConfig,
     pub sync: SyncConfig,
+    pub sweeper: SweeperConfig,
+    pub rollout: RolloutConfig,
     pub fagent: FagentConfig,
     pub api: ApiConfig,
 }
@@ -23,6 +25,11 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
+    /// The worker's pool: 14 connections for its syncs, batches and
+    /// rollouts, the rest for actions processed at once (at most the
+    /// prefetch); a worker refuses to start with fewer than 15. Three workers (3 × 20), the API
+    /// (`api.pool_size`, 8) and the scheduler (2) use at most 70
+    /// connections ("Connections" in docs/operations.md).
     pub pool_size: u32,
     /// The worker's sessions: how long one statement waits for a lock (a
     /// server's advisory lock included) before it fails and the message is
@@ -49,7 +56,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/haproxy_control".into(),
-            pool_size: 16,
+            pool_size: 20,
             lock_timeout_ms: 10_000,
             statement_timeout_ms: 60_000,
         }
@@ -86,7 +93,8 @@ impl Default for AmqpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Unacknowledged messages per consumer, i.e. actions in flight.
+    /// Unacknowledged messages per consumer. Of the actions among them, as
+    /// many run at once as `database.pool_size` allows; the others wait.
     pub prefetch: u16,
     /// Calls to an agent per action, the first included.
     pub max_attempts: u32,
@@ -101,6 +109,26 @@ pub struct WorkerConfig {
     /// PEM file of the CA certificates that agents' HTTPS certificates are
     /// verified against; none: the system's roots.
     pub agent_ca_file: Option<PathBuf>,
+    /// How far in the future (by the database's clock) a command's
+    /// `requested_at` may be before the command is refused as bad input (s).
+    pub clock_tolerance_secs: u64,
+}
+
+impl WorkerConfig {
+    /// An upper bound of one action's time in a worker, in seconds: every
+    /// call timing out, every backoff waited, and a lock wait per call.
+    pub fn longest_action_secs(&self, lock_timeout_ms: u64) -> u64 {
+        let attempts = u64::from(self.max_attempts.max(1));
+        let waits: u64 = (0..attempts.saturating_sub(1))
+            .map(|i| {
+                let i = usize::try_from(i).unwrap_or(usize::MAX);
+                let last = self.retry_backoff_ms.last().copied().unwrap_or(0);
+                self.retry_backoff_ms.get(i).copied().unwrap_or(last)
+            })
+            .sum();
+        let calls = attempts.saturating_mul(self.agent_timeout_ms.saturating_add(lock_timeout_ms));
+        calls.saturating_add(waits).div_ceil(1000)
+    }
 }
 
 impl Default for WorkerConfig {
@@ -113,6 +141,7 @@ impl Default for WorkerConfig {
             breaker_failures: 3,
             breaker_open_secs: 60,
             agent_ca_file: None,
+            clock_tolerance_secs: 60,
         }
     }
 }
@@ -139,6 +168,77 @@ impl Default for SyncConfig {
             history_retention_days: 30,
             retention_batch: 1_000,
             name_template: "{hostname}_{app_name}_{instance}".into(),
+        }
+    }
+}
+
+/// Rolling updates: where update hooks may come from, and how Ansible is run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Playbooks of `kind: ansible` hooks must be inside this directory;
+    /// none: `ansible` hooks are refused.
+    pub playbook_dir: Option<PathBuf>,
+    /// Programs `kind: command` hooks may run (absolute paths); empty:
+    /// `command` hooks are refused.
+    pub commands: Vec<PathBuf>,
+    /// The `ansible-playbook` program.
+    pub ansible_playbook: PathBuf,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            playbook_dir: None,
+            commands: Vec::new(),
+            ansible_playbook: PathBuf::from("ansible-playbook"),
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// The hook allow-list.
+    pub fn policy(&self) -> crate::domain::rollout_hook::HookPolicy {
+        crate::domain::rollout_hook::HookPolicy {
+            playbook_dir: self.playbook_dir.clone(),
+            commands: self.commands.clone(),
+        }
+    }
+}
+
+/// The scheduler's sweeper: unfinished actions and batches are re-published
+/// or finished after a grace period (times from PostgreSQL's clock).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SweeperConfig {
+    /// Seconds between sweeps (0: no sweeping).
+    pub interval_secs: u64,
+    /// Seconds an action may stay `pending` (recorded by the API, its
+    /// command not handled yet) before its command is published again.
+    pub pending_grace_secs: u64,
+    /// Seconds an action may stay `running` (its worker gone) before its
+    /// command is published again; keep it well above a worker's longest
+    /// action (see [`WorkerConfig::longest_action_secs`]).
+    pub running_grace_secs: u64,
+    /// Seconds a batch may stay open with none of its actions in flight
+    /// before it is re-driven or completed.
+    pub batch_grace_secs: u64,
+    /// Re-publications of one action or batch before the sweeper leaves it
+    /// (logged as an error, counted as `given_up`).
+    pub max_republishes: i32,
+    /// Rows taken up per kind and sweep.
+    pub batch_size: i64,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 30,
+            pending_grace_secs: 120,
+            running_grace_secs: 600,
+            batch_grace_secs: 900,
+            max_republishes: 5,
+            batch_size: 500,
         }
     }
 }
@@ -347,6 +447,14 @@ mod tests {
         )
         .expect("write");
         assert!(Config::load(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn the_longest_action_bounds_calls_waits_and_locks() {
+        let w = WorkerConfig::default();
+        // 3 × (5 s + 10 s) + 1 s + 2 s
+        assert_eq!(w.longest_action_secs(10_000), 48);
+        assert!(SweeperConfig::default().running_grace_secs > w.longest_action_secs(10_000));
     }
 
     #[test]

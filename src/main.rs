@@ -1,16 +1,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use haproxy_control::cli::{Cli, Command, InstanceCommand};
+use haproxy_control::cli::{Cli, Command, DeadLettersCommand, InstanceCommand};
 use haproxy_control::config::Config;
-use haproxy_control::{admin, api, fagent, scheduler, telemetry, worker};
+use haproxy_control::{admin, api, dead_letters, fagent, rollout, scheduler, telemetry, worker};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "exiting");
             eprintln!("error: {e:#}");
@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(cli.config.as_deref())?;
     cli.apply(&mut config);
     match &cli.command {
@@ -67,10 +67,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Instance(InstanceCommand::List) => {
             print!("{}", admin::list_instances(&config).await?);
         }
+        Command::DeadLetters(command) => dead_letters_command(&config, command).await?,
+        Command::Rollout(command) => return rollout::cli::run(&config, command).await,
         Command::Fagent(args) => {
             let (listen, settings) = args.settings(&config)?;
             let tls = args.tls(&config)?;
             fagent::server::serve(listen, settings, tls, shutdown_signal()).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dead-letters list` prints JSON lines; `replay` what it replayed.
+async fn dead_letters_command(config: &Config, command: &DeadLettersCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLettersCommand::List(args) => {
+            for m in dead_letters::list(config, args.limit).await? {
+                println!("{}", serde_json::to_string(&m)?);
+            }
+        }
+        DeadLettersCommand::Replay(args) => {
+            let selection = match args.transaction_id {
+                Some(id) => dead_letters::Selection::Transaction(id),
+                None => dead_letters::Selection::All,
+            };
+            let report = dead_letters::replay(config, selection).await?;
+            for (routing_key, transaction_id) in &report.replayed {
+                println!(
+                    "replayed {routing_key} {}",
+                    transaction_id.as_deref().unwrap_or("-")
+                );
+            }
+            println!(
+                "{} replayed, {} left in the dead-letter queue",
+                report.replayed.len(),
+                report.kept
+            );
         }
     }
     Ok(())

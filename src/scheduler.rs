@@ -1,7 +1,8 @@
-//! The scheduler: a `sync` command per active instance every interval, and
-//! history retention. Several schedulers may run at once: a tick's
-//! transaction id is derived from (instance, time bucket), so the workers
-//! dedupe their duplicate ticks like any other message.
+//! The scheduler: a `sync` command per active instance every interval,
+//! history retention, and the [sweeper](crate::sweeper). Several schedulers
+//! may run at once: a tick's transaction id is derived from (instance, time
+//! bucket), so the workers dedupe their duplicate ticks like any other
+//! message, and the sweeper skips rows another one holds.
 
 use std::time::Duration;
 
@@ -15,45 +16,83 @@ use crate::domain::action::{SyncReason, SyncRequest, scheduled_sync_id};
 use crate::queue::message::{SCHEDULER_ACTOR, SyncMessage};
 use crate::queue::publisher::Publisher;
 use crate::queue::topology::Topology;
+use crate::sweeper::{self, Sweeper};
 
 /// Runs until `shutdown` turns true.
 ///
 /// # Errors
 /// When PostgreSQL or RabbitMQ cannot be reached at start.
-pub async fn run(config: &Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let App {
         pool,
         conn,
         topology,
         publisher,
     } = App::connect(config, Role::SCHEDULER, 2).await?;
+    let sweeper = Sweeper {
+        pool: &pool,
+        publisher: &publisher,
+        topology: &topology,
+        settings: &config.sweeper,
+    };
+    let longest = config
+        .worker
+        .longest_action_secs(config.database.lock_timeout_ms);
+    tokio::join!(
+        ticks(config, &pool, &publisher, &topology, shutdown.clone()),
+        sweeper::run(sweeper, longest, shutdown),
+    );
+    let _ = conn.close(200, "scheduler stopped".into()).await;
+    Ok(())
+}
+
+/// Scheduled syncs and history pruning, every sync interval.
+async fn ticks(
+    config: &Config,
+    pool: &PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    shutdown: watch::Receiver<bool>,
+) {
     let interval = Duration::from_secs(config.sync.interval_secs.max(1));
     let retention = Duration::from_secs(config.sync.history_retention_days.saturating_mul(86_400));
+    tracing::info!(interval_secs = interval.as_secs(), "scheduler started");
+    every(interval, shutdown, || async {
+        match publish_ticks(pool, publisher, topology, interval).await {
+            Ok(n) => tracing::info!(instances = n, "scheduled syncs published"),
+            Err(e) => tracing::warn!(error = %e, "could not publish scheduled syncs"),
+        }
+        match prune(pool, retention, config.sync.retention_batch).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned status history"),
+            Err(e) => tracing::warn!(error = %e, "could not prune status history"),
+        }
+    })
+    .await;
+}
+
+/// Runs `work` at once and then every `interval` (a late tick is skipped,
+/// not made up) until `shutdown` turns true.
+pub(crate) async fn every<F, Fut>(
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    tracing::info!(interval_secs = interval.as_secs(), "scheduler started");
     loop {
         tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    break;
+                    return;
                 }
             }
-            _ = tick.tick() => {
-                match publish_ticks(&pool, &publisher, &topology, interval).await {
-                    Ok(n) => tracing::info!(instances = n, "scheduled syncs published"),
-                    Err(e) => tracing::warn!(error = %e, "could not publish scheduled syncs"),
-                }
-                match prune(&pool, retention, config.sync.retention_batch).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(rows = n, "pruned status history"),
-                    Err(e) => tracing::warn!(error = %e, "could not prune status history"),
-                }
-            }
+            _ = tick.tick() => work().await,
         }
     }
-    let _ = conn.close(200, "scheduler stopped".into()).await;
-    Ok(())
 }
 
 /// Publishes one scheduled sync per active instance for the current bucket.

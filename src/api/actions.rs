@@ -21,7 +21,7 @@ use super::extract::{ApiJson, ApiPath};
 use crate::db::actions::{self, ActionRow, Claim, NewAction};
 use crate::db::{self, inventory};
 use crate::domain::AdminState;
-use crate::domain::action::{ActionRequest, ActionStatus, Target};
+use crate::domain::action::ActionStatus;
 use crate::queue::message::{ActionMessage, parse_action_kind};
 
 /// What to do with one server.
@@ -114,7 +114,7 @@ pub async fn post_action(
     };
     let row = accepted_row(record(&st, new, id).await?, &asked, id)?;
     if row.status == ActionStatus::Pending {
-        publish(&st, &row, id, asked.action).await?;
+        publish(&st, &row).await?;
     }
     tracing::info!(
         transaction_id = %row.transaction_id, server_id = id, action = %row.action,
@@ -143,6 +143,11 @@ async fn record(st: &ApiState, new: NewAction, id: i64) -> Result<ActionRecordin
             }
             Some(_) => {}
         }
+        // One clock: the database's, like the workers' checks of it.
+        let new = NewAction {
+            requested_at: db::database_now(c)?,
+            ..new
+        };
         Ok(match actions::claim(c, &new)? {
             Claim::New(row) => ActionRecording::New(row),
             Claim::Existing(row) => ActionRecording::Existing(row),
@@ -197,24 +202,13 @@ fn accepted_row(
     })
 }
 
-/// Publishes the contract's `action` command for a recorded action (whose
-/// action is `action`: the request's, which a reused row matches).
-async fn publish(
-    st: &ApiState,
-    row: &ActionRow,
-    server_id: i64,
-    action: AdminState,
-) -> Result<(), ApiError> {
-    let request = ActionRequest {
-        transaction_id: row.transaction_id,
-        action,
-        target: Target::ServerId(server_id),
-        actor: row.actor.clone(),
-        requested_at: Some(row.requested_at),
-        reason: row.reason.clone(),
-        force: row.force,
-        batch_id: None,
-    };
+/// Publishes the contract's `action` command for a recorded action (the
+/// row of this server, whose action is the request's: checked by
+/// [`accepted_row`]).
+async fn publish(st: &ApiState, row: &ActionRow) -> Result<(), ApiError> {
+    let request = row
+        .request()
+        .ok_or_else(|| ApiError::not_found("the action names no server"))?;
     super::publish_command(st, &ActionMessage::from(&request)).await
 }
 

@@ -178,8 +178,10 @@ async fn record(
         if ids.is_empty() {
             return Ok(BatchRecording::NoServers);
         }
+        // One clock: the database's, like the workers' checks of it.
         let new = NewBatch {
             total: i32::try_from(ids.len()).unwrap_or(i32::MAX),
+            requested_at: db::database_now(c)?,
             ..new
         };
         let (row, created) = batches::create(c, &new)?;

@@ -32,8 +32,22 @@ pub struct InstanceView {
     pub is_active: bool,
     pub breaker: BreakerView,
     pub last_sync: LastSyncView,
+    /// The HAProxy process the last sync saw (null before the agent reported one).
+    pub haproxy_process: Option<HaproxyProcessView>,
+    /// When a sync last saw a new HAProxy process (a reload or restart).
+    pub last_reload_at: Option<DateTime<Utc>>,
+    /// Whether states the module applied are re-applied after a reload reset them.
+    pub restore_after_reload: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// An HAProxy process: `Pid` and `Start_time_sec` of `show info`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HaproxyProcessView {
+    pub pid: i32,
+    /// On the HAProxy host's clock.
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// The instance's circuit breaker, shared by every worker.
@@ -72,6 +86,12 @@ impl From<InstanceRow> for InstanceView {
                 result: r.last_sync_result.map(|r| r.to_string()),
                 error: r.last_sync_error,
             },
+            haproxy_process: r.haproxy_pid.map(|pid| HaproxyProcessView {
+                pid,
+                started_at: r.haproxy_started_at,
+            }),
+            last_reload_at: r.last_reload_at,
+            restore_after_reload: r.restore_after_reload,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }

@@ -13,6 +13,7 @@ use lapin::types::FieldTable;
 use super::ApiState;
 use crate::db::api_queries::{self, Histogram, LastSync, StatusCount};
 use crate::db::instances::{self, InstanceRow};
+use crate::db::sweeps::SweepKind;
 use crate::db::{self, DbError};
 use crate::domain::action::{ActionStatus, SyncStatus};
 use crate::domain::breaker::BreakerState;
@@ -31,6 +32,7 @@ struct Snapshot {
     latency: Histogram,
     instances: Vec<InstanceRow>,
     syncs: Vec<LastSync>,
+    sweeps: Vec<(String, i64)>,
 }
 
 fn snapshot(c: &mut diesel::PgConnection) -> Result<Snapshot, DbError> {
@@ -57,6 +59,7 @@ fn snapshot(c: &mut diesel::PgConnection) -> Result<Snapshot, DbError> {
         latency,
         instances: all,
         syncs,
+        sweeps: crate::db::sweeps::counters(c)?,
     })
 }
 
@@ -210,6 +213,8 @@ fn render_db(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "{name}_sum {}", s.latency.sum);
     let _ = writeln!(out, "{name}_count {}", s.latency.count);
 
+    render_sweeps(out, &s.sweeps);
+
     head(
         out,
         "haproxy_control_breaker_open",
@@ -286,6 +291,20 @@ fn render_db(out: &mut String, s: &Snapshot) {
     }
 }
 
+fn render_sweeps(out: &mut String, counters: &[(String, i64)]) {
+    head(
+        out,
+        "haproxy_control_swept_total",
+        "counter",
+        "Items the sweeper took up, by kind: pending and running actions and batches whose command it published again, batches it completed.",
+    );
+    for kind in SweepKind::ALL {
+        let kind = kind.as_str();
+        let n = counters.iter().find(|(k, _)| k == kind).map_or(0, |c| c.1);
+        let _ = writeln!(out, "haproxy_control_swept_total{{kind=\"{kind}\"}} {n}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +316,14 @@ mod tests {
         assert!(text.contains("haproxy_control_broker_up 0"));
         assert!(!text.contains("actions_total"));
         assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+
+    #[test]
+    fn every_sweep_kind_has_a_counter_even_at_zero() {
+        let mut out = String::new();
+        render_sweeps(&mut out, &[("running".to_owned(), 3)]);
+        assert!(out.contains("haproxy_control_swept_total{kind=\"running\"} 3"));
+        assert!(out.contains("haproxy_control_swept_total{kind=\"pending\"} 0"));
+        assert!(out.contains("haproxy_control_swept_total{kind=\"batch_completed\"} 0"));
     }
 }

@@ -13,6 +13,7 @@ pub mod instances;
 pub mod metrics;
 pub mod openapi;
 pub mod pagination;
+pub mod rollouts;
 pub mod servers;
 pub mod settings;
 
@@ -47,6 +48,8 @@ pub struct ApiState {
     /// `fagent.token_dir`, canonical: the only place `file:` token
     /// references given through the API may point into.
     pub token_dir: Option<Arc<std::path::Path>>,
+    /// Where rollout update hooks may come from (`[rollout]`).
+    pub rollout_policy: Arc<crate::domain::rollout_hook::HookPolicy>,
 }
 
 /// The API's HTTP application: every route, JSON 404 and 405 answers, and
@@ -120,6 +123,7 @@ async fn serve_with(
         amqp: amqp.clone(),
         openapi: Bytes::from(openapi::pretty_json()?),
         token_dir,
+        rollout_policy: Arc::new(config.rollout.policy()),
     };
     tracing::info!(listen = %listener.local_addr()?, "api listening");
     axum::serve(listener, router(state))

@@ -7,7 +7,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::{ApiState, actions, batches, health, instances, metrics, servers, settings};
+use super::{ApiState, actions, batches, health, instances, metrics, rollouts, servers, settings};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use super::{ApiState, actions, batches, health, instances, metrics, servers, set
         (name = "actions", description = "Changing one server's state"),
         (name = "batches", description = "One action for many servers"),
         (name = "settings", description = "Making an AC server an HAProxy node"),
+        (name = "rollouts", description = "Rolling updates: drain, update, health gate, ready, in waves"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -57,6 +58,13 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(batches::post_batch))
         .routes(routes!(batches::get_batch))
         .routes(routes!(settings::put_settings))
+        .routes(routes!(rollouts::post_rollout, rollouts::list_rollouts))
+        .routes(routes!(rollouts::get_rollout))
+        .routes(routes!(rollouts::pause_rollout))
+        .routes(routes!(rollouts::resume_rollout))
+        .routes(routes!(rollouts::abort_rollout))
+        .routes(routes!(rollouts::continue_server))
+        .routes(routes!(rollouts::skip_server))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

@@ -36,6 +36,7 @@ pub enum Kind {
     Backends,
     Servers,
     History,
+    Rollouts,
 }
 
 impl Kind {
@@ -45,6 +46,7 @@ impl Kind {
             Kind::Backends => "b",
             Kind::Servers => "s",
             Kind::History => "h",
+            Kind::Rollouts => "r",
         }
     }
 }

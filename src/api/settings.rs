@@ -35,10 +35,15 @@ pub struct SettingsBody {
     /// The FAgent's bearer token, or `file:/path` of a file inside the configured token
     /// directory (`fagent.token_dir`), read by the workers. `env:` references and other
     /// files are refused (422); they can be set only from the CLI on the host.
-    /// Required to create; kept when absent. Never shown again.
+    /// Required to create, and to change `fagent_url` (the stored token is never sent to a
+    /// new address); kept when absent. Never shown again.
     pub fagent_token: Option<String>,
     /// Whether commands and syncs go to it (default: true for a new instance, unchanged otherwise).
     pub is_active: Option<bool>,
+    /// Whether drains and maints the module applied are re-applied when a reload of HAProxy
+    /// reset them (actor `system:reload-restore`). Default false (HAProxy wins), unchanged
+    /// when absent. See docs/haproxy-reloads.md.
+    pub restore_after_reload: Option<bool>,
 }
 
 /// An AC server's HAProxy settings as saved.
@@ -79,6 +84,7 @@ fn validate(
         fagent_url,
         fagent_token_ref,
         is_active: body.is_active,
+        restore_after_reload: body.restore_after_reload,
     })
 }
 
@@ -130,7 +136,7 @@ fn stored_token_ref(raw: &str, token_dir: Option<&std::path::Path>) -> Result<St
         (status = 403, description = "Role below admin", body = ErrorBody),
         (status = 404, description = "No such AC server", body = ErrorBody),
         (status = 409, description = "Another server's instance has that name", body = ErrorBody),
-        (status = 422, description = "Invalid or missing field", body = ErrorBody),
+        (status = 422, description = "Invalid or missing field, or fagent_url changed without fagent_token", body = ErrorBody),
     )
 )]
 pub async fn put_settings(
@@ -150,6 +156,11 @@ pub async fn put_settings(
         SettingsOutcome::NameTaken => Err(ApiError::conflict(
             "name_taken",
             "another server's HAProxy instance has that name",
+        )),
+        SettingsOutcome::UrlWithoutToken => Err(ApiError::unprocessable(
+            "token_required",
+            "fagent_token is required to change fagent_url: the stored token is never sent to \
+             a new address",
         )),
         SettingsOutcome::Missing(field) => Err(ApiError::unprocessable(
             "missing_field",

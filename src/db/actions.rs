@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use super::schema::haproxy_actions as a;
-use crate::domain::action::{ActionStatus, FailureCode};
+use crate::domain::action::{ActionRequest, ActionStatus, FailureCode, Target};
 use crate::domain::event::StatePair;
 use crate::domain::{AdminState, OpState};
 
@@ -36,12 +36,31 @@ pub struct ActionRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Times the sweeper published the command again.
+    pub sweeps: i32,
 }
 
 impl ActionRow {
     /// The status (kept as a method for the callers that read it so).
     pub fn status(&self) -> ActionStatus {
         self.status
+    }
+
+    /// The `action` command this row was recorded for, with its
+    /// transaction id, `requested_at`, actor, reason, force and batch, so
+    /// publishing it again is deduplicated (rule 1). None when the row
+    /// names no server.
+    pub fn request(&self) -> Option<ActionRequest> {
+        Some(ActionRequest {
+            transaction_id: self.transaction_id,
+            action: self.action,
+            target: Target::ServerId(self.server_id?),
+            actor: self.actor.clone(),
+            requested_at: Some(self.requested_at),
+            reason: self.reason.clone(),
+            force: self.force,
+            batch_id: self.batch_id,
+        })
     }
 }
 

@@ -266,6 +266,8 @@ pub struct InstanceSettings {
     /// the one stored.
     pub fagent_token_ref: Option<String>,
     pub is_active: Option<bool>,
+    /// `None` keeps the stored value (false for a new instance).
+    pub restore_after_reload: Option<bool>,
 }
 
 /// The result of [`put_instance_settings`].
@@ -277,6 +279,10 @@ pub enum SettingsOutcome {
     NameTaken,
     /// A field needed to create the instance is missing; its name.
     Missing(&'static str),
+    /// `fagent_url` would change without a new `fagent_token`: the stored
+    /// token (possibly a reference set on the host) would be sent to the
+    /// new address.
+    UrlWithoutToken,
     Saved {
         instance: Option<Box<InstanceRow>>,
         created: bool,
@@ -333,6 +339,10 @@ fn update_instance(
     name: &str,
     s: &InstanceSettings,
 ) -> Result<SettingsOutcome, DbError> {
+    let new_url = s.fagent_url.as_deref().is_some_and(|u| u != row.fagent_url);
+    if new_url && s.fagent_token_ref.is_none() {
+        return Ok(SettingsOutcome::UrlWithoutToken);
+    }
     let updated = diesel::update(i::table.find(row.id))
         .set((
             i::server_id.eq(Some(server_id)),
@@ -343,6 +353,7 @@ fn update_instance(
                 .as_deref()
                 .unwrap_or(&row.fagent_token_ref)),
             i::is_active.eq(s.is_active.unwrap_or(row.is_active)),
+            i::restore_after_reload.eq(s.restore_after_reload.unwrap_or(row.restore_after_reload)),
             i::updated_at.eq(diesel::dsl::now),
         ))
         .returning(InstanceRow::as_returning())
@@ -405,14 +416,16 @@ fn save_settings(
         let Some(token_ref) = s.fagent_token_ref.clone() else {
             return Ok(SettingsOutcome::Missing("fagent_token"));
         };
+        let new = super::instances::NewInstance {
+            server_id: Some(server_id),
+            name,
+            fagent_url: url,
+            fagent_token_ref: token_ref,
+            is_active: s.is_active.unwrap_or(true),
+        };
+        let restore = s.restore_after_reload.unwrap_or(false);
         let created = diesel::insert_into(i::table)
-            .values(&super::instances::NewInstance {
-                server_id: Some(server_id),
-                name,
-                fagent_url: url,
-                fagent_token_ref: token_ref,
-                is_active: s.is_active.unwrap_or(true),
-            })
+            .values((&new, i::restore_after_reload.eq(restore)))
             .returning(InstanceRow::as_returning())
             .get_result(conn)?;
         Ok(SettingsOutcome::Saved {

@@ -87,3 +87,11 @@ text_enum!(
     SyncStatus,
     "haproxy_sync_runs.status or haproxy_instances.last_sync_result"
 );
+text_enum!(
+    crate::domain::rollout::RolloutStatus,
+    "haproxy_rollouts.status"
+);
+text_enum!(
+    crate::domain::rollout::Step,
+    "haproxy_rollout_servers.step or failed_step"
+);

@@ -32,6 +32,10 @@ pub struct InstanceRow {
     pub last_sync_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub haproxy_pid: Option<i32>,
+    pub haproxy_started_at: Option<DateTime<Utc>>,
+    pub last_reload_at: Option<DateTime<Utc>>,
+    pub restore_after_reload: bool,
 }
 
 impl InstanceRow {
@@ -68,6 +72,21 @@ pub fn upsert(conn: &mut PgConnection, new: &NewInstance) -> Result<InstanceRow,
             t::fagent_token_ref.eq(&new.fagent_token_ref),
             t::is_active.eq(new.is_active),
             t::server_id.eq(new.server_id),
+            t::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(InstanceRow::as_returning())
+        .get_result(conn)?)
+}
+
+/// Sets the instance's `restore_after_reload`.
+pub fn set_restore_after_reload(
+    conn: &mut PgConnection,
+    id: i64,
+    on: bool,
+) -> Result<InstanceRow, DbError> {
+    Ok(diesel::update(t::table.find(id))
+        .set((
+            t::restore_after_reload.eq(on),
             t::updated_at.eq(diesel::dsl::now),
         ))
         .returning(InstanceRow::as_returning())

@@ -194,8 +194,16 @@ impl AdvisoryLocks {
     /// # Errors
     /// [`DbError`] when no connection can be had or the query fails.
     pub async fn try_instance(pool: &PgPool, instance_id: i64) -> Result<Option<Self>, DbError> {
+        Self::try_key(pool, instance_sync_lock_key(instance_id)).await
+    }
+
+    /// Takes the advisory lock `key` if nobody holds it, on a connection of
+    /// its own that keeps it until release (or until the connection dies).
+    ///
+    /// # Errors
+    /// [`DbError`] when no connection can be had or the query fails.
+    pub async fn try_key(pool: &PgPool, key: i64) -> Result<Option<Self>, DbError> {
         let pool = pool.clone();
-        let key = instance_sync_lock_key(instance_id);
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
             let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")

@@ -8,13 +8,17 @@
 pub mod actions;
 pub mod api_queries;
 pub mod batches;
+pub mod clock;
 pub mod enums;
 pub mod history;
 pub mod instances;
 pub mod inventory;
 pub mod locks;
 pub mod pool;
+pub mod reload;
+pub mod rollouts;
 pub mod schema;
+pub mod sweeps;
 pub mod sync;
 pub mod testing;
 
@@ -27,7 +31,9 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
 
-pub use pool::{PgPool, SessionSettings, durable, pool, pool_async_commit, pool_off_runtime};
+pub use pool::{
+    PgPool, SessionSettings, durable, pool, pool_async_commit, pool_for_command, pool_off_runtime,
+};
 
 /// Every migration in `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

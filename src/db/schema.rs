@@ -59,6 +59,14 @@ diesel::table! {
         last_sync_error -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        /// `Pid` of the HAProxy process the last sync saw.
+        haproxy_pid -> Nullable<Int4>,
+        /// That process's start (`Start_time_sec`, the HAProxy host's clock; identity only).
+        haproxy_started_at -> Nullable<Timestamptz>,
+        /// When a sync last saw a new HAProxy process (the database's clock).
+        last_reload_at -> Nullable<Timestamptz>,
+        /// Re-apply module-applied states that a reload reset.
+        restore_after_reload -> Bool,
     }
 }
 
@@ -114,6 +122,9 @@ diesel::table! {
         requested_at -> Timestamptz,
         created_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        /// Times the sweeper took the batch up.
+        sweeps -> Int4,
+        swept_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -140,6 +151,11 @@ diesel::table! {
         created_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
+        /// Times the sweeper re-published the action's command.
+        sweeps -> Int4,
+        swept_at -> Nullable<Timestamptz>,
+        /// The rollout that made this action, if any.
+        rollout_id -> Nullable<Int8>,
     }
 }
 
@@ -190,6 +206,61 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Items the sweeper took up, by kind.
+    haproxy_sweeps (kind) {
+        kind -> Text,
+        count -> Int8,
+        last_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    haproxy_rollouts (id) {
+        id -> Int8,
+        transaction_id -> Uuid,
+        actor -> Text,
+        reason -> Nullable<Text>,
+        /// `running`, `paused`, `halted`, `aborting`, `aborted` or `completed`.
+        status -> Text,
+        spec -> Jsonb,
+        total -> Int4,
+        waves -> Int4,
+        current_wave -> Int4,
+        wave_done_at -> Nullable<Timestamptz>,
+        tick_seq -> Int8,
+        halted_reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    haproxy_rollout_servers (id) {
+        id -> Int8,
+        rollout_id -> Int8,
+        server_id -> Int8,
+        backend_id -> Int8,
+        wave -> Int4,
+        position -> Int4,
+        /// `pending` … `ready`, `failed` or `skipped`.
+        step -> Text,
+        failed_step -> Nullable<Text>,
+        attempt -> Int4,
+        step_started_at -> Nullable<Timestamptz>,
+        healthy_since -> Nullable<Timestamptz>,
+        hook_runs -> Int4,
+        hook_started_at -> Nullable<Timestamptz>,
+        hook_finished_at -> Nullable<Timestamptz>,
+        hook_exit_code -> Nullable<Int4>,
+        hook_output -> Nullable<Text>,
+        error -> Nullable<Text>,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(applications -> servers (server_id));
 diesel::joinable!(application_group_members -> application_groups (group_id));
 diesel::joinable!(application_group_members -> applications (application_id));
@@ -204,6 +275,9 @@ diesel::joinable!(haproxy_server_status_history -> haproxy_actions (action_id));
 diesel::joinable!(haproxy_application_links -> haproxy_instances (haproxy_id));
 diesel::joinable!(haproxy_application_links -> applications (application_id));
 diesel::joinable!(haproxy_sync_runs -> haproxy_instances (instance_id));
+diesel::joinable!(haproxy_rollout_servers -> haproxy_rollouts (rollout_id));
+diesel::joinable!(haproxy_rollout_servers -> haproxy_servers (server_id));
+diesel::joinable!(haproxy_actions -> haproxy_rollouts (rollout_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     servers,
@@ -218,4 +292,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     haproxy_server_status_history,
     haproxy_application_links,
     haproxy_sync_runs,
+    haproxy_sweeps,
+    haproxy_rollouts,
+    haproxy_rollout_servers,
 );

@@ -42,7 +42,13 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates a new database with every migration applied.
     pub fn create() -> Result<Self, DbError> {
-        let admin_url = admin_url();
+        Self::create_on(admin_url())
+    }
+
+    /// Creates a new database with every migration applied on the server
+    /// of `admin_url` (a maintenance database, e.g. `…/postgres`), building
+    /// the template there first if needed.
+    pub fn create_on(admin_url: String) -> Result<Self, DbError> {
         let mut admin = PgConnection::establish(&admin_url)?;
         let template = ensure_template(&mut admin, &admin_url)?;
         Self::create_from(&mut admin, admin_url, &template)

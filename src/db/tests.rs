@@ -17,14 +17,17 @@ use super::schema;
 use super::testing::{TestDatabase, with_database};
 use super::{MIGRATIONS, run_migrations};
 
-const ALL_MIGRATIONS: [&str; 4] = [
+const ALL_MIGRATIONS: [&str; 7] = [
     "2026-11-28-000001_ac_tables",
     "2026-11-28-000002_haproxy_tables",
     "2026-11-28-000003_sync_runs",
     "2026-11-28-000004_action_path_writes",
+    "2026-12-02-000005_haproxy_process",
+    "2026-12-02-000006_sweeper",
+    "2026-12-02-000007_rollouts",
 ];
 
-const MODULE_TABLES: [&str; 8] = [
+const MODULE_TABLES: [&str; 11] = [
     "haproxy_instances",
     "haproxy_backends",
     "haproxy_servers",
@@ -33,6 +36,9 @@ const MODULE_TABLES: [&str; 8] = [
     "haproxy_server_status_history",
     "haproxy_application_links",
     "haproxy_sync_runs",
+    "haproxy_sweeps",
+    "haproxy_rollouts",
+    "haproxy_rollout_servers",
 ];
 
 const AC_TABLES: [&str; 4] = [
@@ -527,6 +533,9 @@ fn describe_schema(
         haproxy_server_status_history,
         haproxy_application_links,
         haproxy_sync_runs,
+        haproxy_sweeps,
+        haproxy_rollouts,
+        haproxy_rollout_servers,
     )
 }
 

@@ -10,7 +10,7 @@ use super::names::{BackendName, ServerName};
 use super::state::AdminState;
 
 /// Which server an action is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     ServerId(i64),
     Names {
@@ -281,6 +281,51 @@ pub fn is_superseded(requested_at: DateTime<Utc>, newest_applied: Option<DateTim
     newest_applied.is_some_and(|newest| requested_at < newest)
 }
 
+/// A command whose `requested_at` is further ahead of the database's clock
+/// than the tolerance. Accepted, it would supersede (rule 3) every command
+/// for its server requested before that time, i.e. every later one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "requested_at {requested_at} is {ahead_secs} s ahead of the database's clock \
+     ({now}), more than worker.clock_tolerance_secs = {tolerance_secs}; a command from the \
+     future would supersede every later command for its server"
+)]
+pub struct FromTheFuture {
+    pub requested_at: String,
+    pub now: String,
+    pub ahead_secs: i64,
+    pub tolerance_secs: u64,
+}
+
+/// Refuses a `requested_at` more than `tolerance_secs` ahead of `now` (the
+/// database's clock).
+///
+/// # Errors
+/// [`FromTheFuture`].
+pub fn check_requested_at(
+    requested_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    tolerance_secs: u64,
+) -> Result<(), FromTheFuture> {
+    // A tolerance beyond what a duration holds (a huge configured value) is
+    // no limit.
+    let tolerance = i64::try_from(tolerance_secs)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .unwrap_or(chrono::TimeDelta::MAX);
+    let ahead = requested_at.signed_duration_since(now);
+    if ahead <= tolerance {
+        return Ok(());
+    }
+    let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    Err(FromTheFuture {
+        requested_at: fmt(requested_at),
+        now: fmt(now),
+        ahead_secs: ahead.num_seconds(),
+        tolerance_secs,
+    })
+}
+
 /// A stable key for a server's advisory lock, apart from other lock users.
 pub fn server_lock_key(server_id: i64) -> i64 {
     // The high bits carry a namespace so server locks never meet the
@@ -304,6 +349,23 @@ pub fn instance_sync_lock_key(instance_id: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requested_at_beyond_the_tolerance_is_refused_with_the_reason() {
+        let now = Utc::now();
+        let ahead = |secs| now + chrono::Duration::seconds(secs);
+        assert!(check_requested_at(ahead(60), now, 60).is_ok());
+        assert!(check_requested_at(ahead(-86_400), now, 60).is_ok());
+        let e = check_requested_at(ahead(61), now, 60).expect_err("61 s ahead");
+        assert_eq!((e.ahead_secs, e.tolerance_secs), (61, 60));
+        let text = e.to_string();
+        assert!(
+            text.contains("61 s ahead") && text.contains("clock_tolerance_secs = 60"),
+            "{text}"
+        );
+        assert!(check_requested_at(ahead(1), now, 0).is_err());
+        assert!(check_requested_at(ahead(1), now, u64::MAX).is_ok());
+    }
     use chrono::Duration;
 
     #[test]

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::reload::ProcessIdentity;
 use super::state::{AdminState, OpState};
 
 /// Routing keys, which are also the `type` field.
@@ -32,10 +33,30 @@ pub enum EventType {
     InstanceCircuitClosed,
     #[serde(rename = "instance.sync_failed")]
     InstanceSyncFailed,
+    #[serde(rename = "instance.reloaded")]
+    InstanceReloaded,
+    #[serde(rename = "rollout.started")]
+    RolloutStarted,
+    #[serde(rename = "rollout.server_drained")]
+    RolloutServerDrained,
+    #[serde(rename = "rollout.server_updated")]
+    RolloutServerUpdated,
+    #[serde(rename = "rollout.server_ready")]
+    RolloutServerReady,
+    #[serde(rename = "rollout.server_failed")]
+    RolloutServerFailed,
+    #[serde(rename = "rollout.wave_completed")]
+    RolloutWaveCompleted,
+    #[serde(rename = "rollout.halted")]
+    RolloutHalted,
+    #[serde(rename = "rollout.completed")]
+    RolloutCompleted,
+    #[serde(rename = "rollout.aborted")]
+    RolloutAborted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 21] = [
         EventType::ActionSucceeded,
         EventType::ActionFailed,
         EventType::ActionSuperseded,
@@ -47,6 +68,16 @@ impl EventType {
         EventType::InstanceCircuitOpened,
         EventType::InstanceCircuitClosed,
         EventType::InstanceSyncFailed,
+        EventType::InstanceReloaded,
+        EventType::RolloutStarted,
+        EventType::RolloutServerDrained,
+        EventType::RolloutServerUpdated,
+        EventType::RolloutServerReady,
+        EventType::RolloutServerFailed,
+        EventType::RolloutWaveCompleted,
+        EventType::RolloutHalted,
+        EventType::RolloutCompleted,
+        EventType::RolloutAborted,
     ];
 
     pub fn routing_key(self) -> &'static str {
@@ -62,6 +93,16 @@ impl EventType {
             EventType::InstanceCircuitOpened => "instance.circuit_opened",
             EventType::InstanceCircuitClosed => "instance.circuit_closed",
             EventType::InstanceSyncFailed => "instance.sync_failed",
+            EventType::InstanceReloaded => "instance.reloaded",
+            EventType::RolloutStarted => "rollout.started",
+            EventType::RolloutServerDrained => "rollout.server_drained",
+            EventType::RolloutServerUpdated => "rollout.server_updated",
+            EventType::RolloutServerReady => "rollout.server_ready",
+            EventType::RolloutServerFailed => "rollout.server_failed",
+            EventType::RolloutWaveCompleted => "rollout.wave_completed",
+            EventType::RolloutHalted => "rollout.halted",
+            EventType::RolloutCompleted => "rollout.completed",
+            EventType::RolloutAborted => "rollout.aborted",
         }
     }
 }
@@ -84,6 +125,14 @@ pub struct ServerRef {
 pub struct StatePair {
     pub admin_state: AdminState,
     pub op_state: OpState,
+}
+
+/// A state re-applied after a reload, for `instance.reloaded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestoreRef {
+    pub server_id: i64,
+    pub action: AdminState,
+    pub transaction_id: Uuid,
 }
 
 /// Counts by status, for `batch.completed`.
@@ -124,6 +173,29 @@ pub struct Event {
     /// Optional extension: counts by status for `batch.completed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<StatusCounts>,
+    /// Optional extension: for `instance.reloaded`, the HAProxy process now running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy_process: Option<ProcessIdentity>,
+    /// Optional extension: for `instance.reloaded`, the process the previous sync saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_haproxy_process: Option<ProcessIdentity>,
+    /// Optional extension: for `instance.reloaded`, the states re-applied
+    /// (present, possibly empty, when the instance has `restore_after_reload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Vec<RestoreRef>>,
+    /// Optional extension: the rollout, on `rollout.*` events and on the
+    /// events of a rollout's actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<i64>,
+    /// Optional extension: the wave (from 0), on `rollout.wave_completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<i32>,
+    /// Optional extension: the update hook's exit code (absent when killed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Optional extension: the last lines of the update hook's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
 }
 
 /// Namespace of event ids (a fixed random UUID).
@@ -164,6 +236,13 @@ impl Event {
             action: None,
             batch_id: None,
             counts: None,
+            haproxy_process: None,
+            previous_haproxy_process: None,
+            restored: None,
+            rollout_id: None,
+            wave: None,
+            exit_code: None,
+            output_tail: None,
         }
     }
 }

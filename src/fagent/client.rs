@@ -151,6 +151,28 @@ impl AgentClient {
     }
 }
 
+impl AgentClient {
+    /// `POST /v1/backends/{backend}/servers/{server}/shutdown-sessions`.
+    ///
+    /// # Errors
+    /// [`CallError`], classified.
+    pub async fn shutdown_sessions(
+        &self,
+        endpoint: &AgentEndpoint,
+        backend: &BackendName,
+        server: &ServerName,
+    ) -> Result<crate::domain::snapshot::ServerSnapshot, CallError> {
+        let request = self
+            .http
+            .post(Self::url(
+                endpoint,
+                &format!("/v1/backends/{backend}/servers/{server}/shutdown-sessions"),
+            ))
+            .bearer_auth(&endpoint.token);
+        call(request).await
+    }
+}
+
 async fn call<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
 ) -> Result<T, CallError> {

@@ -158,6 +158,61 @@ impl Publisher {
         .await
     }
 
+    /// Publishes a rollout tick: to the wait queue (`delayed`, back on the
+    /// rollouts queue after [`super::topology::ROLLOUT_TICK_MS`]) or at once.
+    ///
+    /// # Errors
+    /// [`PublishError`].
+    pub async fn publish_tick(
+        &self,
+        topology: &Topology,
+        tick: &crate::queue::message::RolloutTick,
+        delayed: bool,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(tick).map_err(|e| PublishError::Serialize(e.to_string()))?;
+        let id = format!("rollout-{}-tick-{}", tick.rollout_id, tick.seq);
+        let (exchange, routing_key) = if delayed {
+            ("", topology.rollout_wait_queue.as_str())
+        } else {
+            (
+                topology.commands_exchange.as_str(),
+                super::topology::ROUTE_ROLLOUT,
+            )
+        };
+        self.publish(Outgoing {
+            exchange,
+            routing_key,
+            body: &body,
+            message_id: &id,
+            headers: FieldTable::default(),
+        })
+        .await
+    }
+
+    /// Publishes a rollout hook run.
+    ///
+    /// # Errors
+    /// [`PublishError`].
+    pub async fn publish_hook_run(
+        &self,
+        topology: &Topology,
+        run: &crate::queue::message::RolloutHookRun,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(run).map_err(|e| PublishError::Serialize(e.to_string()))?;
+        let id = format!(
+            "rollout-{}-hook-{}-{}",
+            run.rollout_id, run.server_row_id, run.attempt
+        );
+        self.publish(Outgoing {
+            exchange: &topology.commands_exchange,
+            routing_key: super::topology::ROUTE_ROLLOUT_HOOK,
+            body: &body,
+            message_id: &id,
+            headers: FieldTable::default(),
+        })
+        .await
+    }
+
     /// Publishes stored events (a JSON array of event bodies) as they are.
     ///
     /// # Errors

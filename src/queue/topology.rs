@@ -19,8 +19,24 @@ pub struct Topology {
     pub events_exchange: String,
     pub dead_exchange: String,
     pub dead_queue: String,
+    /// Rollout ticks (routing key `rollout`).
+    pub rollouts_queue: String,
+    /// Rollout update hooks (routing key `rollout.hook`): long-running, so
+    /// apart from the ticks.
+    pub rollout_hooks_queue: String,
+    /// Where a tick waits [`ROLLOUT_TICK_MS`] before it is routed back to
+    /// `rollouts_queue` (message TTL, dead-lettered to the commands exchange).
+    pub rollout_wait_queue: String,
     pub delivery_limit: u32,
 }
+
+/// Routing key of rollout ticks.
+pub const ROUTE_ROLLOUT: &str = "rollout";
+/// Routing key of rollout update hooks.
+pub const ROUTE_ROLLOUT_HOOK: &str = "rollout.hook";
+/// How long a rollout tick waits between two looks at its rollout. Fixed:
+/// it is an argument of the wait queue, which RabbitMQ does not let change.
+pub const ROLLOUT_TICK_MS: i64 = 500;
 
 /// Routing keys of commands (each kind's own, from `queue::message`).
 pub const ROUTE_ACTION: &str = ActionMessage::ROUTING_KEY;
@@ -39,6 +55,9 @@ impl Topology {
             events_exchange: n("haproxy.events"),
             dead_exchange: n("haproxy.dead"),
             dead_queue: n("haproxy.dead-letter"),
+            rollouts_queue: n("haproxy.rollouts"),
+            rollout_hooks_queue: n("haproxy.rollout-hooks"),
+            rollout_wait_queue: n("haproxy.rollouts.wait"),
             delivery_limit,
         }
     }
@@ -120,10 +139,31 @@ impl Topology {
         )
         .await?;
 
+        let mut wait_args = FieldTable::default();
+        wait_args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(ROLLOUT_TICK_MS),
+        );
+        wait_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.commands_exchange.as_str().into()),
+        );
+        wait_args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(ROUTE_ROLLOUT.into()),
+        );
+        ch.queue_declare(
+            self.rollout_wait_queue.as_str().into(),
+            durable_queue,
+            wait_args,
+        )
+        .await?;
         for (queue, key) in [
             (&self.actions_queue, ROUTE_ACTION),
             (&self.batches_queue, ROUTE_BATCH),
             (&self.sync_queue, ROUTE_SYNC),
+            (&self.rollouts_queue, ROUTE_ROLLOUT),
+            (&self.rollout_hooks_queue, ROUTE_ROLLOUT_HOOK),
         ] {
             ch.queue_declare(
                 queue.as_str().into(),
@@ -153,6 +193,9 @@ impl Topology {
             &self.batches_queue,
             &self.sync_queue,
             &self.dead_queue,
+            &self.rollouts_queue,
+            &self.rollout_hooks_queue,
+            &self.rollout_wait_queue,
         ] {
             ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await?;

@@ -17,7 +17,9 @@ use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcom
 use crate::db::inventory::{self, ServerRow, ServerTarget};
 use crate::db::locks::{AdvisoryLocks, Session};
 use crate::db::{DbError, instances};
-use crate::domain::action::{ActionRequest, ActionStatus, FailureCode, Target, is_superseded};
+use crate::domain::action::{
+    ActionRequest, ActionStatus, FailureCode, Target, check_requested_at, is_superseded,
+};
 use crate::domain::breaker::BreakerState;
 use crate::domain::event::{EventType, StatePair};
 use crate::domain::{BackendName, ServerName};
@@ -49,9 +51,7 @@ impl ActionHandler {
 }
 
 impl MessageHandler for ActionHandler {
-    /// The command, and when it was received (its `requested_at` when it
-    /// carries none).
-    type Request = (ActionRequest, DateTime<Utc>);
+    type Request = ActionRequest;
     type InfraError = InfraError;
 
     const INFRA_RETRY: InfraRetryPolicy = InfraRetryPolicy {
@@ -60,10 +60,10 @@ impl MessageHandler for ActionHandler {
     };
 
     fn parse(&self, data: &[u8]) -> Result<Self::Request, InvalidMessage> {
-        Ok((parse_action(data)?, Utc::now()))
+        parse_action(data)
     }
 
-    fn span(&self, (request, _): &Self::Request) -> tracing::Span {
+    fn span(&self, request: &Self::Request) -> tracing::Span {
         tracing::info_span!(
             "action",
             transaction_id = %request.transaction_id,
@@ -73,17 +73,39 @@ impl MessageHandler for ActionHandler {
     }
 
     async fn process(&self, request: &Self::Request) -> Result<Disposition, InfraError> {
-        let (request, received_at) = request;
-        process(&self.ctx, request, *received_at).await
+        // No more actions at once than the pool serves (see `slots`).
+        let _slot = self.ctx.action_slots.acquire(&request.target).await;
+        process(&self.ctx, request).await
     }
 }
 
-async fn process(
+/// The command's `requested_at`, or the database's time when it carries
+/// none; `Err` with the reason when it is too far in the future (by the
+/// database's clock, `worker.clock_tolerance_secs`).
+///
+/// # Errors
+/// [`InfraError`] when the database's clock cannot be read.
+pub(crate) async fn requested_at(
     ctx: &WorkerContext,
-    req: &ActionRequest,
-    received_at: DateTime<Utc>,
-) -> Result<Disposition, InfraError> {
-    let requested_at = req.requested_at.unwrap_or(received_at);
+    requested_at: Option<DateTime<Utc>>,
+) -> Result<Result<DateTime<Utc>, String>, InfraError> {
+    let now = ctx.clock.now(&ctx.pool).await?;
+    let Some(at) = requested_at else {
+        return Ok(Ok(now));
+    };
+    Ok(check_requested_at(at, now, ctx.clock_tolerance_secs)
+        .map(|()| at)
+        .map_err(|e| e.to_string()))
+}
+
+async fn process(ctx: &WorkerContext, req: &ActionRequest) -> Result<Disposition, InfraError> {
+    let requested_at = match requested_at(ctx, req.requested_at).await? {
+        Ok(at) => at,
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "command refused");
+            return Ok(Disposition::DeadLetter(reason));
+        }
+    };
     let mut may_refresh = true;
     loop {
         let (r, settings) = (req.clone(), ctx.breaker.clone());
@@ -673,6 +695,11 @@ async fn load_listing(ctx: &WorkerContext, instance: &instances::InstanceRow) {
             tracing::info!(instance = %instance.name, counts = %r.counts, "loaded the instance's servers");
             if let Err(e) = publish_all(ctx, &r.events).await {
                 tracing::warn!(error = %e, "could not publish the findings of a refresh");
+            }
+            let restores =
+                agent_listing::publish_restores(&ctx.publisher, &ctx.topology, &r.restores);
+            if let Err(e) = restores.await {
+                tracing::warn!(error = %e, "could not publish restores; the sweeper will");
             }
         }
         Err(e) => {

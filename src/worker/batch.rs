@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-
 use super::events::batch_completed;
 use super::{InfraError, WorkerContext};
 use crate::db;
@@ -54,6 +52,13 @@ impl MessageHandler for BatchHandler {
 }
 
 async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, InfraError> {
+    let requested_at = match super::action::requested_at(ctx, req.requested_at).await? {
+        Ok(at) => at,
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "batch refused");
+            return Ok(Disposition::DeadLetter(reason));
+        }
+    };
     let targets = req.targets.clone();
     let server_ids = db::run(&ctx.pool, move |c| batches::expand(c, &targets)).await?;
     let total = i32::try_from(server_ids.len()).unwrap_or(i32::MAX);
@@ -73,7 +78,7 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
         force: req.force,
         targets,
         total,
-        requested_at: req.requested_at.unwrap_or_else(Utc::now),
+        requested_at,
     };
     let (batch, created) = db::run(&ctx.pool, move |c| batches::create(c, &new)).await?;
     if batch.action != req.action {

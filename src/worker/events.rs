@@ -6,7 +6,8 @@ use uuid::Uuid;
 use crate::db::inventory::ServerTarget;
 use crate::domain::AdminState;
 use crate::domain::action::FailureCode;
-use crate::domain::event::{Event, EventType, NamedRef, ServerRef, StatePair};
+use crate::domain::event::{Event, EventType, NamedRef, RestoreRef, ServerRef, StatePair};
+use crate::domain::reload::ProcessIdentity;
 
 /// What every event of one action shares.
 pub struct ActionFacts<'a> {
@@ -171,6 +172,31 @@ pub fn sync_failed(
         name: instance_name.to_owned(),
     });
     e.error = Some(error.chars().take(2000).collect());
+    e
+}
+
+/// `instance.reloaded`: its id derives from (instance, new process), so
+/// every re-publication of the same reload carries the same id. `restored`
+/// is `Some` (possibly empty) when the instance restores states.
+pub fn instance_reloaded(
+    instance: &NamedRef,
+    previous: ProcessIdentity,
+    current: ProcessIdentity,
+    detected_at: DateTime<Utc>,
+    restored: Option<Vec<RestoreRef>>,
+) -> Event {
+    let started = current.started_at.map_or(0, |t| t.timestamp());
+    let mut e = Event::new(
+        EventType::InstanceReloaded,
+        &format!("{}|{}|{started}", instance.id, current.pid),
+        detected_at,
+        &format!("haproxy:{}", instance.name),
+        None,
+    );
+    e.instance = Some(instance.clone());
+    e.haproxy_process = Some(current);
+    e.previous_haproxy_process = Some(previous);
+    e.restored = restored;
     e
 }
 

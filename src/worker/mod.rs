@@ -7,6 +7,8 @@ pub mod batch;
 pub mod breaker;
 pub mod events;
 pub mod retry;
+pub mod rollout;
+pub mod slots;
 pub mod sync;
 
 use std::sync::Arc;
@@ -41,6 +43,26 @@ pub const BATCH_PREFETCH: u16 = 2;
 /// Syncs in flight per worker: each holds one instance's listing in memory.
 pub const SYNC_PREFETCH: u16 = 4;
 
+/// Rollout ticks handled at once per worker (each is short).
+pub const ROLLOUT_TICK_PREFETCH: u16 = 1;
+
+/// Rollout update hooks run at once per worker: each holds its lock on one
+/// connection for the hook's whole run.
+pub const ROLLOUT_HOOK_PREFETCH: u16 = 2;
+
+/// Connections a worker needs besides one per action in flight: each sync
+/// holds its instance's sync lock on one connection and queries on a second
+/// (2 × [`SYNC_PREFETCH`]), each batch being expanded holds one
+/// ([`BATCH_PREFETCH`]), each rollout tick one ([`ROLLOUT_TICK_PREFETCH`]),
+/// each running update hook one ([`ROLLOUT_HOOK_PREFETCH`]), and one spare
+/// for an action that loads an unknown server's listing (it holds that
+/// instance's sync lock and queries).
+pub const RESERVED_CONNECTIONS: u32 = SYNC_PREFETCH as u32 * 2
+    + BATCH_PREFETCH as u32
+    + ROLLOUT_TICK_PREFETCH as u32
+    + ROLLOUT_HOOK_PREFETCH as u32
+    + 1;
+
 /// What handlers need, passed in (no globals).
 pub struct WorkerContext {
     pub pool: PgPool,
@@ -51,6 +73,15 @@ pub struct WorkerContext {
     pub breaker: BreakerSettings,
     /// How server names are built from applications, for linking.
     pub template: crate::domain::mapping::NameTemplate,
+    /// The database's clock: what a command's `requested_at` is checked
+    /// against, and its time when it carries none.
+    pub clock: db::clock::DbClock,
+    /// `worker.clock_tolerance_secs`.
+    pub clock_tolerance_secs: u64,
+    /// Where rollout update hooks may come from, and the Ansible program.
+    pub rollout: crate::config::RolloutConfig,
+    /// Actions processed at once: no more than the pool serves.
+    pub action_slots: slots::ActionSlots,
 }
 
 /// The worker's tunables, resolved from [`Config`].
@@ -88,11 +119,49 @@ impl WorkerSettings {
     }
 }
 
-/// Pool size for a worker: every action in flight holds one connection
-/// while its server is locked, plus a few for everything else.
-pub fn pool_size(configured: u32, prefetch: u16) -> u32 {
-    configured
-        .max(u32::from(prefetch) + u32::from(SYNC_PREFETCH) * 2 + u32::from(BATCH_PREFETCH) + 4)
+/// A worker's connections: how many actions it processes at once and the
+/// pool that serves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// Actions processed at once; each holds one connection (its server's
+    /// lock session) while it runs. Deliveries beyond this wait for a slot.
+    pub actions: u32,
+    /// The pool: `actions` + [`RESERVED_CONNECTIONS`].
+    pub pool: u32,
+}
+
+/// `database.pool_size` leaves no connection for actions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "database.pool_size (--pool-size, DATABASE_POOL_SIZE) is {configured}, too small for a \
+     worker: it needs {RESERVED_CONNECTIONS} connections for its syncs, batches and rollouts and one per \
+     action processed at once, so at least {}",
+    RESERVED_CONNECTIONS + 1
+)]
+pub struct PoolTooSmall {
+    /// The size configured.
+    pub configured: u32,
+}
+
+/// A worker's connections from `database.pool_size` (`configured`, its
+/// whole pool) and the prefetch: actions at once = min(prefetch, configured
+/// − [`RESERVED_CONNECTIONS`]), pool = actions + [`RESERVED_CONNECTIONS`]
+/// (never more than configured; less when the prefetch could not use it).
+///
+/// # Errors
+/// [`PoolTooSmall`] when `configured` leaves no connection for actions: the
+/// worker refuses to start rather than raise the pool behind the
+/// operator's back (that is how two workers once outgrew `max_connections`).
+pub fn pool_size(configured: u32, prefetch: u16) -> Result<Connections, PoolTooSmall> {
+    let room = configured
+        .checked_sub(RESERVED_CONNECTIONS)
+        .filter(|room| *room >= 1)
+        .ok_or(PoolTooSmall { configured })?;
+    let actions = room.min(u32::from(prefetch.max(1)));
+    Ok(Connections {
+        actions,
+        pool: actions + RESERVED_CONNECTIONS,
+    })
 }
 
 /// How long a broker connection may be down before the role gives up: the
@@ -117,17 +186,13 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<String>, db::DbError> {
 /// connection is lost for good later.
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let settings = WorkerSettings::from_config(config);
+    let connections = pool_size(config.database.pool_size, settings.prefetch)?;
     let App {
         pool,
         conn,
         topology,
         publisher,
-    } = App::connect(
-        config,
-        Role::WORKER,
-        pool_size(config.database.pool_size, settings.prefetch),
-    )
-    .await?;
+    } = App::connect(config, Role::WORKER, connections.pool).await?;
     let template = crate::domain::mapping::NameTemplate::parse(&config.sync.name_template)
         .map_err(|e| anyhow::anyhow!("sync.name_template: {e}"))?;
     let ctx = Arc::new(WorkerContext {
@@ -142,11 +207,23 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         .map_err(anyhow::Error::msg)?,
         retry: settings.retry.clone(),
         breaker: settings.breaker.clone(),
+        clock: db::clock::DbClock::default(),
+        clock_tolerance_secs: config.worker.clock_tolerance_secs,
+        rollout: config.rollout.clone(),
+        action_slots: slots::ActionSlots::new(connections.actions),
     });
     let actions: Arc<dyn Handler> = Arc::new(action::ActionHandler::new(ctx.clone()));
     let batches: Arc<dyn Handler> = Arc::new(batch::BatchHandler::new(ctx.clone()));
+    let ticks: Arc<dyn Handler> = Arc::new(rollout::TickHandler::new(ctx.clone()));
+    let hooks: Arc<dyn Handler> = Arc::new(rollout::HookHandler::new(ctx.clone()));
     let syncs: Arc<dyn Handler> = Arc::new(sync::SyncHandler::new(ctx, template));
-    tracing::info!(actions = %topology.actions_queue, sync = %topology.sync_queue, "worker started");
+    tracing::info!(
+        actions = %topology.actions_queue,
+        sync = %topology.sync_queue,
+        pool = connections.pool,
+        actions_at_once = connections.actions,
+        "worker started"
+    );
     let outage = max_outage(config.amqp.reconnect_attempts);
     tokio::try_join!(
         consume(
@@ -169,6 +246,30 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                 publisher: publisher.clone(),
                 topology: topology.clone(),
                 handler: batches,
+                max_outage: outage,
+            },
+            shutdown.clone(),
+        ),
+        consume(
+            &conn,
+            ConsumerSpec {
+                queue: topology.rollouts_queue.clone(),
+                prefetch: ROLLOUT_TICK_PREFETCH,
+                publisher: publisher.clone(),
+                topology: topology.clone(),
+                handler: ticks,
+                max_outage: outage,
+            },
+            shutdown.clone(),
+        ),
+        consume(
+            &conn,
+            ConsumerSpec {
+                queue: topology.rollout_hooks_queue.clone(),
+                prefetch: ROLLOUT_HOOK_PREFETCH,
+                publisher: publisher.clone(),
+                topology: topology.clone(),
+                handler: hooks,
                 max_outage: outage,
             },
             shutdown.clone(),
@@ -199,7 +300,44 @@ mod tests {
         assert_eq!(max_outage(0), Duration::from_secs(5));
         assert_eq!(max_outage(2), Duration::from_millis(6_500));
         assert_eq!(max_outage(12), Duration::from_millis(52_500));
-        assert_eq!(pool_size(16, 64), 78);
-        assert_eq!(pool_size(100, 8), 100);
+    }
+
+    #[test]
+    fn the_pool_is_what_the_worker_uses_at_once() {
+        assert_eq!(RESERVED_CONNECTIONS, 14);
+        // The default: 6 actions at once, 20 connections; three workers,
+        // the API (8) and the scheduler (2) need 70 of PostgreSQL's 100.
+        let default = crate::config::Config::default();
+        assert_eq!(
+            pool_size(default.database.pool_size, default.worker.prefetch),
+            Ok(Connections {
+                actions: 6,
+                pool: 20
+            })
+        );
+        // A prefetch that cannot use the pool does not open it all.
+        assert_eq!(
+            pool_size(100, 8),
+            Ok(Connections {
+                actions: 8,
+                pool: 22
+            })
+        );
+        assert_eq!(
+            pool_size(15, 64),
+            Ok(Connections {
+                actions: 1,
+                pool: 15
+            })
+        );
+    }
+
+    #[test]
+    fn a_pool_with_no_room_for_actions_is_refused() {
+        for configured in [0, 8, 14] {
+            let e = pool_size(configured, 64).expect_err("refused");
+            assert_eq!(e, PoolTooSmall { configured });
+            assert!(e.to_string().contains("so at least 15"), "{e}");
+        }
     }
 }

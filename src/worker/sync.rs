@@ -12,7 +12,7 @@ use super::{InfraError, WorkerContext, agent_listing, breaker};
 use crate::db::locks::AdvisoryLocks;
 use crate::db::sync::{self as db_sync, RunClaim};
 use crate::db::{self, DbError, instances};
-use crate::domain::action::{SyncRequest, SyncStatus, instance_sync_id};
+use crate::domain::action::{ActionRequest, SyncRequest, SyncStatus, instance_sync_id};
 use crate::domain::event::Event;
 use crate::domain::mapping::NameTemplate;
 use crate::queue::message::{InvalidMessage, SyncMessage, parse_sync};
@@ -25,6 +25,9 @@ pub enum SyncOutcome {
     Success {
         counts: serde_json::Value,
         events: Vec<Event>,
+        /// Commands re-applying states a reload reset, already recorded
+        /// `pending`: published after the events.
+        restores: Vec<ActionRequest>,
     },
     /// The agent could not be read (or its breaker is open): one
     /// `sync.failed` event.
@@ -45,7 +48,7 @@ impl SyncOutcome {
     ) {
         let empty = || serde_json::json!({});
         match self {
-            SyncOutcome::Success { counts, events } => {
+            SyncOutcome::Success { counts, events, .. } => {
                 (SyncStatus::Success, None, counts, events_json(&events))
             }
             SyncOutcome::Failed { error, event } => (
@@ -171,8 +174,16 @@ impl SyncHandler {
         };
         let result = self.sync_locked(&instance, txn).await;
         lock.release().await;
-        let events = finish(result?).await?;
+        let outcome = result?;
+        let restores = match &outcome {
+            SyncOutcome::Success { restores, .. } => restores.clone(),
+            _ => Vec::new(),
+        };
+        let events = finish(outcome).await?;
         ctx.publisher.publish_stored(&ctx.topology, &events).await?;
+        // A restore whose publish is lost stays `pending`; the sweeper
+        // publishes it again.
+        agent_listing::publish_restores(&ctx.publisher, &ctx.topology, &restores).await?;
         Ok(Disposition::Ack)
     }
 
@@ -247,6 +258,7 @@ impl SyncHandler {
         Ok(SyncOutcome::Success {
             counts,
             events: reconciled.events,
+            restores: reconciled.restores,
         })
     }
 

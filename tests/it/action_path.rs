@@ -92,13 +92,7 @@ fn by_names(server: &str) -> Value {
 }
 
 async fn bits(lb: &Lb, server: &str) -> u32 {
-    lb.haproxy
-        .admin_bits()
-        .await
-        .into_iter()
-        .find(|(name, _)| name == &format!("web/{server}"))
-        .map(|(_, b)| b)
-        .unwrap_or_else(|| panic!("web/{server} missing"))
+    lb.web_bits(server).await
 }
 
 #[tokio::test]

@@ -166,3 +166,60 @@ async fn an_agent_5_minutes_ahead_cannot_overwrite_a_newer_action_with_a_stale_s
     assert_eq!(sys.server("lb-1", "web", "s1").await.admin_state, "drain");
     assert_eq!(sys.history_from("sync").await, []);
 }
+
+/// A command's `requested_at` more than `worker.clock_tolerance_secs` ahead
+/// of the database's clock is refused as bad input: dead-lettered with the
+/// reason, nothing recorded or sent. Accepted, it would have superseded
+/// every later command for its server (rule 3).
+#[tokio::test]
+async fn a_command_from_the_future_is_dead_lettered_and_cannot_supersede_later_ones() {
+    let lb = SpiedLb::numbered(&[("web", 2)]).await;
+    let registered = lb.registered().await;
+    let (mut sys, lb) = (registered.sys, registered.lb);
+    let mut config = sys.config();
+    config.worker.clock_tolerance_secs = 60;
+    sys.start_worker(config);
+    let target = json!({"instance": "lb-1", "backend": "web", "server": "s1"});
+    let in_a_day = (Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let future_action = Uuid::new_v4();
+    sys.publish_action(&json!({
+        "transaction_id": future_action, "action": "maint", "actor": "user:mallory",
+        "target": target, "requested_at": in_a_day,
+    }))
+    .await;
+    let future_batch = Uuid::new_v4();
+    let s1 = sys.server_id("lb-1", "web", "s1").await;
+    let batch = json!({
+        "transaction_id": future_batch, "action": "maint", "actor": "user:mallory",
+        "targets": {"server_ids": [s1]}, "requested_at": in_a_day,
+    });
+    sys.publish_raw("batch", batch.to_string().as_bytes()).await;
+    let dead = sys.wait_dead_letters(2, WAIT).await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert!(
+            d.error.contains("ahead of the database's clock")
+                && d.error.contains("clock_tolerance_secs = 60"),
+            "{d:?}"
+        );
+    }
+    assert!(
+        sys.action(future_action).await.is_none(),
+        "nothing recorded"
+    );
+    assert!(sys.batch(future_batch).await.is_none(), "nothing recorded");
+    assert_eq!(lb.spy.count("set server"), 0, "nothing sent to HAProxy");
+
+    // A later command for that server is applied, not superseded; one
+    // within the tolerance (a client a little ahead) is accepted.
+    drain_s1(&sys).await;
+    let slightly_ahead = Uuid::new_v4();
+    sys.publish_action(&json!({
+        "transaction_id": slightly_ahead, "action": "ready", "actor": "user:alice",
+        "target": target,
+        "requested_at": (Utc::now() + chrono::Duration::seconds(20)).to_rfc3339(),
+    }))
+    .await;
+    assert_eq!(sys.wait_final(slightly_ahead, WAIT).await.status, "success");
+    assert_eq!(sys.server("lb-1", "web", "s1").await.admin_state, "ready");
+}

@@ -14,8 +14,9 @@ use haproxy_control::domain::action::{
     ActionRequest, BatchRequest, BatchTargets, SyncReason, SyncRequest, Target,
 };
 use haproxy_control::domain::event::{
-    Event, EventType, NamedRef, ServerRef, StatePair, StatusCounts,
+    Event, EventType, NamedRef, RestoreRef, ServerRef, StatePair, StatusCounts,
 };
+use haproxy_control::domain::reload::ProcessIdentity;
 use haproxy_control::domain::{AdminState, BackendName, OpState, ServerName};
 use haproxy_control::queue::message::{
     ActionMessage, BatchMessage, Command, MAX_MESSAGE_BYTES, SCHEDULER_ACTOR, SyncMessage, parse,
@@ -600,6 +601,55 @@ fn realistic(kind: EventType) -> Event {
                 None,
             )
         },
+        EventType::RolloutStarted
+        | EventType::RolloutCompleted
+        | EventType::RolloutAborted
+        | EventType::RolloutWaveCompleted
+        | EventType::RolloutHalted => {
+            let mut e = Event::new(kind, "rollout:3", when, "ac:deploy-job-77", tx);
+            e.rollout_id = Some(3);
+            if kind == EventType::RolloutWaveCompleted {
+                e.wave = Some(0);
+            }
+            if kind == EventType::RolloutHalted {
+                e.server = server.clone();
+                e.error = Some("update_failed: the hook exited with 2".to_owned());
+                e.exit_code = Some(2);
+                e.output_tail = Some("fatal: [web1]: FAILED!".to_owned());
+            }
+            e
+        }
+        EventType::RolloutServerDrained
+        | EventType::RolloutServerUpdated
+        | EventType::RolloutServerReady
+        | EventType::RolloutServerFailed => {
+            let mut e = Event::new(kind, &fact, when, "ac:deploy-job-77", tx);
+            e.rollout_id = Some(3);
+            e.instance = instance.clone();
+            e.backend = backend.clone();
+            e.server = server.clone();
+            if kind == EventType::RolloutServerFailed {
+                e.error = Some("health_timeout: the check did not stay up".to_owned());
+            }
+            e
+        }
+        EventType::InstanceReloaded => {
+            let process = |pid, started: &str| ProcessIdentity {
+                pid,
+                started_at: Some(at(started)),
+            };
+            Event {
+                instance: instance.clone(),
+                previous_haproxy_process: Some(process(19640, "2026-11-28T04:00:00Z")),
+                haproxy_process: Some(process(20112, "2026-11-28T05:00:00Z")),
+                restored: Some(vec![RestoreRef {
+                    server_id: 42,
+                    action: AdminState::Drain,
+                    transaction_id: Uuid::nil(),
+                }]),
+                ..Event::new(kind, "lb-1|20112", when, "haproxy:lb-1", None)
+            }
+        }
     }
 }
 

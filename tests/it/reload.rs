@@ -19,12 +19,12 @@ const WAIT: Duration = Duration::from_secs(30);
 const NO_PERIODIC_WRITE: Duration = Duration::from_secs(3600);
 
 /// `srv_admin_state` bits: ready, drain (FDRAIN), maint (FMAINT).
-const READY: u32 = 0;
-const DRAIN: u32 = 8;
-const MAINT: u32 = 1;
+pub(crate) const READY: u32 = 0;
+pub(crate) const DRAIN: u32 = 8;
+pub(crate) const MAINT: u32 = 1;
 
 /// Backend `web` of `w1..w4` and backend `api` of `a1..a3`.
-async fn two_backends() -> (HttpBackends, String) {
+pub(crate) async fn two_backends() -> (HttpBackends, String) {
     let app = HttpBackends::start(&["app"]).await;
     let addr = app.addr("app");
     let mut body = String::from("backend web\n");
@@ -60,7 +60,7 @@ fn file_bits(text: &str, backend: &str, server: &str) -> Option<u32> {
         .and_then(|f| f[6].parse().ok())
 }
 
-fn bits_of(all: &[(String, u32)], name: &str) -> Option<u32> {
+pub(crate) fn bits_of(all: &[(String, u32)], name: &str) -> Option<u32> {
     all.iter().find(|(n, _)| n == name).map(|(_, b)| *b)
 }
 

@@ -25,6 +25,10 @@ pub(crate) fn router(state: AgentState) -> Router {
             "/v1/backends/{backend}/servers/{server}/state",
             put(set_state),
         )
+        .route(
+            "/v1/backends/{backend}/servers/{server}/shutdown-sessions",
+            axum::routing::post(shutdown_sessions),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             super::auth::require_token,
@@ -141,6 +145,21 @@ async fn set_state(
         )
     })??;
     Ok(Json(answer))
+}
+
+/// Closes the server's sessions; answers the server as read afterwards.
+async fn shutdown_sessions(
+    State(state): State<AgentState>,
+    PathParams((backend, server)): PathParams<(String, String)>,
+) -> Result<Json<crate::domain::snapshot::ServerSnapshot>, AgentError> {
+    let backend = BackendName::parse(&backend)
+        .map_err(|e| AgentError::bad_request("invalid_name", e.to_string()))?;
+    let server = ServerName::parse(&server)
+        .map_err(|e| AgentError::bad_request("invalid_name", e.to_string()))?;
+    state.haproxy.shutdown_sessions(&backend, &server).await?;
+    let after = state.haproxy.server(&backend, &server).await?;
+    tracing::info!(%backend, %server, sessions = after.snapshot.current_sessions, "sessions shut down");
+    Ok(Json(after.snapshot))
 }
 
 async fn apply(

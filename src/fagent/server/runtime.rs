@@ -355,6 +355,24 @@ impl Haproxy {
     }
 }
 
+impl Haproxy {
+    /// `shutdown sessions server <backend>/<server>`: closes every session
+    /// the server still has (a rollout whose drain outlasted its timeout).
+    ///
+    /// # Errors
+    /// As [`Haproxy::set_state`].
+    pub async fn shutdown_sessions(
+        &self,
+        backend: &BackendName,
+        server: &ServerName,
+    ) -> Result<(), RuntimeError> {
+        let reply = self
+            .command(&format!("shutdown sessions server {backend}/{server}"))
+            .await?;
+        check_set_reply(&reply, backend, server)
+    }
+}
+
 /// Maps the reply of `set server … state` (empty on success).
 fn check_set_reply(
     reply: &str,

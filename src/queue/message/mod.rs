@@ -28,10 +28,12 @@ use crate::domain::{AdminState, BackendName};
 
 mod action;
 mod batch;
+mod rollout;
 mod sync;
 
 pub use action::{ActionMessage, TargetMessage, parse_action};
 pub use batch::{BatchMessage, BatchTargetsMessage, parse_batch, parse_batch_targets_json};
+pub use rollout::{RolloutHookRun, RolloutTick, parse_hook_run, parse_tick};
 pub use sync::{SCHEDULER_ACTOR, SyncMessage, parse_sync};
 
 /// Largest message body accepted.

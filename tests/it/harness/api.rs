@@ -37,9 +37,15 @@ impl Api {
         Self::start_with(sys.config()).await
     }
 
-    /// Operator and admin tokens inline in the config, the viewer's in a
-    /// tokens file (`role actor token` lines).
+    /// [`Api::start_configured`] with a pool of 4.
     pub async fn start_with(mut config: Config) -> Api {
+        config.api.pool_size = 4;
+        Self::start_configured(config).await
+    }
+
+    /// Operator and admin tokens inline in the config, the viewer's in a
+    /// tokens file (`role actor token` lines); the rest of `config` as given.
+    pub async fn start_configured(mut config: Config) -> Api {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("api.tokens");
         std::fs::write(
@@ -62,7 +68,6 @@ impl Api {
                 role: ApiRole::Admin,
             },
         ];
-        config.api.pool_size = 4;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind api");

@@ -74,6 +74,18 @@ impl SpiedLb {
         Self::start(backends, &config).await
     }
 
+    /// HAProxy's `srv_admin_state` bits of `web/{server}` (8: FDRAIN, 1:
+    /// FMAINT, 0: ready).
+    pub async fn web_bits(&self, server: &str) -> u32 {
+        self.haproxy
+            .admin_bits()
+            .await
+            .into_iter()
+            .find(|(name, _)| name == &format!("web/{server}"))
+            .map(|(_, b)| b)
+            .unwrap_or_else(|| panic!("web/{server} missing"))
+    }
+
     /// Registers this load balancer as `lb-1` of a new test system.
     pub async fn registered(self) -> Registered {
         self.registered_in(TestSystem::start().await).await

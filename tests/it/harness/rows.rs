@@ -152,6 +152,8 @@ pub struct InstanceRow {
     #[diesel(sql_type = Bool)]
     pub is_active: bool,
     #[diesel(sql_type = Text)]
+    pub fagent_url: String,
+    #[diesel(sql_type = Text)]
     pub fagent_token_ref: String,
     #[diesel(sql_type = Text)]
     pub breaker_state: String,
@@ -161,10 +163,19 @@ pub struct InstanceRow {
     pub last_sync_result: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     pub last_sync_error: Option<String>,
+    /// `Pid` of the HAProxy process the last sync saw.
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub haproxy_pid: Option<i32>,
+    /// When a sync last saw a new HAProxy process.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub last_reload_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Bool)]
+    pub restore_after_reload: bool,
 }
 
-const INSTANCES: &str = "SELECT server_id, is_active, fagent_token_ref, breaker_state, \
-     consecutive_failures, last_sync_result, last_sync_error FROM haproxy_instances";
+const INSTANCES: &str = "SELECT server_id, is_active, fagent_url, fagent_token_ref, breaker_state, \
+     consecutive_failures, last_sync_result, last_sync_error, haproxy_pid, last_reload_at, \
+     restore_after_reload FROM haproxy_instances";
 
 /// A row of `haproxy_sync_runs`.
 #[derive(Debug, Clone, diesel::QueryableByName)]

@@ -32,7 +32,7 @@ pub struct TestSystem {
     pub prefix: String,
     pub topology: Topology,
     conn: lapin::Connection,
-    publisher: Publisher,
+    pub publisher: Publisher,
     events: Arc<Mutex<Vec<(std::time::Instant, Value)>>>,
     capture: JoinHandle<()>,
     workers: Vec<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
@@ -50,7 +50,15 @@ pub struct DeadLetter {
 
 impl TestSystem {
     pub async fn start() -> Self {
-        let db = TestDatabase::create().expect("test database");
+        Self::on(TestDatabase::create().expect("test database")).await
+    }
+
+    /// A system whose database is on the PostgreSQL server of `admin_url`.
+    pub async fn start_on(admin_url: &str) -> Self {
+        Self::on(TestDatabase::create_on(admin_url.to_owned()).expect("test database")).await
+    }
+
+    async fn on(db: TestDatabase) -> Self {
         let pool = db.pool(24).expect("pool");
         let prefix = format!("t{}.", &Uuid::new_v4().simple().to_string()[..12]);
         let topology = Topology::with_prefix(&prefix, 5);
@@ -121,7 +129,8 @@ impl TestSystem {
     pub fn config(&self) -> Config {
         let mut c = Config::default();
         c.database.url = self.db.url.clone();
-        c.database.pool_size = 8;
+        // A slot for every prefetched action, as before pools were sized.
+        c.database.pool_size = 16 + haproxy_control::worker::RESERVED_CONNECTIONS;
         c.amqp.url = AMQP_URL.into();
         c.amqp.prefix = self.prefix.clone();
         c.worker.prefetch = 16;
@@ -132,11 +141,30 @@ impl TestSystem {
 
     /// Starts a worker in this process.
     pub fn start_worker(&mut self, config: Config) {
+        self.start_role("worker", |rx| async move {
+            haproxy_control::worker::run(&config, rx).await
+        });
+    }
+
+    /// Starts a scheduler (syncs, pruning, sweeper) in this process; it
+    /// stops with the workers.
+    pub fn start_scheduler(&mut self, config: Config) {
+        self.start_role("scheduler", |rx| async move {
+            haproxy_control::scheduler::run(&config, rx).await
+        });
+    }
+
+    fn start_role<F, Fut>(&mut self, role: &'static str, run: F)
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let (tx, rx) = watch::channel(false);
+        let role_run = run(rx);
         let handle = tokio::spawn(async move {
-            let result = haproxy_control::worker::run(&config, rx).await;
+            let result = role_run.await;
             if let Err(e) = &result {
-                eprintln!("in-process worker stopped: {e:#}");
+                eprintln!("in-process {role} stopped: {e:#}");
             }
             result
         });
@@ -166,15 +194,47 @@ impl TestSystem {
     /// Starts a scheduler as a child process of the real binary, ticking
     /// every `config.sync.interval_secs`.
     pub fn spawn_scheduler_process(&self, config: &Config, log: &std::path::Path) -> Child {
-        Self::role_command(config, "scheduler", log)
-            .env("SYNC_INTERVAL_SECS", config.sync.interval_secs.to_string())
+        Self::scheduler_command(config, log)
             .spawn()
             .expect("scheduler process")
     }
 
     /// Starts a worker as a child process of the real binary.
     pub fn spawn_worker_process(&self, config: &Config, log: &std::path::Path) -> Child {
-        Self::role_command(config, "worker", log)
+        Self::worker_command(config, log)
+            .spawn()
+            .expect("worker process")
+    }
+
+    /// Starts `role` (`worker` or `scheduler`) as [`Self::spawn_worker_process`]
+    /// or [`Self::spawn_scheduler_process`] do, reading the TOML `file` too
+    /// (for the sections without variables: `[rollout]`, `[sweeper]`).
+    pub fn spawn_process_with_file(
+        &self,
+        role: &str,
+        config: &Config,
+        log: &std::path::Path,
+        file: &std::path::Path,
+    ) -> Child {
+        let mut command = match role {
+            "worker" => Self::worker_command(config, log),
+            _ => Self::scheduler_command(config, log),
+        };
+        command
+            .env("HAPROXY_CONTROL_CONFIG", file)
+            .spawn()
+            .expect("role process")
+    }
+
+    fn scheduler_command(config: &Config, log: &std::path::Path) -> Command {
+        let mut command = Self::role_command(config, "scheduler", log);
+        command.env("SYNC_INTERVAL_SECS", config.sync.interval_secs.to_string());
+        command
+    }
+
+    fn worker_command(config: &Config, log: &std::path::Path) -> Command {
+        let mut command = Self::role_command(config, "worker", log);
+        command
             .env("WORKER_PREFETCH", config.worker.prefetch.to_string())
             .env(
                 "DATABASE_LOCK_TIMEOUT_MS",
@@ -189,9 +249,8 @@ impl TestSystem {
                     .map(u64::to_string)
                     .collect::<Vec<_>>()
                     .join(","),
-            )
-            .spawn()
-            .expect("worker process")
+            );
+        command
     }
 
     /// Registers an instance whose agent is `agent` (or any URL) and loads
@@ -205,6 +264,7 @@ impl TestSystem {
             token: Some(token.into()),
             server_id: None,
             inactive: false,
+            restore_after_reload: None,
         };
         let said = haproxy_control::admin::add_instance(&self.config(), &args)
             .await
@@ -255,6 +315,23 @@ impl TestSystem {
             })
             .await
             .expect("published");
+    }
+
+    /// Puts a message straight into the dead-letter queue, as the worker
+    /// dead-letters one: original routing key and an `x-error` reason.
+    pub async fn publish_dead(&self, routing_key: &str, body: &[u8], reason: &str) {
+        let headers =
+            haproxy_control::queue::publisher::string_headers(&[("x-error", reason.to_owned())]);
+        self.publisher
+            .publish(Outgoing {
+                exchange: &self.topology.dead_exchange,
+                routing_key,
+                body,
+                message_id: &Uuid::new_v4().to_string(),
+                headers,
+            })
+            .await
+            .expect("dead-lettered");
     }
 
     pub async fn publish_action(&self, body: &Value) {

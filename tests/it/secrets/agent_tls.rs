@@ -137,6 +137,7 @@ async fn register(config: &Config, agent: &TlsAgent) -> String {
         token: Some(agent.token.clone()),
         server_id: None,
         inactive: false,
+        restore_after_reload: None,
     };
     haproxy_control::admin::add_instance(config, &args)
         .await

@@ -122,6 +122,26 @@ async fn only_token_values_and_files_in_the_token_dir_come_through_the_api() {
         stored_refs(&sys).await,
         vec!["token:a-plain-token".to_owned()]
     );
+    // The stored token never goes to a new address: moving the agent needs
+    // the token again in the same request.
+    let moved = json!({"is_haproxy_node": true, "name": "lb-t",
+                       "fagent_url": "http://attacker.example:9100"});
+    let answer = api.put(path, ADMIN, &moved).await;
+    assert_error(&answer, 422, "token_required");
+    let url: Vec<String> = sys
+        .instances()
+        .await
+        .into_iter()
+        .map(|i| i.fagent_url)
+        .collect();
+    assert_eq!(url, vec!["http://127.0.0.1:9".to_owned()], "URL unchanged");
+    let (status, body) = api.put(path, ADMIN, &settings("a-plain-token")).await;
+    assert_eq!(status, 200, "the same URL needs no token: {body}");
+    let with_token = json!({"is_haproxy_node": true, "name": "lb-t",
+                            "fagent_url": "http://127.0.0.1:10", "fagent_token": "new-token"});
+    let (status, body) = api.put(path, ADMIN, &with_token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stored_refs(&sys).await, vec!["token:new-token".to_owned()]);
     // Nothing was published for a worker to act on.
     sys.assert_no_commands_waiting().await;
     api.stop().await;
@@ -141,9 +161,6 @@ async fn only_token_values_and_files_in_the_token_dir_come_through_the_api() {
         "{}",
         answer.1
     );
-    assert_eq!(
-        stored_refs(&sys).await,
-        vec!["token:a-plain-token".to_owned()]
-    );
+    assert_eq!(stored_refs(&sys).await, vec!["token:new-token".to_owned()]);
     api.stop().await;
 }
