@@ -17,6 +17,7 @@ use crate::db::sweeps::SweepKind;
 use crate::db::{self, DbError};
 use crate::domain::action::{ActionStatus, SyncStatus};
 use crate::domain::breaker::BreakerState;
+use crate::domain::rollout::RolloutStatus;
 
 /// Upper bounds of the action latency histogram (Prometheus' defaults).
 pub const LATENCY_BUCKETS: [f64; 11] = [
@@ -33,6 +34,15 @@ struct Snapshot {
     instances: Vec<InstanceRow>,
     syncs: Vec<LastSync>,
     sweeps: Vec<(String, i64)>,
+    rollouts: Vec<(RolloutStatus, i64)>,
+}
+
+/// What RabbitMQ holds: messages waiting in each queue the workers consume,
+/// and in the dead-letter queue.
+struct Queues {
+    waiting: Vec<(String, u32)>,
+    /// `None` when that queue could not be read.
+    dead_letters: Option<u32>,
 }
 
 fn snapshot(c: &mut diesel::PgConnection) -> Result<Snapshot, DbError> {
@@ -60,20 +70,25 @@ fn snapshot(c: &mut diesel::PgConnection) -> Result<Snapshot, DbError> {
         instances: all,
         syncs,
         sweeps: crate::db::sweeps::counters(c)?,
+        rollouts: crate::db::rollouts::count_active_by_status(c)?,
     })
 }
 
-/// Messages waiting in each command queue; empty when the broker is away.
-async fn queue_depths(st: &ApiState) -> Option<Vec<(String, u32)>> {
+/// Messages waiting in each queue; `None` when the broker is away.
+async fn queue_depths(st: &ApiState) -> Option<Queues> {
     if !st.amqp.status().connected() {
         return None;
     }
     let ch = st.amqp.create_channel().await.ok()?;
     let mut out = Vec::new();
+    let t = &st.topology;
     for queue in [
-        &st.topology.actions_queue,
-        &st.topology.batches_queue,
-        &st.topology.sync_queue,
+        &t.actions_queue,
+        &t.batches_queue,
+        &t.sync_queue,
+        &t.rollouts_queue,
+        &t.rollout_hooks_queue,
+        &t.dead_queue,
     ] {
         let passive = QueueDeclareOptions {
             passive: true,
@@ -89,7 +104,14 @@ async fn queue_depths(st: &ApiState) -> Option<Vec<(String, u32)>> {
         }
     }
     let _ = ch.close(200, "metrics read".into()).await;
-    Some(out)
+    let dead_letters = out
+        .iter()
+        .position(|(q, _)| q == &t.dead_queue)
+        .map(|at| out.remove(at).1);
+    Some(Queues {
+        waiting: out,
+        dead_letters,
+    })
 }
 
 /// Prometheus metrics.
@@ -120,7 +142,7 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(db.as_ref(), queues.as_deref()),
+        render(db.as_ref(), queues.as_ref()),
     )
 }
 
@@ -135,7 +157,7 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn render(db: Option<&Snapshot>, queues: Option<&[(String, u32)]>) -> String {
+fn render(db: Option<&Snapshot>, queues: Option<&Queues>) -> String {
     let mut out = String::new();
     head(
         &mut out,
@@ -167,14 +189,23 @@ fn render(db: Option<&Snapshot>, queues: Option<&[(String, u32)]>) -> String {
             &mut out,
             "haproxy_control_queue_messages",
             "gauge",
-            "Commands waiting in each command queue.",
+            "Messages waiting in each queue the workers consume.",
         );
-        for (queue, n) in queues {
+        for (queue, n) in &queues.waiting {
             let _ = writeln!(
                 out,
                 "haproxy_control_queue_messages{{queue=\"{}\"}} {n}",
                 label(queue)
             );
+        }
+        if let Some(n) = queues.dead_letters {
+            head(
+                &mut out,
+                "haproxy_control_dead_letter_messages",
+                "gauge",
+                "Messages in the dead-letter queue (nothing was applied for them).",
+            );
+            let _ = writeln!(out, "haproxy_control_dead_letter_messages {n}");
         }
     }
     out
@@ -214,6 +245,7 @@ fn render_db(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "{name}_count {}", s.latency.count);
 
     render_sweeps(out, &s.sweeps);
+    render_rollouts(out, &s.rollouts);
 
     head(
         out,
@@ -291,6 +323,19 @@ fn render_db(out: &mut String, s: &Snapshot) {
     }
 }
 
+fn render_rollouts(out: &mut String, counts: &[(RolloutStatus, i64)]) {
+    head(
+        out,
+        "haproxy_control_rollouts",
+        "gauge",
+        "Rollouts in each status that is not final (running, paused, halted, aborting).",
+    );
+    for status in RolloutStatus::ALL.into_iter().filter(|s| s.is_active()) {
+        let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |c| c.1);
+        let _ = writeln!(out, "haproxy_control_rollouts{{status=\"{status}\"}} {n}");
+    }
+}
+
 fn render_sweeps(out: &mut String, counters: &[(String, i64)]) {
     head(
         out,
@@ -325,5 +370,30 @@ mod tests {
         assert!(out.contains("haproxy_control_swept_total{kind=\"running\"} 3"));
         assert!(out.contains("haproxy_control_swept_total{kind=\"pending\"} 0"));
         assert!(out.contains("haproxy_control_swept_total{kind=\"batch_completed\"} 0"));
+    }
+
+    #[test]
+    fn every_unfinished_rollout_status_has_a_gauge_and_final_ones_none() {
+        let mut out = String::new();
+        render_rollouts(&mut out, &[(RolloutStatus::Halted, 2)]);
+        assert!(out.contains("haproxy_control_rollouts{status=\"halted\"} 2"));
+        assert!(out.contains("haproxy_control_rollouts{status=\"running\"} 0"));
+        assert!(!out.contains("completed"));
+    }
+
+    #[test]
+    fn dead_letters_are_their_own_gauge_when_the_queue_was_read() {
+        let queues = Queues {
+            waiting: vec![("haproxy.actions".to_owned(), 4)],
+            dead_letters: Some(7),
+        };
+        let text = render(None, Some(&queues));
+        assert!(text.contains("haproxy_control_dead_letter_messages 7"));
+        assert!(text.contains("haproxy_control_queue_messages{queue=\"haproxy.actions\"} 4"));
+        let unread = Queues {
+            waiting: Vec::new(),
+            dead_letters: None,
+        };
+        assert!(!render(None, Some(&unread)).contains("dead_letter_messages"));
     }
 }

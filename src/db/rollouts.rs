@@ -153,6 +153,21 @@ pub fn create(
     })
 }
 
+/// How many rollouts are in each status that is not final (`/metrics`);
+/// a partial index keeps this off the finished rollouts.
+///
+/// # Errors
+/// [`DbError`].
+pub fn count_active_by_status(
+    conn: &mut PgConnection,
+) -> Result<Vec<(RolloutStatus, i64)>, DbError> {
+    Ok(r::table
+        .filter(r::status.eq_any(active_statuses()))
+        .group_by(r::status)
+        .select((r::status, diesel::dsl::count_star()))
+        .load(conn)?)
+}
+
 fn active_statuses() -> Vec<RolloutStatus> {
     RolloutStatus::ALL
         .into_iter()

@@ -994,6 +994,8 @@ async fn health_readiness_and_metrics_need_no_token() {
         "haproxy_control_sync_last_changes{instance=\"lb-sql\",kind=\"new\"} 3".to_owned(),
         "haproxy_control_sync_last_changes{instance=\"lb-sql\",kind=\"removed\"} 1".to_owned(),
         format!("haproxy_control_queue_messages{{queue=\"{actions_queue}\"}} 0"),
+        "haproxy_control_dead_letter_messages 0".to_owned(),
+        "haproxy_control_rollouts{status=\"halted\"} 0".to_owned(),
         "# TYPE haproxy_control_action_duration_seconds histogram".to_owned(),
     ] {
         assert!(

@@ -3,6 +3,7 @@
 mod harness;
 
 mod action_path;
+mod alert_rules;
 mod api;
 mod batch_guard;
 mod bounded_waits;
