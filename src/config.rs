@@ -18,6 +18,7 @@ pub struct Config {
     pub rollout: RolloutConfig,
     pub fagent: FagentConfig,
     pub api: ApiConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// PostgreSQL.
@@ -290,6 +291,28 @@ impl Default for FagentConfig {
             token_dir: None,
             tls_cert: None,
             tls_key: None,
+        }
+    }
+}
+
+/// Metrics (docs/operations.md, "Health, metrics and errors").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `worker` and `scheduler` serve `/healthz`, `/readyz` and
+    /// `/metrics` (none when absent). `serve` and `api` serve them on the
+    /// API's listener instead.
+    pub listen: Option<SocketAddr>,
+    /// The API's `/metrics` reads its database and broker gauges at most
+    /// this often, in seconds, and serves them cached in between.
+    pub cache_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            cache_secs: 5,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod domain;
 pub mod fagent;
 pub mod http;
+pub mod metrics;
 pub mod queue;
 pub mod rollout;
 pub mod scheduler;

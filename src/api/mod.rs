@@ -50,6 +50,8 @@ pub struct ApiState {
     pub token_dir: Option<Arc<std::path::Path>>,
     /// Where rollout update hooks may come from (`[rollout]`).
     pub rollout_policy: Arc<crate::domain::rollout_hook::HookPolicy>,
+    /// The database and broker gauges of `/metrics`, cached.
+    pub gauges: Arc<crate::metrics::database::Gauges>,
 }
 
 /// The API's HTTP application: every route, JSON 404 and 405 answers, and
@@ -115,7 +117,14 @@ async fn serve_with(
         publisher,
     } = App::connect(config, Role::API, config.api.pool_size.max(2)).await?;
     let amqp = Arc::new(conn);
+    let gauges = Arc::new(crate::metrics::database::Gauges::new(
+        pool.clone(),
+        amqp.clone(),
+        topology.clone(),
+        std::time::Duration::from_secs(config.metrics.cache_secs),
+    ));
     let state = ApiState {
+        gauges,
         pool,
         publisher,
         topology,

@@ -128,8 +128,15 @@ async fn process(ctx: &WorkerContext, req: &ActionRequest) -> Result<Disposition
                 lock.release().await;
                 return Ok(Disposition::DeadLetter(reason));
             }
-            Prepared::Done { events, batch_id } => {
+            Prepared::Done {
+                events,
+                batch_id,
+                ended,
+            } => {
                 lock.release().await;
+                if let Some(status) = ended {
+                    action_finished(req, requested_at, status);
+                }
                 (events, batch_id)
             }
             Prepared::Call(call) => {
@@ -161,9 +168,12 @@ enum Prepared {
     /// command sent to two servers under one id): prepare again.
     TransactionIdClaimedMeanwhile,
     /// Nothing (more) to call: publish these events, committed already.
+    /// `ended` is the final status this delivery wrote (none for a
+    /// duplicate of a finished action).
     Done {
         events: serde_json::Value,
         batch_id: Option<i64>,
+        ended: Option<ActionStatus>,
     },
     /// Call the agent; the first attempt is admitted by the breaker and
     /// counted, and the server's lock (and its backend's guard lock when
@@ -467,6 +477,7 @@ impl Pending<'_> {
     /// with the outcome, and the locks go.
     fn end(self, outcome: Outcome) -> Result<Prepared, DbError> {
         let events = outcome.events.clone();
+        let outcome_status = outcome.status;
         match self.existing_id {
             Some(id) => actions::finish(self.session.conn(), id, &outcome)?,
             None => {
@@ -483,6 +494,7 @@ impl Pending<'_> {
         Ok(Prepared::Done {
             events,
             batch_id: self.batch_id,
+            ended: Some(outcome_status),
         })
     }
 }
@@ -538,6 +550,7 @@ fn not_found(
     Ok(Prepared::Done {
         events,
         batch_id: row.batch_id,
+        ended: Some(ActionStatus::Failed),
     })
 }
 
@@ -564,6 +577,7 @@ fn check_existing(
         return Ok(Some(Prepared::Done {
             events: row.events.clone(),
             batch_id: row.batch_id,
+            ended: None,
         }));
     }
     if row.server_id != server_id {
@@ -605,6 +619,7 @@ async fn apply(
             let events = outcome.events.clone();
             lock.finish(move |c| actions::finish(c, action_id, &outcome))
                 .await?;
+            action_finished(req, requested_at, ActionStatus::Failed);
             return Ok(events);
         }
     };
@@ -646,6 +661,7 @@ async fn apply(
             Ok(transition)
         })
         .await?;
+    action_finished(req, requested_at, ActionStatus::Success);
     publish_breaker_transition(ctx, &call.target.instance, transition).await?;
     tracing::info!(
         status = "success",
@@ -655,6 +671,12 @@ async fn apply(
         "action applied"
     );
     Ok(stored)
+}
+
+/// Counts an action that reached its final `status` (after its commit).
+fn action_finished(req: &ActionRequest, requested_at: DateTime<Utc>, status: ActionStatus) {
+    let elapsed = (Utc::now() - requested_at).to_std().unwrap_or_default();
+    crate::metrics::global().action_finished(req.action, status, elapsed);
 }
 
 fn failed(facts: &ActionFacts<'_>, code: FailureCode, detail: &str) -> Outcome {
@@ -762,6 +784,7 @@ async fn call_with_retries(
         };
         last = Some(e);
         tokio::time::sleep(delay).await;
+        crate::metrics::global().action_retried();
         attempt += 1;
     }
 }
@@ -823,11 +846,12 @@ pub(crate) async fn publish_breaker_transition(
     instance: &instances::InstanceRow,
     transition: Transition,
 ) -> Result<(), PublishError> {
-    let kind = match transition {
+    let (kind, to) = match transition {
         Transition::None => return Ok(()),
-        Transition::Opened => EventType::InstanceCircuitOpened,
-        Transition::Closed => EventType::InstanceCircuitClosed,
+        Transition::Opened => (EventType::InstanceCircuitOpened, "open"),
+        Transition::Closed => (EventType::InstanceCircuitClosed, "closed"),
     };
+    crate::metrics::global().breaker_transition(to);
     tracing::warn!(instance = %instance.name, event = kind.routing_key(), "circuit breaker transition");
     let event = circuit(kind, instance.id, &instance.name, Utc::now());
     ctx.publisher.publish_event(&ctx.topology, &event).await

@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::TestSystem;
-use crate::harness::api::{Api, seed_inventory};
+use crate::harness::SpiedLb;
+use crate::harness::api::Api;
+use crate::harness::lb::Registered;
 
 fn prometheus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus")
@@ -85,8 +86,19 @@ fn metric_names(rules: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn every_metric_the_rules_name_is_served_by_metrics() {
-    let sys = TestSystem::start().await;
-    seed_inventory(&sys).await;
+    // An in-process worker counts into this process's registry, which the
+    // in-process API serves with its database gauges.
+    let Registered { sys, .. } = SpiedLb::web_of_two().await.with_worker().await;
+    let txn = uuid::Uuid::new_v4();
+    sys.publish_action(&serde_json::json!({
+        "transaction_id": txn,
+        "action": "drain",
+        "target": {"instance": "lb-1", "backend": "web", "server": "web1_shop_1"},
+        "actor": "user:alice",
+    }))
+    .await;
+    sys.wait_final(txn, std::time::Duration::from_secs(30))
+        .await;
     let api = Api::start(&sys).await;
     let (status, text) = api.text("/metrics").await;
     assert_eq!(status, 200);
@@ -111,8 +123,7 @@ async fn every_metric_the_rules_name_is_served_by_metrics() {
     for series in [
         "haproxy_control_rollouts{status=\"halted\"}",
         "haproxy_control_webhook_endpoints{state=\"disabled\"}",
-        "haproxy_control_actions_total{status=\"failed\"}",
-        "haproxy_control_actions_total{status=\"success\"}",
+        "haproxy_control_actions_total{action=\"drain\",status=\"success\"}",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(series)),

@@ -18,6 +18,7 @@ mod harness_selftest;
 mod hostile;
 mod load;
 mod message_schemas;
+mod metrics;
 mod reload;
 mod reload_notice;
 mod rollout;

@@ -188,6 +188,9 @@ impl TestSystem {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(listen) = config.metrics.listen {
+            command.env("METRICS_LISTEN", listen.to_string());
+        }
         command
     }
 
