@@ -164,6 +164,15 @@ pub fn hold_batch(
     })
 }
 
+/// What an approver sees of a held action.
+pub fn action_summary(new: &NewAction, target: &inventory::ServerTarget) -> serde_json::Value {
+    serde_json::json!({
+        "action": new.action, "server_id": target.server.id,
+        "instance": target.instance.name, "backend": target.backend_name,
+        "server": target.server.server_name, "force": new.force, "reason": new.reason,
+    })
+}
+
 /// The summary an approver sees of a batch.
 pub fn batch_summary(new: &NewBatch) -> serde_json::Value {
     serde_json::json!({

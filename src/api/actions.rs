@@ -197,7 +197,7 @@ async fn record(st: &ApiState, new: NewAction, id: i64) -> Result<ActionRecordin
             },
         );
         if !rules.is_empty() {
-            let summary = action_summary(&new, &target);
+            let summary = crate::approvals::action_summary(&new, &target);
             return Ok(
                 match crate::approvals::hold_action(c, &new, summary, rules, policy.ttl_secs)? {
                     Held::New(row, approval) => ActionRecording::Held(row, Box::new(approval)),
@@ -211,18 +211,6 @@ async fn record(st: &ApiState, new: NewAction, id: i64) -> Result<ActionRecordin
         })
     })
     .await?)
-}
-
-/// What an approver sees of a held action.
-pub(crate) fn action_summary(
-    new: &NewAction,
-    target: &inventory::ServerTarget,
-) -> serde_json::Value {
-    serde_json::json!({
-        "action": new.action, "server_id": target.server.id,
-        "instance": target.instance.name, "backend": target.backend_name,
-        "server": target.server.server_name, "force": new.force, "reason": new.reason,
-    })
 }
 
 /// The row to answer with, or the error the recording means: no live
