@@ -4,6 +4,7 @@ mod harness;
 
 mod action_path;
 mod api;
+mod approvals;
 mod batch_guard;
 mod bounded_waits;
 mod clock;
