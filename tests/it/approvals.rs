@@ -402,3 +402,86 @@ async fn a_batch_over_n_servers_waits_as_a_whole_and_runs_after_approval() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_rollout_over_n_servers_waits_as_a_whole_and_runs_after_approval() {
+    use crate::rollout::{Fleet, WEB};
+    let fleet = Fleet::start(&WEB).await;
+    set_policy(&fleet.api, json!({"rollout_max_servers": 2})).await;
+    let ids = fleet.ids(&WEB).await;
+    let body = json!({
+        "targets": {"server_ids": ids},
+        "wave": {"size": 1},
+        "drain": {"timeout_secs": 30},
+        "update": {"kind": "command", "argv": ["/usr/bin/true"]},
+        "health": {"healthy_for_secs": 0, "timeout_secs": 30},
+    });
+    let (status, held) = fleet
+        .api
+        .post("/api/haproxy/rollouts", OPERATOR, &body)
+        .await;
+    assert_eq!(status, 202, "{held}");
+    assert_eq!(held["status"], "awaiting_approval");
+    let id = held["id"].as_i64().expect("rollout id");
+    let approval = held["approval_id"].as_i64().expect("approval_id");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let waiting = fleet.rollout(id).await;
+    assert_eq!(waiting["status"], "awaiting_approval");
+    assert!(
+        waiting["servers"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["step"] == "pending")),
+        "{waiting}"
+    );
+    assert_eq!(fleet.spy.count("set server"), 0, "nothing reached HAProxy");
+    let view = fleet
+        .api
+        .ok(&format!("/api/haproxy/approvals/{approval}"))
+        .await;
+    assert_eq!(view["matched_rules"][0]["rule"], "rollout_max_servers");
+    assert_eq!(view["request_id"], id);
+
+    let (status, _) = decide(&fleet.api, APPROVER, approval, "approve", "window open").await;
+    assert_eq!(status, 200);
+    let done = fleet
+        .wait_status(id, "completed", Duration::from_secs(50))
+        .await;
+    assert!(
+        done["servers"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["step"] == "ready")),
+        "{done}"
+    );
+    for (name, server_id) in WEB.iter().zip(&ids) {
+        assert!(
+            fleet
+                .spy
+                .count(&format!("set server web/{name} state drain"))
+                >= 1,
+            "{name} drained at HAProxy"
+        );
+        let changes: Vec<String> = fleet
+            .action_changes(*server_id)
+            .await
+            .into_iter()
+            .map(|c| c.state)
+            .collect();
+        assert_eq!(
+            (
+                changes.first().map(String::as_str),
+                changes.last().map(String::as_str)
+            ),
+            (Some("drain"), Some("ready")),
+            "{name}: {changes:?}"
+        );
+        assert_eq!(fleet.bits(name).await, 0, "{name} back to ready");
+    }
+    // The rollout's own actions did not ask again.
+    assert_eq!(
+        fleet
+            .sys
+            .count("SELECT count(*) AS n FROM haproxy_approvals")
+            .await,
+        1
+    );
+}
