@@ -249,7 +249,7 @@ enum Decided {
     Own(String),
     NotPending(ApprovalRow),
     Expired(ApprovalRow, Ended),
-    Approved(ApprovalRow, Resumed),
+    Approved(ApprovalRow, Box<Resumed>),
     Rejected(ApprovalRow, Ended),
 }
 
@@ -299,7 +299,7 @@ impl Approvals<'_> {
                 self.publisher
                     .publish_event(self.topology, &event(EventType::ApprovalApproved, &row))
                     .await?;
-                self.resume(resumed).await?;
+                self.resume(*resumed).await?;
                 Ok(row)
             }
         }
@@ -422,7 +422,7 @@ fn decide_in(
         Decision::Approve => {
             let row = approvals::decide(c, id, ApprovalStatus::Approved, Some(actor), comment)?;
             let resumed = resume_in(c, &row)?;
-            Decided::Approved(row, resumed)
+            Decided::Approved(row, Box::new(resumed))
         }
         Decision::Reject => {
             let row = approvals::decide(c, id, ApprovalStatus::Rejected, Some(actor), comment)?;

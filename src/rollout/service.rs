@@ -87,7 +87,7 @@ impl Rollouts<'_> {
         let created = db::run(self.pool, move |c| {
             let policy = crate::db::approvals::policy(c)?;
             let rules = evaluate(&policy, &Subject::Rollout { servers });
-            let hold = (!rules.is_empty()).then(|| NewApproval {
+            let hold = (!rules.is_empty()).then_some(NewApproval {
                 kind: ApprovalKind::Rollout,
                 transaction_id: txn,
                 requester,
