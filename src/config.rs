@@ -368,6 +368,8 @@ pub enum ApiRole {
     Viewer,
     /// Reads, actions, batches and syncs.
     Operator,
+    /// An operator who may also approve or reject others' held requests.
+    Approver,
     /// Everything, settings included.
     Admin,
 }
@@ -377,6 +379,7 @@ impl ApiRole {
         match self {
             ApiRole::Viewer => "viewer",
             ApiRole::Operator => "operator",
+            ApiRole::Approver => "approver",
             ApiRole::Admin => "admin",
         }
     }
@@ -388,9 +391,10 @@ impl std::str::FromStr for ApiRole {
         match s {
             "viewer" => Ok(ApiRole::Viewer),
             "operator" => Ok(ApiRole::Operator),
+            "approver" => Ok(ApiRole::Approver),
             "admin" => Ok(ApiRole::Admin),
             other => Err(format!(
-                "role {other:?} is not one of viewer, operator, admin"
+                "role {other:?} is not one of viewer, operator, approver, admin"
             )),
         }
     }

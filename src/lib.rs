@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod approvals;
 pub mod cli;
 pub mod config;
 pub mod db;

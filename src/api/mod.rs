@@ -4,6 +4,7 @@
 //! them.
 
 pub mod actions;
+pub mod approvals;
 pub mod auth;
 pub mod batches;
 pub mod error;
@@ -194,7 +195,7 @@ async fn publish_command<C: Command>(st: &ApiState, command: &C) -> Result<(), A
 
 /// A 503 for a command that could not be published: the same request with
 /// the same transaction id publishes it again.
-fn not_published(cause: &dyn std::fmt::Display, transaction_id: &str) -> ApiError {
+pub(crate) fn not_published(cause: &dyn std::fmt::Display, transaction_id: &str) -> ApiError {
     tracing::warn!(error = %cause, %transaction_id, "publishing a command failed");
     ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -7,7 +7,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::{ApiState, actions, batches, health, instances, metrics, rollouts, servers, settings};
+use super::{
+    ApiState, actions, approvals, batches, health, instances, metrics, rollouts, servers, settings,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,7 +17,7 @@ use super::{ApiState, actions, batches, health, instances, metrics, rollouts, se
         title = "haproxy-control API",
         description = "HAProxy fleet control for AC: instances, backends and servers with live state, \
                        actions on one server or many, their progress and history, node settings. \
-                       Authenticate with `Authorization: Bearer <token>`; roles viewer < operator < admin. \
+                       Authenticate with `Authorization: Bearer <token>`; roles viewer < operator < approver < admin. \
                        Errors answer `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "MIT")
     ),
@@ -28,6 +30,7 @@ use super::{ApiState, actions, batches, health, instances, metrics, rollouts, se
         (name = "batches", description = "One action for many servers"),
         (name = "settings", description = "Making an AC server an HAProxy node"),
         (name = "rollouts", description = "Rolling updates: drain, update, health gate, ready, in waves"),
+        (name = "approvals", description = "Four eyes: the policy of which requests wait for a second person, and deciding them"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -65,6 +68,11 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(rollouts::abort_rollout))
         .routes(routes!(rollouts::continue_server))
         .routes(routes!(rollouts::skip_server))
+        .routes(routes!(approvals::get_policy, approvals::put_policy))
+        .routes(routes!(approvals::list_approvals))
+        .routes(routes!(approvals::get_approval))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

@@ -37,6 +37,7 @@ pub enum Kind {
     Servers,
     History,
     Rollouts,
+    Approvals,
 }
 
 impl Kind {
@@ -47,6 +48,7 @@ impl Kind {
             Kind::Servers => "s",
             Kind::History => "h",
             Kind::Rollouts => "r",
+            Kind::Approvals => "a",
         }
     }
 }

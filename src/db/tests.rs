@@ -17,7 +17,7 @@ use super::schema;
 use super::testing::{TestDatabase, with_database};
 use super::{MIGRATIONS, run_migrations};
 
-const ALL_MIGRATIONS: [&str; 7] = [
+const ALL_MIGRATIONS: [&str; 8] = [
     "2026-11-28-000001_ac_tables",
     "2026-11-28-000002_haproxy_tables",
     "2026-11-28-000003_sync_runs",
@@ -25,9 +25,10 @@ const ALL_MIGRATIONS: [&str; 7] = [
     "2026-12-02-000005_haproxy_process",
     "2026-12-02-000006_sweeper",
     "2026-12-02-000007_rollouts",
+    "2026-12-02-000009_approvals",
 ];
 
-const MODULE_TABLES: [&str; 11] = [
+const MODULE_TABLES: [&str; 13] = [
     "haproxy_instances",
     "haproxy_backends",
     "haproxy_servers",
@@ -39,6 +40,8 @@ const MODULE_TABLES: [&str; 11] = [
     "haproxy_sweeps",
     "haproxy_rollouts",
     "haproxy_rollout_servers",
+    "haproxy_settings",
+    "haproxy_approvals",
 ];
 
 const AC_TABLES: [&str; 4] = [
@@ -536,6 +539,8 @@ fn describe_schema(
         haproxy_sweeps,
         haproxy_rollouts,
         haproxy_rollout_servers,
+        haproxy_settings,
+        haproxy_approvals,
     )
 }
 

@@ -13,13 +13,16 @@ use chrono::{DateTime, Utc};
 use super::breaker::{self, BreakerSettings, Transition};
 use super::events::{ActionFacts, circuit};
 use super::{InfraError, WorkerContext, agent_listing};
+use crate::approvals::Held;
 use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
+use crate::db::approvals;
 use crate::db::inventory::{self, ServerRow, ServerTarget};
 use crate::db::locks::{AdvisoryLocks, Session};
 use crate::db::{DbError, instances};
 use crate::domain::action::{
     ActionRequest, ActionStatus, FailureCode, Target, check_requested_at, is_superseded,
 };
+use crate::domain::approval;
 use crate::domain::breaker::BreakerState;
 use crate::domain::event::{EventType, StatePair};
 use crate::domain::{BackendName, ServerName};
@@ -141,7 +144,7 @@ async fn process(ctx: &WorkerContext, req: &ActionRequest) -> Result<Disposition
             }
             Prepared::Call(call) => {
                 let batch_id = call.batch_id;
-                (apply(ctx, req, requested_at, *call, lock).await?, batch_id)
+                (apply(ctx, req, *call, lock).await?, batch_id)
             }
         };
         ctx.publisher.publish_stored(&ctx.topology, &events).await?;
@@ -183,6 +186,8 @@ enum Prepared {
 
 struct Call {
     action_id: i64,
+    /// The `requested_at` the action runs at (its row's when recorded).
+    requested_at: DateTime<Utc>,
     batch_id: Option<i64>,
     target: ServerTarget,
     /// The server's row as read under its lock.
@@ -293,6 +298,15 @@ fn dedupe<'a>(
     {
         return Ok(ControlFlow::Break(end));
     }
+    if existing.is_none()
+        && let Some(end) = hold_if_needed(session, req, requested_at, &target)?
+    {
+        return Ok(ControlFlow::Break(end));
+    }
+    // A recorded action runs at its row's time: an approved one at its
+    // approval's (docs/approvals.md), whatever time a late duplicate of
+    // its first command carries.
+    let requested_at = existing.as_ref().map_or(requested_at, |r| r.requested_at);
     let server =
         inventory::server(session.conn(), server_id)?.unwrap_or_else(|| target.server.clone());
     Ok(ControlFlow::Continue(Pending {
@@ -306,6 +320,53 @@ fn dedupe<'a>(
         requested_at,
         target,
         server,
+    }))
+}
+
+/// Approval (docs/approvals.md): a new command the policy matches is
+/// recorded `awaiting_approval` with its approval, and ends here (its
+/// `approval.requested` event is published, the message acked). The
+/// actions of a batch (its approval covered the whole batch) and of system
+/// actors are not asked about; a rollout's actions have rows already.
+fn hold_if_needed(
+    session: &mut Session,
+    req: &ActionRequest,
+    requested_at: DateTime<Utc>,
+    target: &ServerTarget,
+) -> Result<Option<Prepared>, DbError> {
+    if req.batch_id.is_some() || approval::actor_is_exempt(&req.actor) {
+        return Ok(None);
+    }
+    let policy = approvals::policy(session.conn())?;
+    let place = approval::Place {
+        instance: target.instance.name.clone(),
+        backend: target.backend_name.clone(),
+    };
+    let rules = approval::evaluate(
+        &policy,
+        &approval::Subject::Action {
+            action: req.action,
+            force: req.force,
+            place: &place,
+        },
+    );
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let new = new_action(req, requested_at, Some(target.server.id));
+    let summary = crate::approvals::action_summary(&new, target);
+    let held =
+        crate::approvals::hold_action(session.conn(), &new, summary, rules, policy.ttl_secs)?;
+    let Held::New(_, approval) = held else {
+        return Ok(Some(Prepared::TransactionIdClaimedMeanwhile));
+    };
+    tracing::info!(approval_id = approval.id, "action held for approval");
+    session.unlock_all()?;
+    let event = crate::approvals::event(EventType::ApprovalRequested, &approval);
+    Ok(Some(Prepared::Done {
+        events: serde_json::to_value([event]).unwrap_or_default(),
+        batch_id: None,
+        ended: None,
     }))
 }
 
@@ -465,6 +526,7 @@ impl Pending<'_> {
         };
         Ok(Prepared::Call(Box::new(Call {
             action_id,
+            requested_at: self.requested_at,
             batch_id: self.batch_id,
             server: self.server,
             previous: self.previous,
@@ -570,6 +632,17 @@ fn check_existing(
             row.action, row.server_id
         ))));
     }
+    // Held for approval: nothing until it is decided (its approval re-enters
+    // the path with the same transaction id; a rejection ends it).
+    if row.status == ActionStatus::AwaitingApproval {
+        tracing::info!("duplicate of an action awaiting approval; nothing to do");
+        session.unlock_all()?;
+        return Ok(Some(Prepared::Done {
+            events: serde_json::json!([]),
+            batch_id: None,
+            ended: None,
+        }));
+    }
     // A duplicate of a finished action: its final events again, nothing else.
     if row.status.is_final() {
         tracing::info!(status = %row.status, "duplicate of a finished action; re-publishing its events");
@@ -605,12 +678,11 @@ fn guard_applies(req: &ActionRequest, previous: &StatePair) -> bool {
 async fn apply(
     ctx: &WorkerContext,
     req: &ActionRequest,
-    requested_at: DateTime<Utc>,
     call: Call,
     mut lock: AdvisoryLocks,
 ) -> Result<serde_json::Value, InfraError> {
     let facts = facts(req, Some(&call.target));
-    let action_id = call.action_id;
+    let (action_id, requested_at) = (call.action_id, call.requested_at);
     let outcome = match call_with_retries(ctx, req, &call, &mut lock).await? {
         Ok(changed) => changed,
         Err((code, detail)) => {

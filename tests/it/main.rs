@@ -5,6 +5,7 @@ mod harness;
 mod action_path;
 mod alert_rules;
 mod api;
+mod approvals;
 mod batch_guard;
 mod bounded_waits;
 mod clock;
