@@ -85,7 +85,9 @@ async fn installs_runs_an_action_end_to_end_and_purges_cleanly() {
 }
 
 /// An exclusive `flock` on a file in /run/lock, held until dropped.
-struct MachineLock(File);
+struct MachineLock {
+    _held: File,
+}
 
 impl MachineLock {
     fn take() -> MachineLock {
@@ -93,7 +95,7 @@ impl MachineLock {
         // SAFETY: flock on a descriptor this File owns; no memory is shared.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         assert_eq!(rc, 0, "flock {LOCK}: {}", std::io::Error::last_os_error());
-        MachineLock(file)
+        MachineLock { _held: file }
     }
 }
 
@@ -309,7 +311,7 @@ fn verify_units() {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no exposure level in: {report}"));
-        assert!(exposure <= 3.0, "{unit}: exposure {exposure}\n{report}");
+        assert!(exposure <= 2.0, "{unit}: exposure {exposure}\n{report}");
     }
 }
 
@@ -356,7 +358,10 @@ async fn one_action_end_to_end() {
         ],
     );
     let token = std::fs::read_to_string(format!("{ETC}/fagent.token")).expect("token");
-    let http = reqwest::Client::new();
+    let http = haproxy_control::http::client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
     let health = eventually(WAIT, "the fagent's /v1/health", || async {
         let r = http
             .get(format!("http://{fagent_addr}/v1/health"))
