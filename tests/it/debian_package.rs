@@ -375,14 +375,17 @@ async fn one_action_end_to_end() {
     assert_eq!(health["status"], "ok", "{health} {}", fagent.log());
 
     // The operator registers the load balancer with the installed binary and
-    // config, as root; the worker reads the token file when it calls.
-    let mut add = Command::new("/usr/bin/haproxy-control");
+    // config, as root; the worker reads the token file when it calls. (An
+    // async child: the socket spy runs on this test's runtime meanwhile.)
+    let mut add = tokio::process::Command::new("/usr/bin/haproxy-control");
     add.args(["--config", CONFIG, "--log-format", "text", "instance", "add"])
         .args(["--name", "lb-pkg", "--fagent-url", &format!("http://{fagent_addr}")])
         .args(["--token-file", &format!("{ETC}/fagent.token")])
         .envs(ours.iter().map(|(k, v)| (*k, v)));
-    let said = add.output().expect("instance add");
+    let said = add.output().await.expect("instance add");
     assert_succeeded("instance add", &said);
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(said.contains("synced from its agent"), "{said}\n{}", fagent.log());
     let server_id = sys.server_id("lb-pkg", "web", "web1_shop_1").await;
 
     // An operator's token for the API, added to the installed tokens file.
