@@ -463,7 +463,10 @@ mod tests {
         struct FieldNames<'a>(&'a mut &'static [&'static str]);
         impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
             type Error = serde::de::value::Error;
-            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            fn deserialize_any<V: serde::de::Visitor<'de>>(
+                self,
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
                 Err(serde::de::Error::custom("not a struct"))
             }
             fn deserialize_struct<V: serde::de::Visitor<'de>>(
@@ -502,7 +505,9 @@ mod tests {
                     (examples || !rest.trim_end().ends_with("# example")).then_some(rest)
                 }
                 Some(_) => None,
-                None if line.starts_with(|c: char| c.is_ascii_lowercase()) => active.then_some(line),
+                None if line.starts_with(|c: char| c.is_ascii_lowercase()) => {
+                    active.then_some(line)
+                }
                 None => Some(line),
             })
             .collect::<Vec<_>>()
@@ -540,7 +545,10 @@ mod tests {
                 .map(|t| t.keys().map(String::as_str).collect())
                 .unwrap_or_default();
             shipped.sort_unstable();
-            assert_eq!(shipped, keys, "keys of [{section}] in deploy/debian/config.toml");
+            assert_eq!(
+                shipped, keys,
+                "keys of [{section}] in deploy/debian/config.toml"
+            );
         }
     }
 

@@ -134,10 +134,14 @@ fn clean_up_after_a_dead_run() {
 /// as the account still being there.
 fn remove_system_user() {
     if passwd_entry(SVC).is_some() {
-        let _ = Command::new("deluser").args(["--system", "--quiet", SVC]).output();
+        let _ = Command::new("deluser")
+            .args(["--system", "--quiet", SVC])
+            .output();
     }
     if group_entry(SVC).is_some() {
-        let _ = Command::new("delgroup").args(["--system", "--quiet", SVC]).output();
+        let _ = Command::new("delgroup")
+            .args(["--system", "--quiet", SVC])
+            .output();
     }
 }
 
@@ -149,7 +153,14 @@ fn build_package(out: &Path) -> PathBuf {
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_haproxy-control"));
     let output = Command::new("cargo")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["deb", "--no-build", "--profile", "dev", "--fast", "--output"])
+        .args([
+            "deb",
+            "--no-build",
+            "--profile",
+            "dev",
+            "--fast",
+            "--output",
+        ])
         .arg(out)
         .output()
         .expect("cargo deb (deploy/ensure-deps.sh installs it)");
@@ -225,7 +236,10 @@ fn assert_files_modes_and_owners() {
         include_str!("../../deploy/debian/config.toml")
     );
     let version = run("/usr/bin/haproxy-control", &["--version"]);
-    assert_eq!(version.trim(), format!("haproxy-control {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.trim(),
+        format!("haproxy-control {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 fn assert_system_user() {
@@ -333,7 +347,11 @@ async fn one_action_end_to_end() {
     // the fagent's SupplementaryGroups is what lets it.
     let denied = Command::new("setpriv")
         .args(["--reuid", SVC, "--regid", SVC, "--clear-groups", "--"])
-        .args(["socat", "-", &format!("UNIX-CONNECT:{}", spy.socket.display())])
+        .args([
+            "socat",
+            "-",
+            &format!("UNIX-CONNECT:{}", spy.socket.display()),
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("setpriv socat");
@@ -378,14 +396,30 @@ async fn one_action_end_to_end() {
     // config, as root; the worker reads the token file when it calls. (An
     // async child: the socket spy runs on this test's runtime meanwhile.)
     let mut add = tokio::process::Command::new("/usr/bin/haproxy-control");
-    add.args(["--config", CONFIG, "--log-format", "text", "instance", "add"])
-        .args(["--name", "lb-pkg", "--fagent-url", &format!("http://{fagent_addr}")])
-        .args(["--token-file", &format!("{ETC}/fagent.token")])
-        .envs(ours.iter().map(|(k, v)| (*k, v)));
+    add.args([
+        "--config",
+        CONFIG,
+        "--log-format",
+        "text",
+        "instance",
+        "add",
+    ])
+    .args([
+        "--name",
+        "lb-pkg",
+        "--fagent-url",
+        &format!("http://{fagent_addr}"),
+    ])
+    .args(["--token-file", &format!("{ETC}/fagent.token")])
+    .envs(ours.iter().map(|(k, v)| (*k, v)));
     let said = add.output().await.expect("instance add");
     assert_succeeded("instance add", &said);
     let said = String::from_utf8_lossy(&said.stdout);
-    assert!(said.contains("synced from its agent"), "{said}\n{}", fagent.log());
+    assert!(
+        said.contains("synced from its agent"),
+        "{said}\n{}",
+        fagent.log()
+    );
     let server_id = sys.server_id("lb-pkg", "web", "web1_shop_1").await;
 
     // An operator's token for the API, added to the installed tokens file.
@@ -473,22 +507,34 @@ async fn one_action_end_to_end() {
 /// Debian's haproxy.cfg does for /run/haproxy/admin.sock.
 fn share_with_haproxy_group(socket: &Path) {
     let dir = socket.parent().expect("socket dir");
-    run("chgrp", &["haproxy", &dir.to_string_lossy(), &socket.to_string_lossy()]);
+    run(
+        "chgrp",
+        &["haproxy", &dir.to_string_lossy(), &socket.to_string_lossy()],
+    );
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).expect("chmod dir");
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
-        .expect("chmod socket");
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).expect("chmod socket");
 }
 
 fn remove_keeps_the_configuration() {
     run("dpkg", &["-r", PACKAGE]);
     assert_eq!(installed_status().as_deref(), Some("rc"));
-    for gone in ["/usr/bin/haproxy-control", &format!("{UNIT_DIR}/{TEMPLATE}")] {
+    for gone in [
+        "/usr/bin/haproxy-control",
+        &format!("{UNIT_DIR}/{TEMPLATE}"),
+    ] {
         assert!(!Path::new(gone).exists(), "{gone} removed");
     }
     for unit in SERVICES {
-        assert!(!Path::new(&format!("{UNIT_DIR}/{unit}")).exists(), "{unit} removed");
+        assert!(
+            !Path::new(&format!("{UNIT_DIR}/{unit}")).exists(),
+            "{unit} removed"
+        );
     }
-    for kept in [CONFIG, &format!("{ETC}/fagent.token"), &format!("{ETC}/api.tokens")] {
+    for kept in [
+        CONFIG,
+        &format!("{ETC}/fagent.token"),
+        &format!("{ETC}/api.tokens"),
+    ] {
         assert!(Path::new(kept).exists(), "{kept} kept by dpkg -r");
     }
     assert!(
@@ -516,7 +562,10 @@ fn purge_leaves_nothing(user_existed: bool) {
     }
     // Debian keeps system accounts on purge; this test removes the one it
     // made, so the machine is as it was.
-    assert!(passwd_entry(SVC).is_some(), "the purge keeps the system user");
+    assert!(
+        passwd_entry(SVC).is_some(),
+        "the purge keeps the system user"
+    );
     if !user_existed {
         remove_system_user();
         assert!(passwd_entry(SVC).is_none() && group_entry(SVC).is_none());
