@@ -294,12 +294,13 @@ fn assert_unit_settings() {
 
 /// `systemd-analyze verify` on every installed unit (the template through
 /// an instance). PID 1 is not systemd here, so it cannot start anything: it
-/// loads each unit as systemd would, and checks the syntax and every
-/// setting's value, that the `ExecStart` program exists and is executable,
-/// and that the units named in `After=`/`Wants=` can be loaded. It does not
-/// check the user or group (systemd resolves them when starting), nor the
-/// sandbox (the end-to-end part runs each `ExecStart` as its user instead).
-/// `systemd-analyze security --offline` then rates each unit's sandbox.
+/// loads each unit as systemd would and reports unknown keys, values that
+/// do not parse, and an `ExecStart` program that does not exist or is not
+/// executable. It does not check that `User=`/`Group=` exist (resolved
+/// when starting), that units in `After=`/`Wants=` exist (not an error for
+/// systemd either), nor apply the sandbox (the end-to-end part runs each
+/// `ExecStart` as its user instead). `systemd-analyze security --offline`
+/// then rates each unit's sandbox.
 fn verify_units() {
     let mut units: Vec<String> = SERVICES.iter().map(|u| format!("{UNIT_DIR}/{u}")).collect();
     units.push("haproxy-control-worker@1.service".into());
