@@ -15,12 +15,22 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need_apt+=(faketime)
 # initdb and pg_ctl: the connections test runs a PostgreSQL server of its own.
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
+# The Debian package test: `systemd-analyze verify` on the units, and what
+# the package depends on (dpkg -i installs no dependency).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v adduser >/dev/null 2>&1 || need_apt+=(adduser)
+dpkg -s libpq5 >/dev/null 2>&1 || need_apt+=(libpq5)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+# cargo-deb builds the Debian package (docs/install.md); the package test
+# packs the dev build with it (`--no-build --profile dev`), which 3.x allows.
+if ! cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
+  cargo install --locked cargo-deb --version '^3.8'
+fi
 
 # promtool: the alert rules in deploy/prometheus are checked and unit-tested
 # with the real tool. Only the binaries are wanted: no recommended exporters,

@@ -11,6 +11,7 @@ mod bounded_waits;
 mod clock;
 mod connections;
 mod dead_letters;
+mod debian_package;
 mod fagent_api;
 mod fagent_states;
 mod fagent_traffic;
