@@ -19,6 +19,7 @@ mod harness_selftest;
 mod hostile;
 mod load;
 mod message_schemas;
+mod page;
 mod metrics;
 mod reload;
 mod reload_notice;
