@@ -60,7 +60,10 @@ fn respond(content_type: &'static str, cache: &'static str, body: &'static str) 
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     r
 }
@@ -94,9 +97,19 @@ mod tests {
     fn the_page_has_no_inline_script_nor_foreign_host() {
         assert!(INDEX.contains(r#"<script type="module" src="/ui/app.js">"#));
         assert_eq!(INDEX.matches("<script").count(), 1, "only the module");
-        for (name, _, body) in ASSETS.iter().map(|a| (a.0, a.1, a.2)).chain([("index", "", INDEX)]) {
-            assert!(!body.contains("http://") && !body.contains("https://"), "{name} names a host");
-            assert!(!body.contains(" onclick=") && !body.contains("javascript:"), "{name}");
+        for (name, _, body) in ASSETS
+            .iter()
+            .map(|a| (a.0, a.1, a.2))
+            .chain([("index", "", INDEX)])
+        {
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
+                "{name} names a host"
+            );
+            assert!(
+                !body.contains(" onclick=") && !body.contains("javascript:"),
+                "{name}"
+            );
         }
     }
 }

@@ -255,8 +255,7 @@ pub async fn events_stream(
     let frames = frames(caller.role, caller.actor, rx).take_until(async move {
         let _ = closing.wait_for(|stop| *stop).await;
     });
-    Sse::new(frames)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+    Sse::new(frames).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
 }
 
 #[cfg(test)]
@@ -288,7 +287,10 @@ mod tests {
         let hub = EventHub::new(2, closing);
         let rx = hub.subscribe();
         for n in 0..5 {
-            hub.publish_raw("server.state_changed", format!(r#"{{"type":"server.state_changed","n":{n}}}"#).as_bytes());
+            hub.publish_raw(
+                "server.state_changed",
+                format!(r#"{{"type":"server.state_changed","n":{n}}}"#).as_bytes(),
+            );
         }
         hub.publish_raw("x", b"not json");
         let mut frames = Box::pin(frames(Role::Viewer, "user:v".into(), rx));
@@ -298,7 +300,13 @@ mod tests {
             names.push(format!("{f:?}"));
         }
         assert!(names[0].contains("ready"), "{names:?}");
-        assert!(names[1].contains("lagged") && names[1].contains("missed"), "{names:?}");
-        assert!(names[2].contains("\\\"n\\\":3") || names[2].contains("\"n\":3"), "{names:?}");
+        assert!(
+            names[1].contains("lagged") && names[1].contains("missed"),
+            "{names:?}"
+        );
+        assert!(
+            names[2].contains("\\\"n\\\":3") || names[2].contains("\"n\":3"),
+            "{names:?}"
+        );
     }
 }
