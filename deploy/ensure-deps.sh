@@ -81,3 +81,19 @@ if ! ls -d "$ansible_venv"/lib/python3*/site-packages/ansible_collections/commun
   "$ansible_venv/bin/pip" install --quiet 'ansible>=12,<13' 'ansible-core>=2.19,<2.20'
 fi
 echo "ansible-playbook: $ansible_venv/bin/ansible-playbook ($("$ansible_venv/bin/ansible-playbook" --version | sed -n 1p))"
+
+# The operator's page is tested in a real browser: Debian's chromium, driven
+# by Playwright from PyPI in the project's venv .venv/playwright (pointed at
+# /usr/bin/chromium: no browser download).
+command -v chromium >/dev/null 2>&1 || {
+  echo "installing: chromium (for the page's browser tests)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+}
+playwright_venv="$repo_root/.venv/playwright"
+if ! "$playwright_venv/bin/python" -c 'import playwright' >/dev/null 2>&1; then
+  echo "installing: playwright into $playwright_venv"
+  /usr/bin/python3 -m venv "$playwright_venv"
+  "$playwright_venv/bin/pip" install --quiet 'playwright>=1.49,<2'
+fi
+echo "chromium: $(chromium --version 2>/dev/null | sed -n 1p); playwright: $("$playwright_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("playwright"))')"

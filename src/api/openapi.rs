@@ -9,6 +9,7 @@ use utoipa_axum::routes;
 use super::error::ErrorBody;
 use super::{
     ApiState, actions, approvals, batches, health, instances, metrics, rollouts, servers, settings,
+    stream,
 };
 
 #[derive(OpenApi)]
@@ -31,6 +32,7 @@ use super::{
         (name = "settings", description = "Making an AC server an HAProxy node"),
         (name = "rollouts", description = "Rolling updates: drain, update, health gate, ready, in waves"),
         (name = "approvals", description = "Four eyes: the policy of which requests wait for a second person, and deciding them"),
+        (name = "events", description = "Live events of haproxy.events as Server-Sent Events, filtered by role"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -73,6 +75,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(approvals::get_approval))
         .routes(routes!(approvals::approve))
         .routes(routes!(approvals::reject))
+        .routes(routes!(stream::events_stream))
+        .routes(routes!(super::auth::me))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

@@ -21,6 +21,7 @@ mod hostile;
 mod load;
 mod message_schemas;
 mod metrics;
+mod page;
 mod reload;
 mod reload_notice;
 mod rollout;
