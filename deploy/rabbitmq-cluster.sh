@@ -133,7 +133,7 @@ stop_node() {
         group=$(ps -o pgid= -p "$pid" | tr -d ' ')
         kill -9 -- "-${group:-$pid}" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
     fi
-    kill "$stopper" 2>/dev/null || true
+    # rabbitmqctl returns once the node is gone (or failed to reach it).
     wait "$stopper" 2>/dev/null || true
     rm -f "$DATA_DIR/node$i/rabbit.pid"
 }
