@@ -19,18 +19,20 @@
 # (guest may log in from loopback only, which is where the nodes listen.)
 #
 # `stop` stops every node (SIGKILL after 30 s) and deletes DATA_DIR.
-# Single nodes: `node-stop I` / `node-start I` (for failover drills), e.g.
+# Single nodes: `node-stop I` / `node-start I` (for failover drills), and
+# rabbitmqctl against node I: `ctl I NODES BASE_PORT DATA_DIR ARGS…`, e.g.
 #   deploy/rabbitmq-cluster.sh node-stop 2 3 35672 /tmp/lab
+#   deploy/rabbitmq-cluster.sh ctl 1 3 35672 /tmp/lab list_queues name leader
 set -euo pipefail
 
 usage() {
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
 ACTION=${1:-}
 case "$ACTION" in
-node-stop | node-start)
+node-stop | node-start | ctl)
     NODE_INDEX=${2:-}
     [[ "$NODE_INDEX" =~ ^[0-9]+$ ]] || usage
     shift 2
@@ -41,6 +43,7 @@ esac
 NODES=${1:-3}
 BASE_PORT=${2:-35672}
 DATA_DIR=${3:-/tmp/rabbitmq-cluster-$BASE_PORT}
+shift $(($# < 3 ? $# : 3))
 [[ "$NODES" =~ ^[0-9]+$ && "$NODES" -ge 1 ]] || { echo "NODES must be a number >= 1" >&2; exit 2; }
 [[ "$BASE_PORT" =~ ^[0-9]+$ && "$BASE_PORT" -ge 1024 && $((BASE_PORT + 100 + NODES)) -lt 65536 ]] ||
     { echo "BASE_PORT must be a number from 1024 leaving room for 100 + NODES ports" >&2; exit 2; }
@@ -195,6 +198,9 @@ node-stop)
     ;;
 node-start)
     start_node "$NODE_INDEX"
+    ;;
+ctl)
+    ctl "$NODE_INDEX" "$@"
     ;;
 stop)
     for i in $(seq 1 "$NODES"); do
