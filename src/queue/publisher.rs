@@ -116,7 +116,10 @@ impl Publisher {
         match confirmed {
             Ok(c) if c.is_ack() => Ok(()),
             Ok(_) => {
-                tracing::warn!(exchange = m.exchange, "the broker nacked a publish; sending it again");
+                tracing::warn!(
+                    exchange = m.exchange,
+                    "the broker nacked a publish; sending it again"
+                );
                 Err(Attempt::Nacked)
             }
             Err(e) => {

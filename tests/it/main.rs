@@ -8,6 +8,7 @@ mod api;
 mod batch_guard;
 mod bounded_waits;
 mod clock;
+mod cluster;
 mod connections;
 mod dead_letters;
 mod fagent_api;

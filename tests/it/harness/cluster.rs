@@ -115,7 +115,13 @@ impl RabbitCluster {
     pub fn leader_of(&self, queue: &str, via: usize) -> usize {
         let listing = self.ctl(
             via,
-            &["list_queues", "name", "leader", "--no-table-headers", "--quiet"],
+            &[
+                "list_queues",
+                "name",
+                "leader",
+                "--no-table-headers",
+                "--quiet",
+            ],
         );
         let leader = listing
             .lines()
@@ -132,13 +138,23 @@ impl RabbitCluster {
     pub fn members_of(&self, queue: &str, via: usize) -> Vec<usize> {
         let listing = self.ctl(
             via,
-            &["list_queues", "name", "type", "members", "--no-table-headers", "--quiet"],
+            &[
+                "list_queues",
+                "name",
+                "type",
+                "members",
+                "--no-table-headers",
+                "--quiet",
+            ],
         );
         let line = listing
             .lines()
             .find(|l| l.split('\t').next() == Some(queue))
             .unwrap_or_else(|| panic!("{queue} is not listed: {listing}"));
-        assert!(line.contains("quorum"), "{queue} is not a quorum queue: {line}");
+        assert!(
+            line.contains("quorum"),
+            "{queue} is not a quorum queue: {line}"
+        );
         (1..=self.nodes)
             .filter(|i| line.contains(&self.node_name(*i)))
             .collect()

@@ -71,7 +71,11 @@ impl TestSystem {
     /// node). Its capture of events is a quorum queue, so it keeps every
     /// event across a node's loss.
     pub async fn start_on_cluster(brokers: Vec<String>) -> Self {
-        Self::on(TestDatabase::create().expect("test database"), Some(brokers)).await
+        Self::on(
+            TestDatabase::create().expect("test database"),
+            Some(brokers),
+        )
+        .await
     }
 
     async fn on(db: TestDatabase, brokers: Option<Vec<String>>) -> Self {
@@ -95,7 +99,10 @@ impl TestSystem {
         let capture_queue = format!("{prefix}events-capture");
         let (capture_options, capture_arguments) = if brokers.is_some() {
             let mut args = FieldTable::default();
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
             (
                 QueueDeclareOptions {
                     durable: true,
