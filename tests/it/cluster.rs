@@ -107,9 +107,10 @@ async fn drainable(sys: &TestSystem) -> Vec<i64> {
     (0..n).map(|j| ids[(j * 7919) % n]).collect()
 }
 
-/// The `host:port` a worker's log last said it connected to.
+/// The `host:port`s a worker's log says it connected to, in order.
 fn connected_to(log: &str) -> Vec<String> {
-    log.lines()
+    strip_colours(log)
+        .lines()
         .filter(|l| l.contains("connected to RabbitMQ"))
         .filter_map(|l| l.split("broker=").nth(1))
         .map(|rest| {
@@ -257,6 +258,24 @@ async fn two_workers_lose_their_node_and_the_actions_leader_and_apply_1000_actio
     assert_eq!((settled.status("success"), settled.changed), (1000, 1000));
     assert_eq!(lb.servers_with_bits(8).await, 1000, "every server drained");
     assert!(lb.spares_ready().await, "a spare was touched");
+}
+
+/// The text of a log without its ANSI colour codes.
+fn strip_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The AMQP port of node `i`.
