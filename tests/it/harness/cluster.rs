@@ -93,14 +93,18 @@ impl RabbitCluster {
 
     /// Stops node `i` (`rabbitmqctl stop`, SIGKILL after 30 s).
     pub fn stop_node(&self, i: usize) {
+        let began = std::time::Instant::now();
         let out = self.run_node("node-stop", Some(i), &[]);
         assert!(out.status.success(), "stop node {i}: {out:?}");
+        eprintln!("cluster: stopping node {i} took {:?}", began.elapsed());
     }
 
     /// Starts node `i` again; it rejoins the cluster.
     pub fn start_node(&self, i: usize) {
+        let began = std::time::Instant::now();
         let out = self.run_node("node-start", Some(i), &[]);
         assert!(out.status.success(), "start node {i}: {out:?}");
+        eprintln!("cluster: starting node {i} took {:?}", began.elapsed());
     }
 
     /// `rabbitmqctl` against node `via`; its standard output.
@@ -163,6 +167,27 @@ impl RabbitCluster {
 
 impl Drop for RabbitCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("KEEP_CLUSTER_LOGS").is_some() {
+            // The nodes' logs outlive the data directory, under target/.
+            let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("cluster-logs")
+                .join(format!("rabbitmq-{}-{}", self.base_port, std::process::id()));
+            let copied = (1..=self.nodes).all(|i| {
+                let to = kept.join(format!("node{i}"));
+                std::fs::create_dir_all(&to).is_ok()
+                    && Command::new("cp")
+                        .arg("-r")
+                        .arg(self.dir.path().join(format!("cluster/node{i}/log")))
+                        .arg(&to)
+                        .status()
+                        .is_ok_and(|s| s.success())
+            });
+            eprintln!(
+                "cluster: the RabbitMQ nodes' logs {} {}",
+                if copied { "are kept in" } else { "could not all be copied to" },
+                kept.display()
+            );
+        }
         let out = self.run("stop", &[]);
         if !out.status.success() {
             eprintln!("stopping the RabbitMQ cluster: {out:?}");

@@ -169,11 +169,16 @@ impl TestSystem {
                     // A lost node: lapin's recovery resumes the consumer on
                     // another.
                     Some(Err(e)) if acks => {
-                        if ch.wait_for_recovery(e).await.is_err() {
+                        if let Err(e) = ch.wait_for_recovery(e).await {
+                            eprintln!("harness: the capture of events stopped: {e}");
                             return;
                         }
                     }
-                    _ => return,
+                    Some(Err(e)) => {
+                        eprintln!("harness: the capture of events stopped: {e}");
+                        return;
+                    }
+                    None => return,
                 }
             }
         });
@@ -594,8 +599,9 @@ impl TestSystem {
     /// acked yet is counted again once its consumer is gone) and its
     /// consumers; None when the queue does not exist.
     pub async fn queue_state(&self, queue: &str) -> Option<(u32, u32)> {
-        let ch = self.conn.create_channel().await.expect("channel");
-        ch.queue_declare(
+        // None while the connection is down (a cluster losing a node).
+        let ch = self.conn.create_channel().await.ok()?;
+        let state = ch.queue_declare(
             queue.into(),
             QueueDeclareOptions {
                 passive: true,
@@ -605,7 +611,10 @@ impl TestSystem {
         )
         .await
         .map(|q| (q.message_count(), q.consumer_count()))
-        .ok()
+        .ok();
+        // A channel a call: closed, not left open until the connection goes.
+        let _ = ch.close(200, "done".into()).await;
+        state
     }
 
     /// Stops the in-process workers and waits for them.
