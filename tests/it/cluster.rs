@@ -341,6 +341,11 @@ async fn two_workers_lose_their_node_and_the_actions_leader_and_apply_1000_actio
     assert!(lb.spares_ready().await, "a spare was touched");
 }
 
+/// The log of process `name` in `logs`.
+fn children_logs(logs: &Logs, name: &str) -> String {
+    std::fs::read_to_string(logs.path().join(format!("{name}.log"))).unwrap_or_default()
+}
+
 /// The text of a log without its ANSI colour codes.
 fn strip_colours(log: &str) -> String {
     let mut out = String::with_capacity(log.len());
@@ -370,20 +375,31 @@ fn port_of(cluster: &RabbitCluster, i: usize) -> u16 {
         .expect("port")
 }
 
-/// The name the fleet's roles give PostgreSQL, so their sessions are
-/// counted apart from the harness's.
+/// The name the fleet's roles give PostgreSQL, followed by the process's
+/// own (`haproxy-control-fleet-worker-0`), so their sessions are counted
+/// apart from the harness's and per process.
 const FLEET: &str = "haproxy-control-fleet";
 
+/// `config` for the fleet's process `name`: its sessions carry its name.
+fn named(config: &Config, name: &str) -> Config {
+    let mut c = config.clone();
+    c.database.url = format!("{}?application_name={FLEET}-{name}", c.database.url);
+    c
+}
+
 /// Samples the fleet's sessions in the test's database every 20 ms; keeps
-/// the peak.
+/// the peak of the total and of each process.
 struct Sessions {
     peak: Arc<AtomicI64>,
+    per_process: Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
 #[derive(QueryableByName)]
 struct Count {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
 }
@@ -395,28 +411,43 @@ impl Sessions {
             Arc::new(AtomicI64::new(0)),
             Arc::new(AtomicBool::new(false)),
         );
-        let (p, s) = (peak.clone(), stop.clone());
+        let per_process = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let (p, s, pp) = (peak.clone(), stop.clone(), per_process.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                if let Ok(c) = diesel::sql_query(
-                    "SELECT count(*) AS n FROM pg_stat_activity \
-                     WHERE datname = current_database() AND application_name = $1",
+                if let Ok(counts) = diesel::sql_query(
+                    "SELECT application_name AS name, count(*) AS n FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name LIKE $1 \
+                     GROUP BY application_name",
                 )
-                .bind::<diesel::sql_types::Text, _>(FLEET)
-                .get_result::<Count>(&mut conn)
+                .bind::<diesel::sql_types::Text, _>(format!("{FLEET}-%"))
+                .load::<Count>(&mut conn)
                 {
-                    p.fetch_max(c.n, Ordering::Relaxed);
+                    p.fetch_max(counts.iter().map(|c| c.n).sum(), Ordering::Relaxed);
+                    let mut per = pp.lock().expect("peaks");
+                    for c in counts {
+                        let name = c.name.trim_start_matches(FLEET).trim_start_matches('-');
+                        let e = per.entry(name.to_owned()).or_insert(0);
+                        *e = (*e).max(c.n);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        Sessions { peak, stop, thread }
+        Sessions {
+            peak,
+            per_process,
+            stop,
+            thread,
+        }
     }
 
-    fn stop(self) -> i64 {
+    /// The peak of the total and of each process.
+    fn stop(self) -> (i64, std::collections::BTreeMap<String, i64>) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
-        self.peak.load(Ordering::Relaxed)
+        let per = self.per_process.lock().expect("peaks").clone();
+        (self.peak.load(Ordering::Relaxed), per)
     }
 }
 
@@ -457,7 +488,7 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
     // The sizing rule (docs/operations.md, "Connections"): for 4 workers,
     // pool_size 15 each; the API's default 8; the scheduler's 2.
     let mut config = sys.config();
-    config.database.url = format!("{}?application_name={FLEET}", sys.db.url);
+    config.database.url.clone_from(&sys.db.url);
     config.database.pool_size = 15;
     config.worker.prefetch = Config::default().worker.prefetch;
     config.sync.interval_secs = 1;
@@ -465,18 +496,32 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
     assert!(budget <= 80, "the rule's budget for this fleet: {budget}");
     let sessions = Sessions::sample(&sys.db.url);
     let logs = Logs::new("fleet");
+    let pool_file = logs.path().join("pool.toml");
+    std::fs::write(
+        &pool_file,
+        format!("[database]\npool_size = {}\n", config.database.pool_size),
+    )
+    .expect("config file");
     let mut children = Children::default();
     for i in 0..4 {
         // Spread over the nodes: 1, 2, 3, 1.
         let first = i % 3 + 1;
         let order = [first, first % 3 + 1, (first + 1) % 3 + 1];
         let log = logs.path().join(format!("worker-{i}.log"));
-        let child = sys.spawn_worker_process(&on_nodes(&config, &cluster, &order), &log);
-        children.push(&format!("worker-{i}"), log, child);
+        let name = format!("worker-{i}");
+        let c = on_nodes(&named(&config, &name), &cluster, &order);
+        // The pool size through the file (the harness's environment has
+        // none for it): `[database] pool_size = 15`.
+        let child = sys.spawn_process_with_file("worker", &c, &log, &pool_file);
+        children.push(&name, log, child);
     }
     for i in 0..2 {
         let log = logs.path().join(format!("scheduler-{i}.log"));
-        let c = on_nodes(&config, &cluster, &[i + 2, 1, 3]);
+        let c = on_nodes(
+            &named(&config, &format!("scheduler-{i}")),
+            &cluster,
+            &[i + 2, 1, 3],
+        );
         children.push(
             &format!("scheduler-{i}"),
             log.clone(),
@@ -485,7 +530,7 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
     }
     let apis: Vec<String> = (0..2)
         .map(|i| {
-            let c = on_nodes(&config, &cluster, &[3 - i, 1, 2]);
+            let c = on_nodes(&named(&config, &format!("api-{i}")), &cluster, &[3 - i, 1, 2]);
             spawn_api(&c, logs.path(), &format!("api-{i}"), &mut children)
         })
         .collect();
@@ -557,10 +602,10 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
     }
     let mut workers = children.take("worker");
     let settled = final_check(&sys, &txns, &[&lb.spy], &mut workers, SETTLE).await;
-    let peak = sessions.stop();
+    let (peak, per_process) = sessions.stop();
     eprintln!(
         "fleet: settled {:?} after the start of the run; {settled:?}; peak {peak} sessions of the \
-         fleet (budget {budget})",
+         fleet (budget {budget}); each process's peak: {per_process:?}",
         run.elapsed()
     );
     assert_eq!((settled.status("success"), settled.changed), (400, 400));
@@ -573,6 +618,22 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
         peak < 97,
         "{peak} sessions: over PostgreSQL's default limit for ordinary users"
     );
+    // Each process within its kind's size (docs/operations.md).
+    let api_pool = i64::from(Config::default().api.pool_size);
+    for (name, n) in &per_process {
+        let limit = match name.split('-').next() {
+            Some("worker") => 15,
+            Some("api") => api_pool,
+            Some("scheduler") => 2,
+            _ => panic!("a session of no process of the fleet: {name}"),
+        };
+        assert!(*n <= limit, "{name} had {n} sessions, more than its {limit}");
+    }
+    for i in 0..4 {
+        let log = strip_colours(&children_logs(&logs, &format!("worker-{i}")));
+        assert!(log.contains("pool=15"), "worker-{i} not on a pool of 15: {log}");
+    }
+    assert_eq!(per_process.len(), 8, "every process seen: {per_process:?}");
     for i in 0..2 {
         let log = logs.path().join(format!("scheduler-{i}.log"));
         let log = std::fs::read_to_string(log).unwrap_or_default();
