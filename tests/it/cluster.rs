@@ -107,7 +107,10 @@ impl Drop for Logs {
             let _ = std::fs::remove_dir_all(&self.0);
             return;
         }
-        eprintln!("cluster: the processes' logs are kept in {}", self.0.display());
+        eprintln!(
+            "cluster: the processes' logs are kept in {}",
+            self.0.display()
+        );
         if !std::thread::panicking() {
             return;
         }
@@ -530,7 +533,11 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
     }
     let apis: Vec<String> = (0..2)
         .map(|i| {
-            let c = on_nodes(&named(&config, &format!("api-{i}")), &cluster, &[3 - i, 1, 2]);
+            let c = on_nodes(
+                &named(&config, &format!("api-{i}")),
+                &cluster,
+                &[3 - i, 1, 2],
+            );
             spawn_api(&c, logs.path(), &format!("api-{i}"), &mut children)
         })
         .collect();
@@ -627,11 +634,17 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
             Some("scheduler") => 2,
             _ => panic!("a session of no process of the fleet: {name}"),
         };
-        assert!(*n <= limit, "{name} had {n} sessions, more than its {limit}");
+        assert!(
+            *n <= limit,
+            "{name} had {n} sessions, more than its {limit}"
+        );
     }
     for i in 0..4 {
         let log = strip_colours(&children_logs(&logs, &format!("worker-{i}")));
-        assert!(log.contains("pool=15"), "worker-{i} not on a pool of 15: {log}");
+        assert!(
+            log.contains("pool=15"),
+            "worker-{i} not on a pool of 15: {log}"
+        );
     }
     assert_eq!(per_process.len(), 8, "every process seen: {per_process:?}");
     for i in 0..2 {

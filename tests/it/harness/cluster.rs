@@ -171,7 +171,11 @@ impl Drop for RabbitCluster {
             // The nodes' logs outlive the data directory, under target/.
             let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
                 .join("cluster-logs")
-                .join(format!("rabbitmq-{}-{}", self.base_port, std::process::id()));
+                .join(format!(
+                    "rabbitmq-{}-{}",
+                    self.base_port,
+                    std::process::id()
+                ));
             let copied = (1..=self.nodes).all(|i| {
                 let to = kept.join(format!("node{i}"));
                 std::fs::create_dir_all(&to).is_ok()
@@ -184,7 +188,11 @@ impl Drop for RabbitCluster {
             });
             eprintln!(
                 "cluster: the RabbitMQ nodes' logs {} {}",
-                if copied { "are kept in" } else { "could not all be copied to" },
+                if copied {
+                    "are kept in"
+                } else {
+                    "could not all be copied to"
+                },
                 kept.display()
             );
         }

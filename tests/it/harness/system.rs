@@ -601,17 +601,18 @@ impl TestSystem {
     pub async fn queue_state(&self, queue: &str) -> Option<(u32, u32)> {
         // None while the connection is down (a cluster losing a node).
         let ch = self.conn.create_channel().await.ok()?;
-        let state = ch.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|q| (q.message_count(), q.consumer_count()))
-        .ok();
+        let state = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| (q.message_count(), q.consumer_count()))
+            .ok();
         // A channel a call: closed, not left open until the connection goes.
         let _ = ch.close(200, "done".into()).await;
         state
