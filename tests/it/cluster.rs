@@ -197,6 +197,13 @@ async fn two_workers_lose_their_node_and_the_actions_leader_and_apply_1000_actio
         vec![1, 2, 3],
         "the actions queue is replicated on every node"
     );
+    // Every queue of the topology is a quorum queue: a classic one lives on
+    // one node, and while that node is down no process that lost its
+    // connection can re-declare the topology on another and recover.
+    let queues = cluster.queue_types(&sys.prefix, 1);
+    assert!(queues.len() >= 7, "the topology's queues: {queues:?}");
+    let classic: Vec<_> = queues.iter().filter(|(_, kind)| kind != "quorum").collect();
+    assert!(classic.is_empty(), "not quorum queues: {classic:?}");
     let leader = cluster.leader_of(&actions_queue, 1);
     let logs = Logs::new("failover");
     let config = sys.config();

@@ -138,6 +138,27 @@ impl RabbitCluster {
             .unwrap_or_else(|| panic!("{queue}'s leader {leader} is not a node of the cluster"))
     }
 
+    /// The queues whose names start with `prefix` and their types, asked of
+    /// node `via`.
+    pub fn queue_types(&self, prefix: &str, via: usize) -> Vec<(String, String)> {
+        let listing = self.ctl(
+            via,
+            &[
+                "list_queues",
+                "name",
+                "type",
+                "--no-table-headers",
+                "--quiet",
+            ],
+        );
+        listing
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+            .collect()
+    }
+
     /// The nodes (from 1) hosting a member of the quorum queue `queue`.
     pub fn members_of(&self, queue: &str, via: usize) -> Vec<usize> {
         let listing = self.ctl(
