@@ -50,6 +50,36 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 
+# RabbitMQ from the distribution: the broker on 5672, and the scripts
+# deploy/rabbitmq-cluster.sh starts a lab or test cluster with
+# (/usr/lib/rabbitmq/bin). The package's postinst would start its own
+# service on 5672, where a broker may already run (then that start, and so
+# the install, fails; or two brokers compete): no service is started during
+# the install (policy-rc.d says 101), and the broker is started below only if
+# nothing answers on 5672. Where one already answered, the package's service
+# is not left enabled to clash with it at the next boot.
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+  echo "installing: rabbitmq-server"
+  broker_before=no
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && broker_before=yes
+  policy=/usr/sbin/policy-rc.d
+  saved_policy=""
+  if [ -e "$policy" ]; then
+    saved_policy="$(mktemp)"
+    cp -p "$policy" "$saved_policy"
+  fi
+  printf '#!/bin/sh\n# ensure-deps.sh: no service starts while rabbitmq-server installs\nexit 101\n' >"$policy"
+  chmod 755 "$policy"
+  rc=0
+  { apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; } || rc=$?
+  if [ -n "$saved_policy" ]; then mv "$saved_policy" "$policy"; else rm -f "$policy"; fi
+  [ "$rc" -eq 0 ] || { echo "installing rabbitmq-server failed ($rc)" >&2; exit "$rc"; }
+  if [ "$broker_before" = yes ] && [ -d /run/systemd/system ]; then
+    systemctl disable rabbitmq-server >/dev/null 2>&1 || true
+  fi
+fi
+
 if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   echo "starting RabbitMQ"
   rabbitmq-server -detached

@@ -78,7 +78,8 @@ async fn publish_events(config: &Config, events: &[crate::domain::event::Event])
     let result = async {
         let topology =
             crate::queue::Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
-        let conn = crate::queue::connect_with(&config.amqp.url, "haproxy-control cli", 0).await?;
+        let conn =
+            crate::queue::connect_with(&config.amqp.brokers()?, "haproxy-control cli", 0).await?;
         topology.declare(&conn.create_channel().await?).await?;
         let publisher = crate::queue::Publisher::new(&conn).await?;
         for e in events {
@@ -179,7 +180,12 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
 
     let topology =
         crate::queue::Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
-    let conn = crate::queue::connect(&config.amqp.url, "haproxy-control cli").await?;
+    let conn = crate::queue::connect_with(
+        &config.amqp.brokers()?,
+        "haproxy-control cli",
+        crate::queue::DEFAULT_RECONNECT_ATTEMPTS,
+    )
+    .await?;
     topology.declare(&conn.create_channel().await?).await?;
     let publisher = crate::queue::Publisher::new(&conn).await?;
     publisher
@@ -228,7 +234,12 @@ pub async fn tail_events(config: &Config, args: &EventsArgs) -> anyhow::Result<(
 
     let topology =
         crate::queue::Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
-    let conn = crate::queue::connect(&config.amqp.url, "haproxy-control events").await?;
+    let conn = crate::queue::connect_with(
+        &config.amqp.brokers()?,
+        "haproxy-control events",
+        crate::queue::DEFAULT_RECONNECT_ATTEMPTS,
+    )
+    .await?;
     let ch = conn.create_channel().await?;
     topology.declare(&ch).await?;
     let queue = ch

@@ -78,9 +78,12 @@ impl App {
             &config.amqp.prefix,
             config.amqp.delivery_limit,
         ));
-        let conn =
-            crate::queue::connect_with(&config.amqp.url, role.name, config.amqp.reconnect_attempts)
-                .await?;
+        let conn = crate::queue::connect_with(
+            &config.amqp.brokers()?,
+            role.name,
+            config.amqp.reconnect_attempts,
+        )
+        .await?;
         topology.declare(&conn.create_channel().await?).await?;
         let publisher = Publisher::new(&conn).await?;
         Ok(Self {

@@ -37,6 +37,11 @@ pub struct Cli {
     #[arg(long, env = "AMQP_URL", global = true, hide_env_values = true)]
     pub amqp_url: Option<String>,
 
+    /// The nodes of a RabbitMQ cluster, comma-separated URLs; wins over
+    /// --amqp-url [default: none, --amqp-url].
+    #[arg(long, env = "AMQP_URLS", global = true, hide_env_values = true)]
+    pub amqp_urls: Option<String>,
+
     /// Prefix of every exchange and queue name (empty in production).
     #[arg(long, env = "AMQP_PREFIX", global = true)]
     pub amqp_prefix: Option<String>,
@@ -414,8 +419,12 @@ impl Cli {
         if let Some(v) = &self.database_url {
             config.database.url = v.clone();
         }
-        if let Some(v) = &self.amqp_url {
+        // A stronger source wins; within one, the list wins over the URL.
+        if let Some(v) = &self.amqp_urls {
+            config.amqp.urls = Some(v.split(',').map(str::to_owned).collect());
+        } else if let Some(v) = &self.amqp_url {
             config.amqp.url = v.clone();
+            config.amqp.urls = None;
         }
         if let Some(v) = &self.amqp_prefix {
             config.amqp.prefix = v.clone();
@@ -593,6 +602,66 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn broker_urls_the_list_wins_and_a_stronger_source_wins() {
+        let file = |c: &mut Config| {
+            c.amqp.urls = Some(vec![
+                "amqp://g:g@file1:1/%2f".into(),
+                "amqp://g:g@file2:2/%2f".into(),
+            ]);
+        };
+        let addresses = |args: &[&str]| {
+            let mut argv = vec!["haproxy-control"];
+            argv.extend_from_slice(args);
+            argv.push("migrate");
+            let mut c = Config::default();
+            file(&mut c);
+            Cli::parse_from(argv).apply(&mut c);
+            c.amqp
+                .brokers()
+                .map(|b| b.addresses())
+                .map_err(|e| e.to_string())
+        };
+        // The file's list, when nothing stronger is given.
+        assert_eq!(addresses(&[]), Ok(vec!["file1:1".into(), "file2:2".into()]));
+        // The single URL of the environment or a flag beats the file's list.
+        assert_eq!(
+            addresses(&["--amqp-url", "amqp://g:g@one:3/%2f"]),
+            Ok(vec!["one:3".into()])
+        );
+        // Both given at once: the list.
+        assert_eq!(
+            addresses(&[
+                "--amqp-url",
+                "amqp://g:g@one:3/%2f",
+                "--amqp-urls",
+                "amqp://g:g@a:4/%2f,amqp://g:g@b:5/%2f"
+            ]),
+            Ok(vec!["a:4".into(), "b:5".into()])
+        );
+        let e = addresses(&["--amqp-urls", "amqp://g:pw@a:4/%2f,,amqp://g:pw@b:5/%2f"])
+            .expect_err("empty entry");
+        assert_eq!(e, "amqp.urls (AMQP_URLS) entry 2 is empty");
+        let e = addresses(&["--amqp-urls", "amqp://g:pw@a:4/%2f,amqp://g:pw@b:port/%2f"])
+            .expect_err("malformed");
+        assert!(
+            e.starts_with(
+                "amqp.urls (AMQP_URLS) entry 2 (amqp://g:***@b:port/%2f) is not an AMQP URL"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("pw"), "{e}");
+        let mut c = Config::default();
+        c.amqp.urls = Some(Vec::new());
+        let e = c.amqp.brokers().expect_err("empty list").to_string();
+        assert!(e.contains("amqp.urls (AMQP_URLS) is empty"), "{e}");
+        // Nothing given: the default single node.
+        assert_eq!(
+            Config::default().amqp.brokers().map(|b| b.addresses()).ok(),
+            Some(vec!["127.0.0.1:5672".to_owned()])
+        );
     }
 
     #[test]

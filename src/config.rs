@@ -68,7 +68,13 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpConfig {
+    /// One broker node. Ignored when `urls` is given.
     pub url: String,
+    /// The nodes of a RabbitMQ cluster: every role connects to the first
+    /// that answers and, when it loses it, to another (round-robin). All
+    /// with the same scheme, user, password and virtual host; given, it
+    /// wins over `url` (an empty list is an error).
+    pub urls: Option<Vec<String>>,
     /// Put in front of every exchange and queue name (tests use it to get
     /// their own topology; production leaves it empty).
     pub prefix: String,
@@ -83,10 +89,25 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            urls: None,
             prefix: String::new(),
             delivery_limit: 5,
             reconnect_attempts: 12,
         }
+    }
+}
+
+impl AmqpConfig {
+    /// The broker addresses roles connect to: `urls` when given, else `url`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the bad entry (without credentials).
+    pub fn brokers(&self) -> Result<crate::queue::Brokers, ConfigError> {
+        let parsed = match &self.urls {
+            Some(urls) => crate::queue::Brokers::parse("amqp.urls (AMQP_URLS)", urls),
+            None => crate::queue::Brokers::parse("amqp.url (AMQP_URL)", &[&self.url]),
+        };
+        parsed.map_err(|e| ConfigError::Invalid(e.0))
     }
 }
 

@@ -67,7 +67,8 @@ impl DeadQueue {
     async fn open(config: &Config) -> anyhow::Result<Self> {
         let topology = Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
         let conn =
-            crate::queue::connect_with(&config.amqp.url, "haproxy-control dead-letters", 0).await?;
+            crate::queue::connect_with(&config.amqp.brokers()?, "haproxy-control dead-letters", 0)
+                .await?;
         let channel = conn.create_channel().await?;
         topology.declare(&channel).await?;
         Ok(Self {

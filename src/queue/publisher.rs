@@ -1,5 +1,7 @@
 //! Publishing with publisher confirms. A publish interrupted by a broker
-//! outage is re-sent after lapin's recovery (lapin does not re-send it).
+//! outage is re-sent after lapin's recovery (lapin does not re-send it),
+//! possibly to another node of the cluster; one the broker nacked (a
+//! quorum queue electing a new leader) is re-sent after a pause.
 
 use std::time::Duration;
 
@@ -22,13 +24,21 @@ pub enum PublishError {
     Serialize(String),
 }
 
-/// How many times one publish is sent, across broker recoveries.
-const PUBLISH_ATTEMPTS: usize = 5;
+/// The pauses before re-sending one publish, across broker recoveries
+/// and nacks: five sends in all, over about 3.5 s.
+const RESEND_PAUSES: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
 
 /// A failed send.
 enum Attempt {
     /// Interrupted by an outage the connection has recovered from.
     Recovered(lapin::Error),
+    /// The broker refused it (nack): the message is not enqueued.
+    Nacked,
     Failed(PublishError),
 }
 
@@ -69,14 +79,14 @@ impl Publisher {
     /// # Errors
     /// [`PublishError`] when the broker nacks it or stays unreachable.
     pub async fn publish(&self, m: Outgoing<'_>) -> Result<(), PublishError> {
-        let resends = std::iter::repeat_n(Duration::ZERO, PUBLISH_ATTEMPTS - 1);
         (|| self.publish_once(&m))
-            .retry(resends)
+            .retry(RESEND_PAUSES.into_iter())
             .sleep(tokio::time::sleep)
-            .when(|e| matches!(e, Attempt::Recovered(_)))
+            .when(|e| matches!(e, Attempt::Recovered(_) | Attempt::Nacked))
             .await
             .map_err(|e| match e {
                 Attempt::Recovered(e) => PublishError::Broker(e),
+                Attempt::Nacked => PublishError::Nacked,
                 Attempt::Failed(e) => e,
             })
     }
@@ -105,7 +115,13 @@ impl Publisher {
         };
         match confirmed {
             Ok(c) if c.is_ack() => Ok(()),
-            Ok(_) => Err(Attempt::Failed(PublishError::Nacked)),
+            Ok(_) => {
+                tracing::warn!(
+                    exchange = m.exchange,
+                    "the broker nacked a publish; sending it again"
+                );
+                Err(Attempt::Nacked)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, exchange = m.exchange, "publish failed; waiting for broker recovery");
                 match self.channel.wait_for_recovery(e.clone()).await {

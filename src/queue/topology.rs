@@ -26,6 +26,11 @@ pub struct Topology {
     pub rollout_hooks_queue: String,
     /// Where a tick waits [`ROLLOUT_TICK_MS`] before it is routed back to
     /// `rollouts_queue` (message TTL, dead-lettered to the commands exchange).
+    /// A quorum queue like the others (`haproxy.rollouts.delay`): the
+    /// classic `haproxy.rollouts.wait` of earlier versions lived on one
+    /// node of a cluster, so while that node was down a process that lost
+    /// its connection could not re-declare the topology on another node
+    /// and never recovered. A queue's type cannot change, hence the name.
     pub rollout_wait_queue: String,
     pub delivery_limit: u32,
 }
@@ -57,7 +62,7 @@ impl Topology {
             dead_queue: n("haproxy.dead-letter"),
             rollouts_queue: n("haproxy.rollouts"),
             rollout_hooks_queue: n("haproxy.rollout-hooks"),
-            rollout_wait_queue: n("haproxy.rollouts.wait"),
+            rollout_wait_queue: n("haproxy.rollouts.delay"),
             delivery_limit,
         }
     }
@@ -140,6 +145,12 @@ impl Topology {
         .await?;
 
         let mut wait_args = FieldTable::default();
+        // Quorum queues expire messages and dead-letter them (at most once,
+        // as classic ones) from RabbitMQ 3.10.
+        wait_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         wait_args.insert(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(ROLLOUT_TICK_MS),

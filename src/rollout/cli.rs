@@ -125,9 +125,10 @@ impl Connections {
     async fn open(config: &Config) -> anyhow::Result<Self> {
         let pool = pool(config).await?;
         let topology = Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
-        let amqp = crate::queue::connect_with(&config.amqp.url, "haproxy-control rollout", 0)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach RabbitMQ: {e}"))?;
+        let amqp =
+            crate::queue::connect_with(&config.amqp.brokers()?, "haproxy-control rollout", 0)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot reach RabbitMQ: {e}"))?;
         let declared = async {
             topology.declare(&amqp.create_channel().await?).await?;
             Publisher::new(&amqp).await

@@ -9,6 +9,7 @@ mod approvals;
 mod batch_guard;
 mod bounded_waits;
 mod clock;
+mod cluster;
 mod connections;
 mod dead_letters;
 mod debian_package;

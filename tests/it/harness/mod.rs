@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod backends;
+pub mod cluster;
 pub mod corpus;
 pub mod demo_apps;
 pub mod final_check;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 pub use agent::TestAgent;
 pub use backends::HttpBackends;
+pub use cluster::RabbitCluster;
 pub use final_check::{assert_db_matches_haproxy, differences_from_haproxy, final_check};
 pub use haproxy::TestHaproxy;
 pub use lb::SpiedLb;

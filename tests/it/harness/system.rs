@@ -36,6 +36,10 @@ pub struct TestSystem {
     events: Arc<Mutex<Vec<(std::time::Instant, Value)>>>,
     capture: JoinHandle<()>,
     workers: Vec<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
+    /// The nodes of a RabbitMQ cluster of the test's own (the harness
+    /// connects to the first that answers, roles get them as `AMQP_URLS`);
+    /// none: the machine's RabbitMQ.
+    brokers: Option<Vec<String>>,
 }
 
 /// A dead-lettered message.
@@ -50,32 +54,76 @@ pub struct DeadLetter {
 
 impl TestSystem {
     pub async fn start() -> Self {
-        Self::on(TestDatabase::create().expect("test database")).await
+        Self::on(TestDatabase::create().expect("test database"), None).await
     }
 
     /// A system whose database is on the PostgreSQL server of `admin_url`.
     pub async fn start_on(admin_url: &str) -> Self {
-        Self::on(TestDatabase::create_on(admin_url.to_owned()).expect("test database")).await
+        Self::on(
+            TestDatabase::create_on(admin_url.to_owned()).expect("test database"),
+            None,
+        )
+        .await
     }
 
-    async fn on(db: TestDatabase) -> Self {
+    /// A system on the RabbitMQ cluster of `brokers` (the harness connects
+    /// to the first that answers and follows the cluster when it loses its
+    /// node). Its capture of events is a quorum queue, so it keeps every
+    /// event across a node's loss.
+    pub async fn start_on_cluster(brokers: Vec<String>) -> Self {
+        Self::on(
+            TestDatabase::create().expect("test database"),
+            Some(brokers),
+        )
+        .await
+    }
+
+    async fn on(db: TestDatabase, brokers: Option<Vec<String>>) -> Self {
         let pool = db.pool(24).expect("pool");
         let prefix = format!("t{}.", &Uuid::new_v4().simple().to_string()[..12]);
         let topology = Topology::with_prefix(&prefix, 5);
-        let conn = haproxy_control::queue::connect(AMQP_URL, "test")
-            .await
-            .expect("RabbitMQ at 127.0.0.1:5672");
+        let conn = match &brokers {
+            None => haproxy_control::queue::connect(AMQP_URL, "test")
+                .await
+                .expect("RabbitMQ at 127.0.0.1:5672"),
+            Some(urls) => {
+                let nodes = haproxy_control::queue::Brokers::parse("the cluster", urls)
+                    .expect("cluster URLs");
+                haproxy_control::queue::connect_with(&nodes, "test", 30)
+                    .await
+                    .expect("the RabbitMQ cluster")
+            }
+        };
         let ch = conn.create_channel().await.expect("channel");
         topology.declare(&ch).await.expect("topology");
         let capture_queue = format!("{prefix}events-capture");
+        let (capture_options, capture_arguments) = if brokers.is_some() {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            (
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+        } else {
+            (
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+        };
         ch.queue_declare(
             capture_queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
+            capture_options,
+            capture_arguments,
         )
         .await
         .expect("capture queue");
@@ -93,7 +141,9 @@ impl TestSystem {
                 capture_queue.as_str().into(),
                 "capture".into(),
                 BasicConsumeOptions {
-                    no_ack: true,
+                    // On a cluster an event is acked once captured, so one
+                    // in flight when a node goes is delivered again.
+                    no_ack: brokers.is_none(),
                     ..BasicConsumeOptions::default()
                 },
                 FieldTable::default(),
@@ -102,12 +152,33 @@ impl TestSystem {
             .expect("consume capture");
         let events: Arc<Mutex<Vec<(std::time::Instant, Value)>>> = Arc::default();
         let sink = events.clone();
+        let acks = brokers.is_some();
         let capture = tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                if let Ok(v) = serde_json::from_slice::<Value>(&d.data) {
-                    sink.lock()
-                        .expect("events")
-                        .push((std::time::Instant::now(), v));
+            loop {
+                match consumer.next().await {
+                    Some(Ok(d)) => {
+                        if let Ok(v) = serde_json::from_slice::<Value>(&d.data) {
+                            sink.lock()
+                                .expect("events")
+                                .push((std::time::Instant::now(), v));
+                        }
+                        if acks {
+                            let _ = d.ack(BasicAckOptions::default()).await;
+                        }
+                    }
+                    // A lost node: lapin's recovery resumes the consumer on
+                    // another.
+                    Some(Err(e)) if acks => {
+                        if let Err(e) = ch.wait_for_recovery(e).await {
+                            eprintln!("harness: the capture of events stopped: {e}");
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("harness: the capture of events stopped: {e}");
+                        return;
+                    }
+                    None => return,
                 }
             }
         });
@@ -122,6 +193,7 @@ impl TestSystem {
             events,
             capture,
             workers: Vec::new(),
+            brokers,
         }
     }
 
@@ -132,6 +204,7 @@ impl TestSystem {
         // A slot for every prefetched action, as before pools were sized.
         c.database.pool_size = 16 + haproxy_control::worker::RESERVED_CONNECTIONS;
         c.amqp.url = AMQP_URL.into();
+        c.amqp.urls.clone_from(&self.brokers);
         c.amqp.prefix = self.prefix.clone();
         c.worker.prefetch = 16;
         c.worker.retry_backoff_ms = vec![100, 200, 400];
@@ -190,6 +263,9 @@ impl TestSystem {
             .stderr(log);
         if let Some(listen) = config.metrics.listen {
             command.env("METRICS_LISTEN", listen.to_string());
+        }
+        if let Some(urls) = &config.amqp.urls {
+            command.env("AMQP_URLS", urls.join(","));
         }
         command
     }
@@ -526,18 +602,23 @@ impl TestSystem {
     /// acked yet is counted again once its consumer is gone) and its
     /// consumers; None when the queue does not exist.
     pub async fn queue_state(&self, queue: &str) -> Option<(u32, u32)> {
-        let ch = self.conn.create_channel().await.expect("channel");
-        ch.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|q| (q.message_count(), q.consumer_count()))
-        .ok()
+        // None while the connection is down (a cluster losing a node).
+        let ch = self.conn.create_channel().await.ok()?;
+        let state = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| (q.message_count(), q.consumer_count()))
+            .ok();
+        // A channel a call: closed, not left open until the connection goes.
+        let _ = ch.close(200, "done".into()).await;
+        state
     }
 
     /// Stops the in-process workers and waits for them.
@@ -556,6 +637,10 @@ impl Drop for TestSystem {
             handle.abort();
         }
         self.capture.abort();
+        if self.brokers.is_some() {
+            // The cluster is the test's own and goes with it.
+            return;
+        }
         let topology = self.topology.clone();
         // Delete this test's exchanges and queues from a thread of its own
         // (Drop cannot await).
