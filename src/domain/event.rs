@@ -53,10 +53,12 @@ pub enum EventType {
     RolloutCompleted,
     #[serde(rename = "rollout.aborted")]
     RolloutAborted,
+    #[serde(rename = "webhook.disabled")]
+    WebhookDisabled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 21] = [
+    pub const ALL: [EventType; 22] = [
         EventType::ActionSucceeded,
         EventType::ActionFailed,
         EventType::ActionSuperseded,
@@ -78,6 +80,7 @@ impl EventType {
         EventType::RolloutHalted,
         EventType::RolloutCompleted,
         EventType::RolloutAborted,
+        EventType::WebhookDisabled,
     ];
 
     pub fn routing_key(self) -> &'static str {
@@ -103,6 +106,7 @@ impl EventType {
             EventType::RolloutHalted => "rollout.halted",
             EventType::RolloutCompleted => "rollout.completed",
             EventType::RolloutAborted => "rollout.aborted",
+            EventType::WebhookDisabled => "webhook.disabled",
         }
     }
 }
@@ -196,6 +200,9 @@ pub struct Event {
     /// Optional extension: the last lines of the update hook's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<String>,
+    /// Optional extension: the webhook endpoint, on `webhook.disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<i64>,
 }
 
 /// Namespace of event ids (a fixed random UUID).
@@ -243,6 +250,7 @@ impl Event {
             wave: None,
             exit_code: None,
             output_tail: None,
+            webhook_id: None,
         }
     }
 }
