@@ -26,11 +26,12 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
-    /// The worker's pool: 14 connections for its syncs, batches and
-    /// rollouts, the rest for actions processed at once (at most the
-    /// prefetch); a worker refuses to start with fewer than 15. Three workers (3 × 20), the API
-    /// (`api.pool_size`, 8) and the scheduler (2) use at most 70
-    /// connections ("Connections" in docs/operations.md).
+    /// The worker's pool: 16 connections for its syncs, batches, rollouts
+    /// and webhook dispatcher, the rest for actions processed at once (at
+    /// most the prefetch); a worker refuses to start with fewer than 17.
+    /// Three workers (3 × 22), the API (`api.pool_size`, 8) and the
+    /// scheduler (2) use at most 76 connections ("Connections" in
+    /// docs/operations.md).
     pub pool_size: u32,
     /// The worker's sessions: how long one statement waits for a lock (a
     /// server's advisory lock included) before it fails and the message is
@@ -57,7 +58,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/haproxy_control".into(),
-            pool_size: 20,
+            pool_size: 22,
             lock_timeout_ms: 10_000,
             statement_timeout_ms: 60_000,
         }

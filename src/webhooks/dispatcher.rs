@@ -128,7 +128,11 @@ impl Dispatcher {
                 self.prune().await;
             }
             let free = slots.available_permits();
-            let claimed = if free > 0 { self.claim(free).await } else { Vec::new() };
+            let claimed = if free > 0 {
+                self.claim(free).await
+            } else {
+                Vec::new()
+            };
             let full = claimed.len() == free && free > 0;
             for due in claimed {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -206,8 +210,11 @@ impl Dispatcher {
         };
         let (next, record) = match &sent {
             Some(sent) => {
-                let position = u32::try_from(attempt - due.schedule_from).unwrap_or(1).max(1);
-                let next = match verdict(&self.settings.schedule, position, sent.outcome, jitter()) {
+                let position = u32::try_from(attempt - due.schedule_from)
+                    .unwrap_or(1)
+                    .max(1);
+                let next = match verdict(&self.settings.schedule, position, sent.outcome, jitter())
+                {
                     Verdict::Delivered => Next::Delivered,
                     Verdict::Gone if due.endpoint_id.is_some() => Next::Gone,
                     Verdict::Gone | Verdict::GiveUp => Next::Failed,
@@ -386,7 +393,9 @@ impl MessageHandler for EventHandler {
         let head: EventHead = serde_json::from_str(body)
             .map_err(|e| InvalidMessage(format!("not an event (event_id, type): {e}")))?;
         if head.kind.is_empty() || head.kind.len() > 255 {
-            return Err(InvalidMessage("an event's type must be 1 to 255 characters".into()));
+            return Err(InvalidMessage(
+                "an event's type must be 1 to 255 characters".into(),
+            ));
         }
         Ok(RoutedEvent {
             event_id: head.event_id,

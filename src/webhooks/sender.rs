@@ -33,9 +33,8 @@ impl Resolve for CheckedResolver {
         let allow = self.allow_private_targets;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for a in &addrs {
                 target::check(&host, a.ip(), allow)?;
             }
@@ -72,7 +71,10 @@ impl Sender {
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .user_agent(concat!("haproxy-control-webhooks/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "haproxy-control-webhooks/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .dns_resolver(CheckedResolver {
                 allow_private_targets,
             })
@@ -195,6 +197,11 @@ mod tests {
             )
             .await;
         assert_eq!(sent.outcome.status, None);
-        assert!(sent.error.as_deref().is_some_and(|e| e.contains("loopback")), "{sent:?}");
+        assert!(
+            sent.error
+                .as_deref()
+                .is_some_and(|e| e.contains("loopback")),
+            "{sent:?}"
+        );
     }
 }

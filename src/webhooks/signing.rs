@@ -93,11 +93,20 @@ mod tests {
         assert_eq!(STANDARD.decode(&s[6..]).expect("base64").len(), 32);
         assert_ne!(s, generate_secret().expect("random"));
         assert!(SigningKey::parse(&s).is_ok());
-        for bad in ["", "whsec_", "whsec_!!!", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_AAAA"] {
+        for bad in [
+            "",
+            "whsec_",
+            "whsec_!!!",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_AAAA",
+        ] {
             let e = SigningKey::parse(bad).expect_err(bad);
             assert!(!e.contains("AAAA"), "{e}");
         }
-        let keys = [SigningKey::parse(&s).expect("a"), SigningKey::parse(&generate_secret().expect("r")).expect("b")];
+        let keys = [
+            SigningKey::parse(&s).expect("a"),
+            SigningKey::parse(&generate_secret().expect("r")).expect("b"),
+        ];
         let header = signature_header(&keys, "id", 1, b"{}");
         assert_eq!(header.split(' ').count(), 2);
         assert!(header.split(' ').all(|p| p.starts_with("v1,")));
