@@ -16,6 +16,7 @@ pub mod pagination;
 pub mod rollouts;
 pub mod servers;
 pub mod settings;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -50,6 +51,8 @@ pub struct ApiState {
     pub token_dir: Option<Arc<std::path::Path>>,
     /// Where rollout update hooks may come from (`[rollout]`).
     pub rollout_policy: Arc<crate::domain::rollout_hook::HookPolicy>,
+    /// Webhook and callback URL rules (`[webhooks]`).
+    pub webhooks: Arc<webhooks::WebhookPolicy>,
 }
 
 /// The API's HTTP application: every route, JSON 404 and 405 answers, and
@@ -124,6 +127,7 @@ async fn serve_with(
         openapi: Bytes::from(openapi::pretty_json()?),
         token_dir,
         rollout_policy: Arc::new(config.rollout.policy()),
+        webhooks: Arc::new(webhooks::WebhookPolicy::from_config(&config.webhooks)?),
     };
     tracing::info!(listen = %listener.local_addr()?, "api listening");
     axum::serve(listener, router(state))

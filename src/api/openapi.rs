@@ -7,7 +7,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::{ApiState, actions, batches, health, instances, metrics, rollouts, servers, settings};
+use super::{
+    ApiState, actions, batches, health, instances, metrics, rollouts, servers, settings, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +30,7 @@ use super::{ApiState, actions, batches, health, instances, metrics, rollouts, se
         (name = "batches", description = "One action for many servers"),
         (name = "settings", description = "Making an AC server an HAProxy node"),
         (name = "rollouts", description = "Rolling updates: drain, update, health gate, ready, in waves"),
+        (name = "webhooks", description = "Signed event deliveries to configured endpoints (Standard Webhooks), their deliveries and redelivery; admin only"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -65,6 +68,15 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(rollouts::abort_rollout))
         .routes(routes!(rollouts::continue_server))
         .routes(routes!(rollouts::skip_server))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::patch_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

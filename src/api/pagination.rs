@@ -37,6 +37,8 @@ pub enum Kind {
     Servers,
     History,
     Rollouts,
+    Webhooks,
+    Deliveries,
 }
 
 impl Kind {
@@ -47,6 +49,8 @@ impl Kind {
             Kind::Servers => "s",
             Kind::History => "h",
             Kind::Rollouts => "r",
+            Kind::Webhooks => "w",
+            Kind::Deliveries => "d",
         }
     }
 }
