@@ -22,6 +22,7 @@ use crate::db::actions::{self, ActionRow, Claim, NewAction};
 use crate::db::{self, inventory};
 use crate::domain::AdminState;
 use crate::domain::action::ActionStatus;
+use crate::domain::webhook::CallbackKind;
 use crate::queue::message::{ActionMessage, parse_action_kind};
 
 /// What to do with one server.
@@ -38,6 +39,11 @@ pub struct ActionRequestBody {
     pub reason: Option<String>,
     /// Take the last `ready` server of a backend out anyway.
     pub force: Option<bool>,
+    /// Optional (issue 13): an http(s) URL that receives this request's final event, signed
+    /// with the service's callback secret and retried like a webhook (docs/webhooks.md). Its
+    /// host must be public unless `webhooks.allow_private_targets`; 422 otherwise, and when
+    /// no `webhooks.callback_secret` is configured. The first URL given for a transaction_id stays.
+    pub callback_url: Option<String>,
 }
 
 /// The action was recorded and its command published.
@@ -100,6 +106,7 @@ pub async fn post_action(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<ActionRequestBody>,
 ) -> Result<(StatusCode, Json<ActionAccepted>), ApiError> {
+    let callback = st.webhooks.callback(body.callback_url.as_deref()).await?;
     let asked = validate(body)?;
     let new = NewAction {
         transaction_id: asked.transaction_id,
@@ -113,6 +120,7 @@ pub async fn post_action(
         requested_at: Utc::now(),
     };
     let row = accepted_row(record(&st, new, id).await?, &asked, id)?;
+    super::record_callback(&st, row.transaction_id, CallbackKind::Action, callback).await?;
     if row.status == ActionStatus::Pending {
         publish(&st, &row).await?;
     }

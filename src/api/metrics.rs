@@ -33,6 +33,8 @@ struct Snapshot {
     instances: Vec<InstanceRow>,
     syncs: Vec<LastSync>,
     sweeps: Vec<(String, i64)>,
+    /// Webhook endpoints by state and deliveries by status.
+    webhooks: (Vec<(String, i64)>, Vec<(String, i64)>),
 }
 
 fn snapshot(c: &mut diesel::PgConnection) -> Result<Snapshot, DbError> {
@@ -60,6 +62,7 @@ fn snapshot(c: &mut diesel::PgConnection) -> Result<Snapshot, DbError> {
         instances: all,
         syncs,
         sweeps: crate::db::sweeps::counters(c)?,
+        webhooks: crate::db::webhooks::counts(c)?,
     })
 }
 
@@ -214,6 +217,7 @@ fn render_db(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "{name}_count {}", s.latency.count);
 
     render_sweeps(out, &s.sweeps);
+    render_webhooks(out, &s.webhooks);
 
     head(
         out,
@@ -288,6 +292,36 @@ fn render_db(out: &mut String, s: &Snapshot) {
                 label(&r.instance)
             );
         }
+    }
+}
+
+fn render_webhooks(
+    out: &mut String,
+    (endpoints, deliveries): &(Vec<(String, i64)>, Vec<(String, i64)>),
+) {
+    head(
+        out,
+        "haproxy_control_webhook_endpoints",
+        "gauge",
+        "Webhook endpoints by state: active, or disabled (by the dispatcher after 410 or failing too long, or by an admin).",
+    );
+    for (state, n) in endpoints {
+        let _ = writeln!(
+            out,
+            "haproxy_control_webhook_endpoints{{state=\"{state}\"}} {n}"
+        );
+    }
+    head(
+        out,
+        "haproxy_control_webhook_deliveries",
+        "gauge",
+        "Webhook and callback deliveries kept (webhooks.retention_days) by status: pending, delivered, failed.",
+    );
+    for (status, n) in deliveries {
+        let _ = writeln!(
+            out,
+            "haproxy_control_webhook_deliveries{{status=\"{status}\"}} {n}"
+        );
     }
 }
 

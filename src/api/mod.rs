@@ -200,3 +200,20 @@ fn not_published(cause: &dyn std::fmt::Display, transaction_id: &str) -> ApiErro
         ),
     )
 }
+
+/// Records a request's callback URL under its transaction id, before its
+/// command is published (so its final event finds it).
+async fn record_callback(
+    st: &ApiState,
+    transaction_id: uuid::Uuid,
+    kind: crate::domain::webhook::CallbackKind,
+    url: Option<crate::domain::webhook::TargetUrl>,
+) -> Result<(), ApiError> {
+    let Some(url) = url else { return Ok(()) };
+    let url = url.as_str().to_owned();
+    crate::db::run(&st.pool, move |c| {
+        crate::db::webhooks::record_callback(c, transaction_id, kind, &url)
+    })
+    .await?;
+    Ok(())
+}
