@@ -26,3 +26,4 @@ mod secrets;
 mod security;
 mod sweeper;
 mod sync;
+mod webhooks;
