@@ -513,15 +513,20 @@ fn endpoint_streak(
         #[diesel(sql_type = diesel::sql_types::Bool)]
         disabled: bool,
     }
+    // One statement: a data-modifying CTE and its outer UPDATE may not both
+    // change the same row (PostgreSQL applies only one of them).
     let d: Option<Disabled> = diesel::sql_query(
-        "WITH streak AS ( \
-             UPDATE haproxy_webhook_endpoints SET failing_since = COALESCE(failing_since, now()) \
-             WHERE id = $1 AND active RETURNING id, failing_since) \
-         UPDATE haproxy_webhook_endpoints en SET active = false, disabled_at = now(), \
-             disabled_reason = $3, disabled_notified = false, updated_at = now() \
-         FROM streak WHERE en.id = streak.id \
-           AND ($4 OR streak.failing_since <= now() - make_interval(secs => $2)) \
-         RETURNING true AS disabled",
+        "WITH cur AS (SELECT id, ($4 OR COALESCE(failing_since, now()) \
+                 <= now() - make_interval(secs => $2)) AS stop \
+             FROM haproxy_webhook_endpoints WHERE id = $1 AND active FOR UPDATE) \
+         UPDATE haproxy_webhook_endpoints en SET failing_since = COALESCE(en.failing_since, now()), \
+             active = NOT cur.stop, \
+             disabled_at = CASE WHEN cur.stop THEN now() ELSE en.disabled_at END, \
+             disabled_reason = CASE WHEN cur.stop THEN $3 ELSE en.disabled_reason END, \
+             disabled_notified = CASE WHEN cur.stop THEN false ELSE en.disabled_notified END, \
+             updated_at = now() \
+         FROM cur WHERE en.id = cur.id \
+         RETURNING cur.stop AS disabled",
     )
     .bind::<BigInt, _>(endpoint)
     .bind::<Double, _>(disable_after_secs)
