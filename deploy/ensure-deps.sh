@@ -22,6 +22,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
+# promtool: the alert rules in deploy/prometheus are checked and unit-tested
+# with the real tool. Only the binaries are wanted: no recommended exporters,
+# and the package's own service is stopped where systemd started it.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing: prometheus (for promtool)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   echo "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start

@@ -54,9 +54,19 @@ pub enum Command {
     /// Apply the database migrations (also done by every worker at start).
     Migrate,
     /// Consume commands and apply them through the agents.
-    Worker(WorkerArgs),
+    Worker {
+        #[command(flatten)]
+        args: WorkerArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
+    },
     /// Publish a sync per active instance every interval, and prune old history.
-    Scheduler(SchedulerArgs),
+    Scheduler {
+        #[command(flatten)]
+        args: SchedulerArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
+    },
     /// Run the webhook dispatcher alone (the worker runs it too unless
     /// `webhooks.dispatcher = false`; docs/webhooks.md).
     Webhooks,
@@ -79,6 +89,22 @@ pub enum Command {
     Rollout(crate::rollout::cli::RolloutCommand),
     /// Run the reference FAgent next to one HAProxy: HTTP in front of its runtime API.
     Fagent(FagentArgs),
+}
+
+/// `--metrics-listen` of the processes that have no API listener.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve /healthz, /readyz and /metrics on this address [default: none].
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl MetricsArgs {
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(v) = self.metrics_listen {
+            c.metrics.listen = Some(v);
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -588,10 +614,11 @@ mod tests {
         ]);
         let mut c = Config::default();
         cli.apply(&mut c);
-        let Command::Worker(w) = &cli.command else {
+        let Command::Worker { args: w, metrics } = &cli.command else {
             panic!("parsed as worker");
         };
         w.apply(&mut c);
+        metrics.apply(&mut c);
         assert_eq!((c.amqp.prefix.as_str(), c.worker.prefetch), ("t.", 8));
         assert_eq!(c.worker.retry_backoff_ms, vec![10, 20]);
         assert_eq!(c.worker.breaker_open_secs, 2);
@@ -609,7 +636,7 @@ mod tests {
             "2",
         ]);
         let mut c = Config::default();
-        let Command::Scheduler(args) = &cli.command else {
+        let Command::Scheduler { args, .. } = &cli.command else {
             panic!("parsed as scheduler");
         };
         args.apply(&mut c);

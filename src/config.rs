@@ -19,6 +19,7 @@ pub struct Config {
     pub fagent: FagentConfig,
     pub api: ApiConfig,
     pub webhooks: WebhooksConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// PostgreSQL.
@@ -389,6 +390,28 @@ impl Default for FagentConfig {
     }
 }
 
+/// Metrics (docs/operations.md, "Health, metrics and errors").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `worker` and `scheduler` serve `/healthz`, `/readyz` and
+    /// `/metrics` (none when absent). `serve` and `api` serve them on the
+    /// API's listener instead.
+    pub listen: Option<SocketAddr>,
+    /// The API's `/metrics` reads its database and broker gauges at most
+    /// this often, in seconds, and serves them cached in between.
+    pub cache_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            cache_secs: 5,
+        }
+    }
+}
+
 /// The HTTP API (`haproxy-control api`, also run by `serve`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -440,6 +463,8 @@ pub enum ApiRole {
     Viewer,
     /// Reads, actions, batches and syncs.
     Operator,
+    /// An operator who may also approve or reject others' held requests.
+    Approver,
     /// Everything, settings included.
     Admin,
 }
@@ -449,6 +474,7 @@ impl ApiRole {
         match self {
             ApiRole::Viewer => "viewer",
             ApiRole::Operator => "operator",
+            ApiRole::Approver => "approver",
             ApiRole::Admin => "admin",
         }
     }
@@ -460,9 +486,10 @@ impl std::str::FromStr for ApiRole {
         match s {
             "viewer" => Ok(ApiRole::Viewer),
             "operator" => Ok(ApiRole::Operator),
+            "approver" => Ok(ApiRole::Approver),
             "admin" => Ok(ApiRole::Admin),
             other => Err(format!(
-                "role {other:?} is not one of viewer, operator, admin"
+                "role {other:?} is not one of viewer, operator, approver, admin"
             )),
         }
     }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod approvals;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -11,6 +12,7 @@ pub mod dead_letters;
 pub mod domain;
 pub mod fagent;
 pub mod http;
+pub mod metrics;
 pub mod queue;
 pub mod rollout;
 pub mod scheduler;

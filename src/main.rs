@@ -34,21 +34,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("applied {name}");
             }
         }
-        Command::Worker(args) => {
+        Command::Worker { args, metrics } => {
             args.apply(&mut config);
+            metrics.apply(&mut config);
             worker::run(&config, shutdown_watch()).await?;
         }
         Command::Webhooks => {
             webhooks::run(&config, shutdown_watch()).await?;
         }
-        Command::Scheduler(args) => {
+        Command::Scheduler { args, metrics } => {
             args.apply(&mut config);
+            metrics.apply(&mut config);
             scheduler::run(&config, shutdown_watch()).await?;
         }
         Command::Serve(args) => {
             args.worker.apply(&mut config);
             args.scheduler.apply(&mut config);
             args.api.apply(&mut config);
+            if let Some(listen) = config.metrics.listen.take() {
+                tracing::info!(%listen, "serve: metrics.listen ignored, the API serves /metrics");
+            }
             let rx = shutdown_watch();
             tokio::try_join!(
                 worker::run(&config, rx.clone()),

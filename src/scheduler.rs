@@ -29,6 +29,10 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         topology,
         publisher,
     } = App::connect(config, Role::SCHEDULER, 2).await?;
+    let conn = std::sync::Arc::new(conn);
+    let metrics_server =
+        crate::metrics::server::serve_if_asked(config, "scheduler", &pool, &conn, shutdown.clone())
+            .await?;
     let sweeper = Sweeper {
         pool: &pool,
         publisher: &publisher,
@@ -38,12 +42,13 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
     let longest = config
         .worker
         .longest_action_secs(config.database.lock_timeout_ms);
-    tokio::join!(
+    let (served, (), ()) = tokio::join!(
+        metrics_server,
         ticks(config, &pool, &publisher, &topology, shutdown.clone()),
         sweeper::run(sweeper, longest, shutdown),
     );
     let _ = conn.close(200, "scheduler stopped".into()).await;
-    Ok(())
+    served
 }
 
 /// Scheduled syncs and history pruning, every sync interval.

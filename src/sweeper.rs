@@ -19,6 +19,9 @@
 //!   [`ROLLOUT_STALE_SECS`] (a worker died between writing a tick and
 //!   publishing the next) gets a tick with its current sequence number.
 //!
+//! - An approval still pending past its `expires_at` expires: its held
+//!   action, batch or rollout ends `rejected` (docs/approvals.md).
+//!
 //! Rows are taken up under `FOR UPDATE SKIP LOCKED` and stamped with the
 //! database's time, so several schedulers may sweep at once. Each item is
 //! logged (warn, with its transaction id) and counted in `haproxy_sweeps`.
@@ -46,6 +49,8 @@ pub struct SweepReport {
     pub batches_republished: usize,
     pub batches_completed: usize,
     pub rollouts: usize,
+    /// Approvals that expired (their requests ended).
+    pub approvals_expired: usize,
 }
 
 impl SweepReport {
@@ -61,6 +66,16 @@ pub enum SweepError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+}
+
+impl From<crate::approvals::DecideError> for SweepError {
+    fn from(e: crate::approvals::DecideError) -> Self {
+        match e {
+            crate::approvals::DecideError::Publish(e) => SweepError::Publish(e),
+            crate::approvals::DecideError::Db(e) => SweepError::Db(e),
+            other => SweepError::Db(db::DbError::Task(other.to_string())),
+        }
+    }
 }
 
 /// The sweeper's collaborators.
@@ -82,12 +97,24 @@ impl Sweeper<'_> {
             pending: self.actions(SweepKind::Pending).await?,
             running: self.actions(SweepKind::Running).await?,
             rollouts: self.rollouts().await?,
+            approvals_expired: self.approvals().await?,
             ..self.batches().await?
         };
         if !report.is_empty() {
             tracing::info!(?report, "sweep done");
         }
         Ok(report)
+    }
+
+    /// Approvals past their `expires_at` (database clock) expire; their
+    /// requests end like rejected ones (docs/approvals.md).
+    async fn approvals(&self) -> Result<usize, SweepError> {
+        let service = crate::approvals::Approvals {
+            pool: self.pool,
+            publisher: self.publisher,
+            topology: self.topology,
+        };
+        Ok(service.expire_due().await?)
     }
 
     fn limits(&self, grace_secs: u64) -> Limits {

@@ -18,10 +18,14 @@ use super::ApiState;
 use super::auth::{Auth, Operator, Viewer};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
+use crate::approvals::Held;
 use crate::db::actions::{self, ActionRow, Claim, NewAction};
+use crate::db::approvals::ApprovalRow;
 use crate::db::{self, inventory};
 use crate::domain::AdminState;
 use crate::domain::action::ActionStatus;
+use crate::domain::approval::{ApprovalKind, Place, Subject, evaluate};
+use crate::domain::event::EventType;
 use crate::domain::webhook::CallbackKind;
 use crate::queue::message::{ActionMessage, parse_action_kind};
 
@@ -50,8 +54,12 @@ pub struct ActionRequestBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ActionAccepted {
     pub transaction_id: Uuid,
-    /// `pending`, `running`, `success`, `failed`, `superseded` or `rejected`.
+    /// `awaiting_approval`, `pending`, `running`, `success`, `failed`,
+    /// `superseded` or `rejected`.
     pub status: String,
+    /// The approval it waits for (`awaiting_approval`): see docs/approvals.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<i64>,
 }
 
 /// The validated request.
@@ -81,6 +89,8 @@ enum ActionRecording {
     Inactive(String),
     New(ActionRow),
     Existing(ActionRow),
+    /// Recorded now, held for this approval (published after the commit).
+    Held(ActionRow, Box<ApprovalRow>),
 }
 
 /// Change one server's state.
@@ -90,7 +100,7 @@ enum ActionRecording {
     request_body = ActionRequestBody,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Recorded and published; the same transaction_id again gives the same answer", body = ActionAccepted),
+        (status = 202, description = "Recorded and published, or held for approval (`awaiting_approval` with `approval_id`); the same transaction_id again gives the same answer", body = ActionAccepted),
         (status = 400, description = "Malformed JSON or bad id", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 403, description = "Role below operator", body = ErrorBody),
@@ -119,11 +129,22 @@ pub async fn post_action(
         force: asked.force,
         requested_at: Utc::now(),
     };
-    let row = accepted_row(record(&st, new, id).await?, &asked, id)?;
+    let recorded = record(&st, new, id).await?;
+    if let ActionRecording::Held(_, approval) = &recorded {
+        st.publisher
+            .publish_event(
+                &st.topology,
+                &crate::approvals::event(EventType::ApprovalRequested, approval),
+            )
+            .await
+            .map_err(|e| super::not_published(&e, &approval.transaction_id.to_string()))?;
+    }
+    let row = accepted_row(recorded, &asked, id)?;
     super::record_callback(&st, row.transaction_id, CallbackKind::Action, callback).await?;
     if row.status == ActionStatus::Pending {
         publish(&st, &row).await?;
     }
+    let approval_id = approval_id(&st, &row).await?;
     tracing::info!(
         transaction_id = %row.transaction_id, server_id = id, action = %row.action,
         actor = %caller.actor, status = %row.status, "action accepted"
@@ -133,8 +154,22 @@ pub async fn post_action(
         Json(ActionAccepted {
             transaction_id: row.transaction_id,
             status: row.status.to_string(),
+            approval_id,
         }),
     ))
+}
+
+/// The approval an action waits for (or waited for).
+async fn approval_id(st: &ApiState, row: &ActionRow) -> Result<Option<i64>, ApiError> {
+    if row.status != ActionStatus::AwaitingApproval {
+        return Ok(None);
+    }
+    let txn = row.transaction_id;
+    Ok(db::run(&st.pool, move |c| {
+        crate::db::approvals::by_request(c, ApprovalKind::Action, txn)
+    })
+    .await?
+    .map(|a| a.id))
 }
 
 /// Records the action as `pending` under its transaction id, or finds the
@@ -144,18 +179,40 @@ async fn record(st: &ApiState, new: NewAction, id: i64) -> Result<ActionRecordin
         if let Some(row) = actions::get_by_transaction(c, new.transaction_id)? {
             return Ok(ActionRecording::Existing(row));
         }
-        match inventory::find_server(c, id)? {
+        let target = match inventory::find_server(c, id)? {
             None => return Ok(ActionRecording::NoServer),
             Some(t) if !t.instance.is_active => {
                 return Ok(ActionRecording::Inactive(t.instance.name));
             }
-            Some(_) => {}
-        }
+            Some(t) => t,
+        };
         // One clock: the database's, like the workers' checks of it.
         let new = NewAction {
             requested_at: db::database_now(c)?,
             ..new
         };
+        let policy = crate::db::approvals::policy(c)?;
+        let place = Place {
+            instance: target.instance.name.clone(),
+            backend: target.backend_name.clone(),
+        };
+        let rules = evaluate(
+            &policy,
+            &Subject::Action {
+                action: new.action,
+                force: new.force,
+                place: &place,
+            },
+        );
+        if !rules.is_empty() {
+            let summary = crate::approvals::action_summary(&new, &target);
+            return Ok(
+                match crate::approvals::hold_action(c, &new, summary, rules, policy.ttl_secs)? {
+                    Held::New(row, approval) => ActionRecording::Held(row, Box::new(approval)),
+                    Held::Existing(row) => ActionRecording::Existing(row),
+                },
+            );
+        }
         Ok(match actions::claim(c, &new)? {
             Claim::New(row) => ActionRecording::New(row),
             Claim::Existing(row) => ActionRecording::Existing(row),
@@ -182,7 +239,7 @@ fn accepted_row(
                 format!("server {id} belongs to instance {instance}, which is not active"),
             ));
         }
-        ActionRecording::New(row) => row,
+        ActionRecording::New(row) | ActionRecording::Held(row, _) => row,
         ActionRecording::Existing(row) => {
             let same = row.action == asked.action
                 && row.server_id == Some(id)
@@ -226,7 +283,8 @@ pub struct ActionView {
     pub transaction_id: Uuid,
     /// `ready`, `drain` or `maint`.
     pub action: String,
-    /// `pending`, `running`, `success`, `failed`, `superseded` or `rejected`.
+    /// `awaiting_approval`, `pending`, `running`, `success`, `failed`,
+    /// `superseded` or `rejected`.
     pub status: String,
     pub server_id: Option<i64>,
     pub batch_id: Option<i64>,

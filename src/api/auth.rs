@@ -161,6 +161,8 @@ pub trait MinRole {
 pub struct Viewer;
 /// Actions, batches, syncs.
 pub struct Operator;
+/// Deciding held requests (four eyes).
+pub struct Approver;
 /// Settings.
 pub struct Admin;
 
@@ -171,6 +173,10 @@ impl MinRole for Viewer {
 impl MinRole for Operator {
     const ROLE: Role = Role::Operator;
     const NEEDED_FOR: &'static str = "actions, batches and syncs";
+}
+impl MinRole for Approver {
+    const ROLE: Role = Role::Approver;
+    const NEEDED_FOR: &'static str = "approving or rejecting held requests";
 }
 impl MinRole for Admin {
     const ROLE: Role = Role::Admin;
@@ -230,7 +236,7 @@ mod tests {
     fn tokens_file_lines_give_actor_and_role_and_bad_lines_are_refused() {
         let mut t = Tokens::default();
         t.add_lines(
-            "# role actor token\n\noperator user:alice alice-secret-1\nadmin user:root root-secret-22\n",
+            "# role actor token\n\noperator user:alice alice-secret-1\nadmin user:root root-secret-22\napprover user:petra petra-secret-3\n",
             "f",
         )
         .expect("valid");
@@ -239,6 +245,11 @@ mod tests {
             Some(("user:alice", Role::Operator))
         );
         assert_eq!(t.lookup("root-secret-22"), Some(("user:root", Role::Admin)));
+        assert_eq!(
+            t.lookup("petra-secret-3"),
+            Some(("user:petra", Role::Approver))
+        );
+        assert!(Role::Operator < Role::Approver && Role::Approver < Role::Admin);
         assert_eq!(t.lookup("alice-secret"), None);
         assert_eq!(t.lookup(""), None);
         assert!(!format!("{t:?}").contains("secret"));

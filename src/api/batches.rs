@@ -20,10 +20,14 @@ use super::ApiState;
 use super::auth::{Auth, Operator, Viewer};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
+use crate::approvals::Held;
+use crate::db::approvals::ApprovalRow;
 use crate::db::batches::{self, BatchRow, NewBatch};
 use crate::db::{self, api_queries};
 use crate::domain::AdminState;
-use crate::domain::action::{BatchRequest, BatchTargets};
+use crate::domain::action::{BatchRequest, BatchStatus, BatchTargets};
+use crate::domain::approval::{ApprovalKind, Subject, evaluate};
+use crate::domain::event::EventType;
 use crate::queue::message::{
     BatchMessage, BatchTargetsMessage, parse_action_kind, parse_batch_targets_json,
 };
@@ -68,6 +72,12 @@ pub struct BatchAccepted {
     pub transaction_id: Uuid,
     /// Live servers the targets named when the batch was recorded.
     pub total: i32,
+    /// `accepted` (expanded by the worker), `awaiting_approval` (held: see
+    /// `approval_id`) or `rejected` (its approval was rejected or expired).
+    pub status: String,
+    /// The approval it waits for (or waited for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<i64>,
 }
 
 struct ValidBatchBody {
@@ -111,6 +121,8 @@ fn command(row: &BatchRow, asked: &ValidBatchBody) -> BatchMessage {
 enum BatchRecording {
     NoServers,
     New(BatchRow),
+    /// Recorded now, held for this approval.
+    Held(BatchRow, Box<ApprovalRow>),
     /// With how many of its actions are recorded.
     Existing(BatchRow, i64),
 }
@@ -121,7 +133,7 @@ enum BatchRecording {
     request_body = BatchRequestBody,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Recorded and published; the same transaction_id again gives the same answer", body = BatchAccepted),
+        (status = 202, description = "Recorded and published, or held for approval (`awaiting_approval` with `approval_id`); the same transaction_id again gives the same answer", body = BatchAccepted),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 403, description = "Role below operator", body = ErrorBody),
@@ -149,7 +161,17 @@ pub async fn post_batch(
         total: 0,
         requested_at: Utc::now(),
     };
-    let (row, publish) = accepted_row(record(&st, new, asked.targets.clone()).await?, &asked)?;
+    let recorded = record(&st, new, asked.targets.clone()).await?;
+    if let BatchRecording::Held(_, approval) = &recorded {
+        st.publisher
+            .publish_event(
+                &st.topology,
+                &crate::approvals::event(EventType::ApprovalRequested, approval),
+            )
+            .await
+            .map_err(|e| super::not_published(&e, &approval.transaction_id.to_string()))?;
+    }
+    let (row, publish) = accepted_row(recorded, &asked)?;
     super::record_callback(
         &st,
         row.transaction_id,
@@ -160,6 +182,16 @@ pub async fn post_batch(
     if publish {
         super::publish_command(&st, &command(&row, &asked)).await?;
     }
+    let approval_id = if row.status == BatchStatus::Accepted {
+        None
+    } else {
+        let txn = row.transaction_id;
+        db::run(&st.pool, move |c| {
+            crate::db::approvals::by_request(c, ApprovalKind::Batch, txn)
+        })
+        .await?
+        .map(|a| a.id)
+    };
     tracing::info!(
         transaction_id = %row.transaction_id, batch_id = row.id, total = row.total,
         action = %row.action, actor = %caller.actor, "batch accepted"
@@ -170,6 +202,8 @@ pub async fn post_batch(
             batch_id: row.id,
             transaction_id: row.transaction_id,
             total: row.total,
+            status: row.status.to_string(),
+            approval_id,
         }),
     ))
 }
@@ -197,6 +231,28 @@ async fn record(
             requested_at: db::database_now(c)?,
             ..new
         };
+        let policy = crate::db::approvals::policy(c)?;
+        let places = crate::approvals::places_of(c, &policy, new.action, &ids)?;
+        let rules = evaluate(
+            &policy,
+            &Subject::Batch {
+                action: new.action,
+                force: new.force,
+                places: &places,
+            },
+        );
+        if !rules.is_empty() {
+            let summary = crate::approvals::batch_summary(&new);
+            match crate::approvals::hold_batch(c, &new, summary, rules, policy.ttl_secs)? {
+                Held::New(row, approval) => {
+                    return Ok(BatchRecording::Held(row, Box::new(approval)));
+                }
+                Held::Existing(row) => {
+                    let n = api_queries::batch_recorded(c, row.id)?;
+                    return Ok(BatchRecording::Existing(row, n));
+                }
+            }
+        }
         let (row, created) = batches::create(c, &new)?;
         if created {
             return Ok(BatchRecording::New(row));
@@ -221,6 +277,7 @@ fn accepted_row(
             ));
         }
         BatchRecording::New(row) => (row, true),
+        BatchRecording::Held(row, _) => (row, false),
         BatchRecording::Existing(row, recorded) => {
             let same = row.action == asked.action
                 && parse_batch_targets_json(&row.targets).ok().as_ref() == Some(&asked.targets)
@@ -237,7 +294,10 @@ fn accepted_row(
             }
             // Published again only while the worker has not expanded it all,
             // so a publish that failed earlier is retried.
-            let unfinished = row.completed_at.is_none() && recorded < i64::from(row.total);
+            // A held or rejected batch is not published.
+            let unfinished = row.completed_at.is_none()
+                && row.status == BatchStatus::Accepted
+                && recorded < i64::from(row.total);
             (row, unfinished)
         }
     })
@@ -255,7 +315,12 @@ pub struct BatchView {
     #[schema(value_type = TargetsSchema)]
     pub targets: serde_json::Value,
     pub total: i32,
-    /// Actions by status (`pending` includes servers whose action is not recorded yet).
+    /// `accepted`, `awaiting_approval` or `rejected` (see docs/approvals.md).
+    pub status: String,
+    /// Why it was rejected (names the approval).
+    pub status_detail: Option<String>,
+    /// Actions by status (`pending` includes servers whose action is not recorded
+    /// yet; for a held batch they count as `awaiting_approval`, for a rejected one as `rejected`).
     pub counts: BTreeMap<String, i64>,
     pub requested_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
@@ -298,6 +363,8 @@ pub async fn get_batch(
         force: r.force,
         targets: r.targets,
         total: r.total,
+        status: r.status.to_string(),
+        status_detail: r.status_detail,
         counts,
         requested_at: r.requested_at,
         created_at: r.created_at,

@@ -1,7 +1,5 @@
 //! `/healthz`, `/readyz` and `/api/openapi.json`: no token needed.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -11,10 +9,6 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use super::error::ErrorDetail;
-use crate::db::{self, api_queries};
-
-/// How long `/readyz` waits for PostgreSQL.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The process is up.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -56,17 +50,7 @@ pub struct Readiness {
     )
 )]
 pub async fn readyz(State(st): State<ApiState>) -> (StatusCode, Json<Readiness>) {
-    let postgres =
-        match tokio::time::timeout(READY_TIMEOUT, db::run(&st.pool, api_queries::ping)).await {
-            Ok(Ok(())) => "ok".to_owned(),
-            Ok(Err(e)) => format!("unavailable: {e}"),
-            Err(_) => format!("no answer within {} s", READY_TIMEOUT.as_secs()),
-        };
-    let rabbitmq = if st.amqp.status().connected() {
-        "ok".to_owned()
-    } else {
-        "not connected".to_owned()
-    };
+    let (postgres, rabbitmq) = crate::metrics::server::dependencies(&st.pool, &st.amqp).await;
     let ready = postgres == "ok" && rabbitmq == "ok";
     let status = if ready {
         StatusCode::OK

@@ -4,6 +4,7 @@
 //! them.
 
 pub mod actions;
+pub mod approvals;
 pub mod auth;
 pub mod batches;
 pub mod error;
@@ -53,6 +54,8 @@ pub struct ApiState {
     pub rollout_policy: Arc<crate::domain::rollout_hook::HookPolicy>,
     /// Webhook and callback URL rules (`[webhooks]`).
     pub webhooks: Arc<webhooks::WebhookPolicy>,
+    /// The database and broker gauges of `/metrics`, cached.
+    pub gauges: Arc<crate::metrics::database::Gauges>,
 }
 
 /// The API's HTTP application: every route, JSON 404 and 405 answers, and
@@ -118,7 +121,14 @@ async fn serve_with(
         publisher,
     } = App::connect(config, Role::API, config.api.pool_size.max(2)).await?;
     let amqp = Arc::new(conn);
+    let gauges = Arc::new(crate::metrics::database::Gauges::new(
+        pool.clone(),
+        amqp.clone(),
+        topology.clone(),
+        std::time::Duration::from_secs(config.metrics.cache_secs),
+    ));
     let state = ApiState {
+        gauges,
         pool,
         publisher,
         topology,
@@ -189,7 +199,7 @@ async fn publish_command<C: Command>(st: &ApiState, command: &C) -> Result<(), A
 
 /// A 503 for a command that could not be published: the same request with
 /// the same transaction id publishes it again.
-fn not_published(cause: &dyn std::fmt::Display, transaction_id: &str) -> ApiError {
+pub(crate) fn not_published(cause: &dyn std::fmt::Display, transaction_id: &str) -> ApiError {
     tracing::warn!(error = %cause, %transaction_id, "publishing a command failed");
     ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -8,7 +8,8 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::{
-    ApiState, actions, batches, health, instances, metrics, rollouts, servers, settings, webhooks,
+    ApiState, actions, approvals, batches, health, instances, metrics, rollouts, servers, settings,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -17,7 +18,7 @@ use super::{
         title = "haproxy-control API",
         description = "HAProxy fleet control for AC: instances, backends and servers with live state, \
                        actions on one server or many, their progress and history, node settings. \
-                       Authenticate with `Authorization: Bearer <token>`; roles viewer < operator < admin. \
+                       Authenticate with `Authorization: Bearer <token>`; roles viewer < operator < approver < admin. \
                        Errors answer `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "MIT")
     ),
@@ -30,6 +31,7 @@ use super::{
         (name = "batches", description = "One action for many servers"),
         (name = "settings", description = "Making an AC server an HAProxy node"),
         (name = "rollouts", description = "Rolling updates: drain, update, health gate, ready, in waves"),
+        (name = "approvals", description = "Four eyes: the policy of which requests wait for a second person, and deciding them"),
         (name = "webhooks", description = "Signed event deliveries to configured endpoints (Standard Webhooks), their deliveries and redelivery; admin only"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
@@ -68,6 +70,11 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(rollouts::abort_rollout))
         .routes(routes!(rollouts::continue_server))
         .routes(routes!(rollouts::skip_server))
+        .routes(routes!(approvals::get_policy, approvals::put_policy))
+        .routes(routes!(approvals::list_approvals))
+        .routes(routes!(approvals::get_approval))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
         .routes(routes!(
             webhooks::get_webhook,

@@ -39,6 +39,7 @@ pub enum Kind {
     Rollouts,
     Webhooks,
     Deliveries,
+    Approvals,
 }
 
 impl Kind {
@@ -51,6 +52,7 @@ impl Kind {
             Kind::Rollouts => "r",
             Kind::Webhooks => "w",
             Kind::Deliveries => "d",
+            Kind::Approvals => "a",
         }
     }
 }

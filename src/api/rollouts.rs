@@ -54,7 +54,8 @@ fn service(st: &ApiState) -> Rollouts<'_> {
 pub struct RolloutView {
     pub id: i64,
     pub transaction_id: Uuid,
-    /// `running`, `paused`, `halted`, `aborting`, `aborted` or `completed`.
+    /// `awaiting_approval`, `running`, `paused`, `halted`, `aborting`,
+    /// `aborted`, `completed` or `rejected` (its approval was rejected or expired).
     pub status: String,
     pub actor: String,
     pub reason: Option<String>,
@@ -70,6 +71,10 @@ pub struct RolloutView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The approval it waits for (status `awaiting_approval`), on the
+    /// answer to the request that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<i64>,
 }
 
 impl From<RolloutRow> for RolloutView {
@@ -88,6 +93,7 @@ impl From<RolloutRow> for RolloutView {
             created_at: r.created_at,
             updated_at: r.updated_at,
             finished_at: r.finished_at,
+            approval_id: None,
         }
     }
 }
@@ -191,7 +197,9 @@ pub async fn post_rollout(
         total = started.rollout.total, created = started.created, actor = %caller.actor,
         "rollout accepted"
     );
-    Ok((StatusCode::ACCEPTED, Json(started.rollout.into())))
+    let mut view = RolloutView::from(started.rollout);
+    view.approval_id = started.approval_id;
+    Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 /// List rollouts, newest first.

@@ -8,15 +8,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{
-    Array, BigInt, Bool, Double, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-};
+use diesel::sql_types::{BigInt, Bool, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use uuid::Uuid;
 
 use super::DbError;
 use super::instances::InstanceRow;
 use super::schema::{haproxy_instances as i, servers as ac};
-use crate::domain::action::ActionStatus;
 use crate::domain::{AdminState, HistorySource, OpState};
 
 /// A live backend of an instance with its live server counts.
@@ -433,60 +430,6 @@ fn save_settings(
             created: true,
         })
     })
-}
-
-/// Actions by status, for `/metrics`.
-#[derive(Debug, Clone, QueryableByName)]
-pub struct StatusCount {
-    #[diesel(sql_type = Text)]
-    pub status: ActionStatus,
-    #[diesel(sql_type = BigInt)]
-    pub n: i64,
-}
-
-pub fn action_status_counts(conn: &mut PgConnection) -> Result<Vec<StatusCount>, DbError> {
-    Ok(diesel::sql_query(
-        "SELECT status, count(*) AS n FROM haproxy_actions GROUP BY status ORDER BY status",
-    )
-    .load(conn)?)
-}
-
-/// A latency histogram: cumulative counts per upper bound, sum and count.
-#[derive(Debug, Clone, QueryableByName)]
-pub struct Histogram {
-    #[diesel(sql_type = Array<BigInt>)]
-    pub cumulative: Vec<i64>,
-    #[diesel(sql_type = Double)]
-    pub sum: f64,
-    #[diesel(sql_type = BigInt)]
-    pub count: i64,
-}
-
-/// How many of the newest actions the latency histogram looks at, so a
-/// scrape reads a bounded slice of the primary key's index.
-pub const LATENCY_WINDOW_ROWS: i64 = 10_000;
-
-/// `finished_at - requested_at` of the actions finished in the last
-/// `window_secs`, among the newest [`LATENCY_WINDOW_ROWS`].
-pub fn action_latency(
-    conn: &mut PgConnection,
-    bounds: &[f64],
-    window_secs: f64,
-) -> Result<Histogram, DbError> {
-    Ok(diesel::sql_query(
-        "WITH d AS ( \
-           SELECT GREATEST(EXTRACT(EPOCH FROM (finished_at - requested_at)), 0)::float8 AS secs \
-           FROM (SELECT requested_at, finished_at FROM haproxy_actions ORDER BY id DESC LIMIT $3) a \
-           WHERE finished_at IS NOT NULL AND finished_at > now() - make_interval(secs => $2)) \
-         SELECT ARRAY(SELECT (SELECT count(*) FROM d WHERE d.secs <= b) \
-                      FROM unnest($1::float8[]) AS b ORDER BY b) AS cumulative, \
-                COALESCE((SELECT sum(secs) FROM d), 0)::float8 AS sum, \
-                (SELECT count(*) FROM d) AS count",
-    )
-    .bind::<Array<Double>, _>(bounds)
-    .bind::<Double, _>(window_secs)
-    .bind::<BigInt, _>(LATENCY_WINDOW_ROWS)
-    .get_result(conn)?)
 }
 
 /// The last finished successful sync of an instance, for `/metrics`.

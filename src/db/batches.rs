@@ -16,7 +16,7 @@ use super::schema::{
     haproxy_batches as t, haproxy_instances as i, haproxy_servers as s,
 };
 use crate::domain::AdminState;
-use crate::domain::action::{ActionStatus, BatchTargets};
+use crate::domain::action::{ActionStatus, BatchStatus, BatchTargets};
 
 /// A batch as stored.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
@@ -33,6 +33,9 @@ pub struct BatchRow {
     pub requested_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub status: BatchStatus,
+    /// Why it was rejected (names the approval).
+    pub status_detail: Option<String>,
 }
 
 /// The live servers a batch's targets name, ordered by backend then server
@@ -79,8 +82,18 @@ pub struct NewBatch {
 /// Records a batch, or returns the one its transaction id already has;
 /// the flag says whether it was created now.
 pub fn create(conn: &mut PgConnection, new: &NewBatch) -> Result<(BatchRow, bool), DbError> {
+    create_with_status(conn, new, BatchStatus::Accepted)
+}
+
+/// [`create`] with the status a new row gets (`awaiting_approval` for a
+/// batch held for approval).
+pub fn create_with_status(
+    conn: &mut PgConnection,
+    new: &NewBatch,
+    status: BatchStatus,
+) -> Result<(BatchRow, bool), DbError> {
     let inserted: Option<BatchRow> = diesel::insert_into(t::table)
-        .values(new)
+        .values((new, t::status.eq(status)))
         .on_conflict(t::transaction_id)
         .do_nothing()
         .returning(BatchRow::as_returning())
@@ -131,12 +144,37 @@ pub fn counts(conn: &mut PgConnection, batch: &BatchRow) -> Result<BTreeMap<Stri
         counts.insert(status.as_str().to_owned(), n);
     }
     let missing = i64::from(batch.total) - recorded;
+    // A batch's servers with no action yet: waiting for the batch's
+    // approval, ended by its rejection, or about to be expanded.
+    let unrecorded = match batch.status {
+        BatchStatus::AwaitingApproval => ActionStatus::AwaitingApproval,
+        BatchStatus::Rejected => ActionStatus::Rejected,
+        BatchStatus::Accepted => ActionStatus::Pending,
+    };
     if missing > 0 {
-        *counts
-            .entry(ActionStatus::Pending.as_str().to_owned())
-            .or_insert(0) += missing;
+        *counts.entry(unrecorded.as_str().to_owned()).or_insert(0) += missing;
     }
     Ok(counts)
+}
+
+/// The instance and backend names of live servers, one per server found
+/// (for the approval policy's `maint_*` rules).
+///
+/// # Errors
+/// [`DbError`].
+pub fn places(
+    conn: &mut PgConnection,
+    server_ids: &[i64],
+) -> Result<Vec<crate::domain::approval::Place>, DbError> {
+    let rows: Vec<(String, String)> = s::table
+        .inner_join(b::table.inner_join(i::table))
+        .filter(s::id.eq_any(server_ids))
+        .select((i::name, b::backend_name))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(instance, backend)| crate::domain::approval::Place { instance, backend })
+        .collect())
 }
 
 /// Marks the batch completed when every one of its actions is final.

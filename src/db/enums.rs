@@ -80,6 +80,7 @@ text_enum!(
 text_enum!(OpState, "haproxy_servers.op_state or a history op state");
 text_enum!(BreakerState, "haproxy_instances.breaker_state");
 text_enum!(ActionStatus, "haproxy_actions.status");
+text_enum!(crate::domain::action::BatchStatus, "haproxy_batches.status");
 text_enum!(FailureCode, "haproxy_actions.error");
 text_enum!(HistorySource, "haproxy_server_status_history.source");
 text_enum!(SyncReason, "haproxy_sync_runs.reason");
@@ -90,6 +91,14 @@ text_enum!(
 text_enum!(
     crate::domain::rollout::RolloutStatus,
     "haproxy_rollouts.status"
+);
+text_enum!(
+    crate::domain::approval::ApprovalStatus,
+    "haproxy_approvals.status"
+);
+text_enum!(
+    crate::domain::approval::ApprovalKind,
+    "haproxy_approvals.kind"
 );
 text_enum!(
     crate::domain::rollout::Step,

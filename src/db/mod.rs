@@ -7,6 +7,7 @@
 
 pub mod actions;
 pub mod api_queries;
+pub mod approvals;
 pub mod batches;
 pub mod clock;
 pub mod enums;

@@ -79,6 +79,8 @@ pub struct NewRollout {
 #[derive(Debug)]
 pub enum Created {
     New(RolloutRow),
+    /// Recorded `awaiting_approval`, with its approval.
+    Held(RolloutRow, Box<super::approvals::ApprovalRow>),
     /// The transaction id has a rollout already.
     Existing(RolloutRow),
     /// A target is in another active rollout: (that rollout, the server).
@@ -97,10 +99,13 @@ const CREATE_LOCK: i64 = 0x524f_4c4c_4f55_5400; // "ROLLOUT\0"
 ///
 /// # Errors
 /// [`DbError`].
+/// With `hold`, it is recorded `awaiting_approval` together with that
+/// approval (same transaction).
 pub fn create(
     conn: &mut PgConnection,
     new: &NewRollout,
     planned: &[PlannedServer],
+    hold: Option<&super::approvals::NewApproval>,
 ) -> Result<Created, DbError> {
     conn.transaction(|conn| {
         super::durable(conn)?;
@@ -133,6 +138,11 @@ pub fn create(
                 r::spec.eq(&new.spec),
                 r::total.eq(i32::try_from(planned.len()).unwrap_or(i32::MAX)),
                 r::waves.eq(new.waves),
+                r::status.eq(if hold.is_some() {
+                    RolloutStatus::AwaitingApproval
+                } else {
+                    RolloutStatus::Running
+                }),
             ))
             .returning(RolloutRow::as_returning())
             .get_result(conn)?;
@@ -149,8 +159,27 @@ pub fn create(
             })
             .collect();
         diesel::insert_into(rs::table).values(&rows).execute(conn)?;
+        if let Some(hold) = hold {
+            let (approval, _) = super::approvals::create(conn, hold)?;
+            return Ok(Created::Held(row, Box::new(approval)));
+        }
         Ok(Created::New(row))
     })
+}
+
+/// How many rollouts are in each status that is not final (`/metrics`);
+/// a partial index keeps this off the finished rollouts.
+///
+/// # Errors
+/// [`DbError`].
+pub fn count_active_by_status(
+    conn: &mut PgConnection,
+) -> Result<Vec<(RolloutStatus, i64)>, DbError> {
+    Ok(r::table
+        .filter(r::status.eq_any(active_statuses()))
+        .group_by(r::status)
+        .select((r::status, diesel::dsl::count_star()))
+        .load(conn)?)
 }
 
 fn active_statuses() -> Vec<RolloutStatus> {

@@ -125,6 +125,10 @@ diesel::table! {
         /// Times the sweeper took the batch up.
         sweeps -> Int4,
         swept_at -> Nullable<Timestamptz>,
+        /// `awaiting_approval`, `accepted` or `rejected` (by its approval).
+        status -> Text,
+        /// Why it was rejected (names the approval).
+        status_detail -> Nullable<Text>,
     }
 }
 
@@ -136,7 +140,7 @@ diesel::table! {
         batch_id -> Nullable<Int8>,
         /// `ready`, `drain` or `maint`.
         action -> Text,
-        /// `pending`, `running`, `success`, `failed`, `superseded` or `rejected`.
+        /// `awaiting_approval`, `pending`, `running`, `success`, `failed`, `superseded` or `rejected`.
         status -> Text,
         actor -> Text,
         reason -> Nullable<Text>,
@@ -221,7 +225,8 @@ diesel::table! {
         transaction_id -> Uuid,
         actor -> Text,
         reason -> Nullable<Text>,
-        /// `running`, `paused`, `halted`, `aborting`, `aborted` or `completed`.
+        /// `awaiting_approval`, `running`, `paused`, `halted`, `aborting`, `aborted`,
+        /// `completed` or `rejected`.
         status -> Text,
         spec -> Jsonb,
         total -> Int4,
@@ -342,6 +347,34 @@ diesel::joinable!(haproxy_instances -> servers (server_id));
 diesel::joinable!(haproxy_backends -> haproxy_instances (haproxy_id));
 diesel::joinable!(haproxy_servers -> haproxy_backends (backend_id));
 diesel::joinable!(haproxy_servers -> applications (application_id));
+diesel::table! {
+    haproxy_settings (name) {
+        name -> Text,
+        value -> Jsonb,
+        updated_by -> Text,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    haproxy_approvals (id) {
+        id -> Int8,
+        /// `action`, `batch` or `rollout`.
+        kind -> Text,
+        transaction_id -> Uuid,
+        /// `pending`, `approved`, `rejected` or `expired`.
+        status -> Text,
+        requester -> Text,
+        summary -> Jsonb,
+        matched_rules -> Jsonb,
+        requested_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        decided_by -> Nullable<Text>,
+        decided_at -> Nullable<Timestamptz>,
+        comment -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(haproxy_actions -> haproxy_servers (server_id));
 diesel::joinable!(haproxy_actions -> haproxy_batches (batch_id));
 diesel::joinable!(haproxy_server_status_history -> haproxy_servers (server_id));
@@ -372,6 +405,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     haproxy_sweeps,
     haproxy_rollouts,
     haproxy_rollout_servers,
+    haproxy_settings,
+    haproxy_approvals,
     haproxy_webhook_endpoints,
     haproxy_webhook_callbacks,
     haproxy_webhook_events,

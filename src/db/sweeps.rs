@@ -122,10 +122,10 @@ pub fn take_actions(
 }
 
 /// Open batches older than a grace, none of whose recorded actions is in
-/// flight, not taken up within one.
+/// flight, not taken up within one. A batch held for approval is not stuck.
 const STUCK_BATCHES: &str = "\
 SELECT b.id FROM haproxy_batches b
- WHERE b.completed_at IS NULL
+ WHERE b.completed_at IS NULL AND b.status = 'accepted'
    AND b.created_at < now() - make_interval(secs => $1)
    AND GREATEST(b.created_at, b.swept_at) < now() - make_interval(secs => $1)
    AND NOT EXISTS (SELECT 1 FROM haproxy_actions a

@@ -130,11 +130,13 @@ pub fn update_endpoint(
                 row.disabled_notified = false;
                 row.failing_since = None;
             }
+            // Paused by an admin: no `disabled_at` (that marks the
+            // dispatcher's disabling, which publishes `webhook.disabled`).
             Some(false) if before.active => {
                 row.active = false;
-                row.disabled_at = Some(now);
-                row.disabled_reason = Some(format!("disabled by {}", patch.actor));
-                row.disabled_notified = true;
+                row.disabled_at = None;
+                row.disabled_reason = Some(format!("paused by {}", patch.actor));
+                row.disabled_notified = false;
             }
             _ => {}
         }
@@ -673,22 +675,35 @@ pub fn redeliver(conn: &mut PgConnection, id: i64) -> Result<Option<DeliveryRow>
         .optional()?)
 }
 
-/// Endpoints by state (`active`, `disabled`) and deliveries by status,
+/// What `haproxy_control_webhook_endpoints{state}` calls an endpoint:
+/// `active`; `disabled` by the dispatcher (410, or failing too long: it has
+/// a `disabled_at`); or `paused` by an admin (`active: false`, no
+/// `disabled_at`). The alert on `state="disabled"` thus means failures only.
+pub const ENDPOINT_STATES: [&str; 3] = ["active", "disabled", "paused"];
+
+/// Endpoints by state ([`ENDPOINT_STATES`]) and deliveries by status,
 /// every state present (0 when none), for `/metrics`.
 pub fn counts(
     conn: &mut PgConnection,
 ) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), DbError> {
-    let by_active: Vec<(bool, i64)> = e::table
-        .group_by(e::active)
-        .select((e::active, diesel::dsl::count_star()))
-        .load(conn)?;
-    let endpoints = [("active", true), ("disabled", false)]
+    #[derive(QueryableByName)]
+    struct ByState {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        state: String,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let by_state: Vec<ByState> = diesel::sql_query(
+        "SELECT CASE WHEN active THEN 'active' \
+                     WHEN disabled_at IS NOT NULL THEN 'disabled' ELSE 'paused' END AS state, \
+                count(*) AS n \
+         FROM haproxy_webhook_endpoints GROUP BY 1",
+    )
+    .load(conn)?;
+    let endpoints = ENDPOINT_STATES
         .into_iter()
-        .map(|(name, flag)| {
-            let n = by_active
-                .iter()
-                .find(|(a, _)| *a == flag)
-                .map_or(0, |(_, n)| *n);
+        .map(|name| {
+            let n = by_state.iter().find(|b| b.state == name).map_or(0, |b| b.n);
             (name.to_owned(), n)
         })
         .collect();

@@ -182,6 +182,8 @@ pub fn scheduled_sync_id(instance_id: i64, bucket: i64) -> Uuid {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionStatus {
+    /// Recorded, held until its approval is decided (docs/approvals.md).
+    AwaitingApproval,
     Pending,
     Running,
     Success,
@@ -191,7 +193,8 @@ pub enum ActionStatus {
 }
 
 impl ActionStatus {
-    pub const ALL: [ActionStatus; 6] = [
+    pub const ALL: [ActionStatus; 7] = [
+        ActionStatus::AwaitingApproval,
         ActionStatus::Pending,
         ActionStatus::Running,
         ActionStatus::Success,
@@ -202,6 +205,7 @@ impl ActionStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            ActionStatus::AwaitingApproval => "awaiting_approval",
             ActionStatus::Pending => "pending",
             ActionStatus::Running => "running",
             ActionStatus::Success => "success",
@@ -213,7 +217,10 @@ impl ActionStatus {
 
     /// A final status never changes again.
     pub fn is_final(self) -> bool {
-        !matches!(self, ActionStatus::Pending | ActionStatus::Running)
+        !matches!(
+            self,
+            ActionStatus::AwaitingApproval | ActionStatus::Pending | ActionStatus::Running
+        )
     }
 }
 
@@ -227,6 +234,46 @@ impl FromStr for ActionStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         find(&ActionStatus::ALL, s, ActionStatus::as_str, "action status")
+    }
+}
+
+/// `haproxy_batches.status`: whether a batch may be expanded. A batch
+/// waits as a whole while its approval is pending (no action of it is
+/// recorded); a rejected or expired approval ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    AwaitingApproval,
+    Accepted,
+    Rejected,
+}
+
+impl BatchStatus {
+    pub const ALL: [BatchStatus; 3] = [
+        BatchStatus::AwaitingApproval,
+        BatchStatus::Accepted,
+        BatchStatus::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::AwaitingApproval => "awaiting_approval",
+            BatchStatus::Accepted => "accepted",
+            BatchStatus::Rejected => "rejected",
+        }
+    }
+}
+
+impl fmt::Display for BatchStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BatchStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        find(&BatchStatus::ALL, s, BatchStatus::as_str, "batch status")
     }
 }
 
@@ -384,6 +431,11 @@ mod tests {
         }
         assert!(!ActionStatus::Pending.is_final());
         assert!(!ActionStatus::Running.is_final());
+        assert!(!ActionStatus::AwaitingApproval.is_final());
+        assert_eq!(
+            "awaiting_approval".parse::<ActionStatus>(),
+            Ok(ActionStatus::AwaitingApproval)
+        );
         assert!(ActionStatus::Superseded.is_final());
         assert!("done".parse::<ActionStatus>().is_err());
         for s in SyncStatus::ALL {
@@ -391,6 +443,9 @@ mod tests {
         }
         for s in FailureCode::ALL {
             assert_eq!(s.as_str().parse::<FailureCode>(), Ok(s));
+        }
+        for s in BatchStatus::ALL {
+            assert_eq!(s.as_str().parse::<BatchStatus>(), Ok(s));
         }
         for s in SyncReason::ALL {
             assert_eq!(s.as_str().parse::<SyncReason>(), Ok(s));

@@ -53,12 +53,20 @@ pub enum EventType {
     RolloutCompleted,
     #[serde(rename = "rollout.aborted")]
     RolloutAborted,
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
+    #[serde(rename = "approval.approved")]
+    ApprovalApproved,
+    #[serde(rename = "approval.rejected")]
+    ApprovalRejected,
+    #[serde(rename = "approval.expired")]
+    ApprovalExpired,
     #[serde(rename = "webhook.disabled")]
     WebhookDisabled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 22] = [
+    pub const ALL: [EventType; 26] = [
         EventType::ActionSucceeded,
         EventType::ActionFailed,
         EventType::ActionSuperseded,
@@ -80,6 +88,10 @@ impl EventType {
         EventType::RolloutHalted,
         EventType::RolloutCompleted,
         EventType::RolloutAborted,
+        EventType::ApprovalRequested,
+        EventType::ApprovalApproved,
+        EventType::ApprovalRejected,
+        EventType::ApprovalExpired,
         EventType::WebhookDisabled,
     ];
 
@@ -106,6 +118,10 @@ impl EventType {
             EventType::RolloutHalted => "rollout.halted",
             EventType::RolloutCompleted => "rollout.completed",
             EventType::RolloutAborted => "rollout.aborted",
+            EventType::ApprovalRequested => "approval.requested",
+            EventType::ApprovalApproved => "approval.approved",
+            EventType::ApprovalRejected => "approval.rejected",
+            EventType::ApprovalExpired => "approval.expired",
             EventType::WebhookDisabled => "webhook.disabled",
         }
     }
@@ -137,6 +153,29 @@ pub struct RestoreRef {
     pub server_id: i64,
     pub action: AdminState,
     pub transaction_id: Uuid,
+}
+
+/// An approval, on `approval.*` events.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApprovalRef {
+    pub id: i64,
+    /// `action`, `batch` or `rollout`.
+    pub kind: String,
+    /// `pending`, `approved`, `rejected` or `expired`.
+    pub status: String,
+    pub requester: String,
+    /// What was asked (action, targets, force, reason, ...).
+    pub summary: serde_json::Value,
+    /// The policy rules the request matched: `[{"rule", "detail"}]`.
+    pub matched_rules: serde_json::Value,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// Counts by status, for `batch.completed`.
@@ -200,6 +239,9 @@ pub struct Event {
     /// Optional extension: the last lines of the update hook's output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<String>,
+    /// Optional extension: the approval, on `approval.*` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRef>,
     /// Optional extension: the webhook endpoint, on `webhook.disabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_id: Option<i64>,
@@ -250,6 +292,7 @@ impl Event {
             wave: None,
             exit_code: None,
             output_tail: None,
+            approval: None,
             webhook_id: None,
         }
     }

@@ -112,38 +112,54 @@ impl FromStr for Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutStatus {
+    /// Recorded, held until its approval is decided; its servers are taken.
+    AwaitingApproval,
     Running,
     Paused,
     Halted,
     Aborting,
     Aborted,
     Completed,
+    /// Its approval was rejected or expired: it never started.
+    Rejected,
 }
 
 impl RolloutStatus {
-    pub const ALL: [RolloutStatus; 6] = [
+    pub const ALL: [RolloutStatus; 8] = [
+        RolloutStatus::AwaitingApproval,
         RolloutStatus::Running,
         RolloutStatus::Paused,
         RolloutStatus::Halted,
         RolloutStatus::Aborting,
         RolloutStatus::Aborted,
         RolloutStatus::Completed,
+        RolloutStatus::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            RolloutStatus::AwaitingApproval => "awaiting_approval",
             RolloutStatus::Running => "running",
             RolloutStatus::Paused => "paused",
             RolloutStatus::Halted => "halted",
             RolloutStatus::Aborting => "aborting",
             RolloutStatus::Aborted => "aborted",
             RolloutStatus::Completed => "completed",
+            RolloutStatus::Rejected => "rejected",
         }
     }
 
     /// Not finished: its servers belong to it (overlap check), ticks run.
     pub fn is_active(self) -> bool {
-        !matches!(self, RolloutStatus::Aborted | RolloutStatus::Completed)
+        !matches!(
+            self,
+            RolloutStatus::Aborted | RolloutStatus::Completed | RolloutStatus::Rejected
+        )
+    }
+
+    /// Active and started: its ticks do work (one awaiting approval waits).
+    pub fn ticks(self) -> bool {
+        self.is_active() && self != RolloutStatus::AwaitingApproval
     }
 }
 

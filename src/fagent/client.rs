@@ -48,6 +48,17 @@ impl CallError {
         self.is_transient() || matches!(self, CallError::Decode(_))
     }
 
+    /// The `result` label of the agent-call metrics.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            CallError::Unreachable(_) => "unreachable",
+            CallError::Server { .. } => "server_error",
+            CallError::Client { .. } => "client_error",
+            CallError::Decode(_) => "decode",
+            CallError::Tls(_) => "tls",
+        }
+    }
+
     /// The `error` of `action.failed`.
     pub fn failure_code(&self) -> FailureCode {
         match self {
@@ -108,7 +119,7 @@ impl AgentClient {
             .http
             .get(Self::url(endpoint, "/v1/health"))
             .bearer_auth(&endpoint.token);
-        call(request).await
+        call("health", request).await
     }
 
     /// `GET /v1/backends`.
@@ -120,7 +131,7 @@ impl AgentClient {
             .http
             .get(Self::url(endpoint, "/v1/backends"))
             .bearer_auth(&endpoint.token);
-        call(request).await
+        call("backends", request).await
     }
 
     /// `PUT /v1/backends/{backend}/servers/{server}/state`. The names are
@@ -147,7 +158,7 @@ impl AgentClient {
                 state,
                 transaction_id,
             });
-        call(request).await
+        call("set_state", request).await
     }
 }
 
@@ -169,11 +180,28 @@ impl AgentClient {
                 &format!("/v1/backends/{backend}/servers/{server}/shutdown-sessions"),
             ))
             .bearer_auth(&endpoint.token);
-        call(request).await
+        call("shutdown_sessions", request).await
     }
 }
 
+/// [`call_once`], counted and timed under `operation` in the process's
+/// metrics (`haproxy_control_agent_calls_total`,
+/// `haproxy_control_agent_call_duration_seconds`).
 async fn call<T: serde::de::DeserializeOwned>(
+    operation: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<T, CallError> {
+    let started = std::time::Instant::now();
+    let result = call_once(request).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.result_label(),
+    };
+    crate::metrics::global().agent_call(operation, outcome, started.elapsed());
+    result
+}
+
+async fn call_once<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
 ) -> Result<T, CallError> {
     let response = request.send().await.map_err(|e| {

@@ -276,7 +276,10 @@ async fn process(
         Disposition::DeadLetter(reason) => {
             tracing::warn!(reason = %reason, routing_key = %incoming.routing_key, "dead-lettering a message");
             match dead_letter(&publisher, &topology, &incoming, &reason).await {
-                Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+                Ok(()) => {
+                    crate::metrics::global().dead_lettered(&incoming.routing_key);
+                    delivery.ack(BasicAckOptions::default()).await
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "could not dead-letter; giving the message back");
                     delivery

@@ -155,7 +155,9 @@ impl Publisher {
             message_id: &event.event_id.to_string(),
             headers: FieldTable::default(),
         })
-        .await
+        .await?;
+        crate::metrics::global().event_published(event.kind.routing_key());
+        Ok(())
     }
 
     /// Publishes a rollout tick: to the wait queue (`delayed`, back on the

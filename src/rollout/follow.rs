@@ -94,8 +94,13 @@ pub async fn follow(pool: &PgPool, id: i64) -> anyhow::Result<ExitCode> {
 fn ending(status: RolloutStatus) -> Option<u8> {
     match status {
         RolloutStatus::Completed => Some(0),
-        RolloutStatus::Halted | RolloutStatus::Aborted => Some(EXIT_NOT_COMPLETED),
-        RolloutStatus::Running | RolloutStatus::Paused | RolloutStatus::Aborting => None,
+        RolloutStatus::Halted | RolloutStatus::Aborted | RolloutStatus::Rejected => {
+            Some(EXIT_NOT_COMPLETED)
+        }
+        RolloutStatus::AwaitingApproval
+        | RolloutStatus::Running
+        | RolloutStatus::Paused
+        | RolloutStatus::Aborting => None,
     }
 }
 

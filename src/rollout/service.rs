@@ -4,9 +4,12 @@
 use chrono::Utc;
 
 use super::request::ValidRollout;
+use crate::db::approvals::NewApproval;
 use crate::db::rollouts::{self, Created, NewRollout, RolloutRow};
 use crate::db::schema::{haproxy_rollout_servers as rs, haproxy_rollouts as r};
 use crate::db::{self, DbError, PgPool, batches};
+use crate::domain::approval::{ApprovalKind, Subject, evaluate};
+use crate::domain::event::EventType;
 use crate::domain::rollout::{RolloutStatus, Step, plan_waves};
 use crate::queue::message::RolloutTick;
 use crate::queue::publisher::{PublishError, Publisher};
@@ -43,6 +46,8 @@ pub struct Rollouts<'a> {
 pub struct Started {
     pub rollout: RolloutRow,
     pub created: bool,
+    /// The approval it waits for (`awaiting_approval`).
+    pub approval_id: Option<i64>,
 }
 
 impl Rollouts<'_> {
@@ -74,9 +79,40 @@ impl Rollouts<'_> {
             spec: spec.clone(),
             waves,
         };
-        let created = db::run(self.pool, move |c| rollouts::create(c, &new, &planned)).await?;
+        let servers = planned.len();
+        let (txn, requester) = (valid.transaction_id, actor.to_owned());
+        let summary = serde_json::json!({
+            "servers": servers, "waves": waves, "reason": valid.reason, "spec": spec,
+        });
+        let created = db::run(self.pool, move |c| {
+            let policy = crate::db::approvals::policy(c)?;
+            let rules = evaluate(&policy, &Subject::Rollout { servers });
+            let hold = (!rules.is_empty()).then_some(NewApproval {
+                kind: ApprovalKind::Rollout,
+                transaction_id: txn,
+                requester,
+                summary,
+                matched_rules: rules,
+                ttl_secs: policy.ttl_secs,
+            });
+            rollouts::create(c, &new, &planned, hold.as_ref())
+        })
+        .await?;
         let (rollout, created) = match created {
             Created::New(row) => (row, true),
+            Created::Held(row, approval) => {
+                self.publisher
+                    .publish_event(
+                        self.topology,
+                        &crate::approvals::event(EventType::ApprovalRequested, &approval),
+                    )
+                    .await?;
+                return Ok(Started {
+                    rollout: row,
+                    created: true,
+                    approval_id: Some(approval.id),
+                });
+            }
             Created::Existing(row)
                 if row.spec == spec && row.actor == actor && row.reason == valid.reason =>
             {
@@ -104,15 +140,32 @@ impl Rollouts<'_> {
                 ));
             }
         };
+        if rollout.status == RolloutStatus::AwaitingApproval {
+            let txn = rollout.transaction_id;
+            let approval = db::run(self.pool, move |c| {
+                crate::db::approvals::by_request(c, ApprovalKind::Rollout, txn)
+            })
+            .await?;
+            return Ok(Started {
+                rollout,
+                created,
+                approval_id: approval.map(|a| a.id),
+            });
+        }
         // The first tick (again, for a repeated request that may have lost
-        // it: a duplicate is dropped by its sequence number).
-        if rollout.tick_seq == 0 {
+        // it: a duplicate is dropped by its sequence number). Not for one
+        // its approval ended.
+        if rollout.tick_seq == 0 && rollout.status.ticks() {
             self.publisher
                 .publish_event(self.topology, &events::started(&rollout))
                 .await?;
             self.tick(&rollout).await?;
         }
-        Ok(Started { rollout, created })
+        Ok(Started {
+            rollout,
+            created,
+            approval_id: None,
+        })
     }
 
     async fn tick(&self, rollout: &RolloutRow) -> Result<(), PublishError> {

@@ -13,13 +13,16 @@ use chrono::{DateTime, Utc};
 use super::breaker::{self, BreakerSettings, Transition};
 use super::events::{ActionFacts, circuit};
 use super::{InfraError, WorkerContext, agent_listing};
+use crate::approvals::Held;
 use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
+use crate::db::approvals;
 use crate::db::inventory::{self, ServerRow, ServerTarget};
 use crate::db::locks::{AdvisoryLocks, Session};
 use crate::db::{DbError, instances};
 use crate::domain::action::{
     ActionRequest, ActionStatus, FailureCode, Target, check_requested_at, is_superseded,
 };
+use crate::domain::approval;
 use crate::domain::breaker::BreakerState;
 use crate::domain::event::{EventType, StatePair};
 use crate::domain::{BackendName, ServerName};
@@ -140,13 +143,20 @@ async fn process(ctx: &WorkerContext, req: &ActionRequest) -> Result<Disposition
                 lock.release().await;
                 return Ok(Disposition::DeadLetter(reason));
             }
-            Prepared::Done { events, batch_id } => {
+            Prepared::Done {
+                events,
+                batch_id,
+                ended,
+            } => {
                 lock.release().await;
+                if let Some(status) = ended {
+                    action_finished(req, requested_at, status);
+                }
                 (events, batch_id)
             }
             Prepared::Call(call) => {
                 let batch_id = call.batch_id;
-                (apply(ctx, req, requested_at, *call, lock).await?, batch_id)
+                (apply(ctx, req, *call, lock).await?, batch_id)
             }
         };
         ctx.publisher.publish_stored(&ctx.topology, &events).await?;
@@ -173,9 +183,12 @@ enum Prepared {
     /// command sent to two servers under one id): prepare again.
     TransactionIdClaimedMeanwhile,
     /// Nothing (more) to call: publish these events, committed already.
+    /// `ended` is the final status this delivery wrote (none for a
+    /// duplicate of a finished action).
     Done {
         events: serde_json::Value,
         batch_id: Option<i64>,
+        ended: Option<ActionStatus>,
     },
     /// Call the agent; the first attempt is admitted by the breaker and
     /// counted, and the server's lock (and its backend's guard lock when
@@ -185,6 +198,8 @@ enum Prepared {
 
 struct Call {
     action_id: i64,
+    /// The `requested_at` the action runs at (its row's when recorded).
+    requested_at: DateTime<Utc>,
     batch_id: Option<i64>,
     target: ServerTarget,
     /// The server's row as read under its lock.
@@ -295,6 +310,15 @@ fn dedupe<'a>(
     {
         return Ok(ControlFlow::Break(end));
     }
+    if existing.is_none()
+        && let Some(end) = hold_if_needed(session, req, requested_at, &target)?
+    {
+        return Ok(ControlFlow::Break(end));
+    }
+    // A recorded action runs at its row's time: an approved one at its
+    // approval's (docs/approvals.md), whatever time a late duplicate of
+    // its first command carries.
+    let requested_at = existing.as_ref().map_or(requested_at, |r| r.requested_at);
     let server =
         inventory::server(session.conn(), server_id)?.unwrap_or_else(|| target.server.clone());
     Ok(ControlFlow::Continue(Pending {
@@ -308,6 +332,53 @@ fn dedupe<'a>(
         requested_at,
         target,
         server,
+    }))
+}
+
+/// Approval (docs/approvals.md): a new command the policy matches is
+/// recorded `awaiting_approval` with its approval, and ends here (its
+/// `approval.requested` event is published, the message acked). The
+/// actions of a batch (its approval covered the whole batch) and of system
+/// actors are not asked about; a rollout's actions have rows already.
+fn hold_if_needed(
+    session: &mut Session,
+    req: &ActionRequest,
+    requested_at: DateTime<Utc>,
+    target: &ServerTarget,
+) -> Result<Option<Prepared>, DbError> {
+    if req.batch_id.is_some() || approval::actor_is_exempt(&req.actor) {
+        return Ok(None);
+    }
+    let policy = approvals::policy(session.conn())?;
+    let place = approval::Place {
+        instance: target.instance.name.clone(),
+        backend: target.backend_name.clone(),
+    };
+    let rules = approval::evaluate(
+        &policy,
+        &approval::Subject::Action {
+            action: req.action,
+            force: req.force,
+            place: &place,
+        },
+    );
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let new = new_action(req, requested_at, Some(target.server.id));
+    let summary = crate::approvals::action_summary(&new, target);
+    let held =
+        crate::approvals::hold_action(session.conn(), &new, summary, rules, policy.ttl_secs)?;
+    let Held::New(_, approval) = held else {
+        return Ok(Some(Prepared::TransactionIdClaimedMeanwhile));
+    };
+    tracing::info!(approval_id = approval.id, "action held for approval");
+    session.unlock_all()?;
+    let event = crate::approvals::event(EventType::ApprovalRequested, &approval);
+    Ok(Some(Prepared::Done {
+        events: serde_json::to_value([event]).unwrap_or_default(),
+        batch_id: None,
+        ended: None,
     }))
 }
 
@@ -467,6 +538,7 @@ impl Pending<'_> {
         };
         Ok(Prepared::Call(Box::new(Call {
             action_id,
+            requested_at: self.requested_at,
             batch_id: self.batch_id,
             server: self.server,
             previous: self.previous,
@@ -479,6 +551,7 @@ impl Pending<'_> {
     /// with the outcome, and the locks go.
     fn end(self, outcome: Outcome) -> Result<Prepared, DbError> {
         let events = outcome.events.clone();
+        let outcome_status = outcome.status;
         match self.existing_id {
             Some(id) => actions::finish(self.session.conn(), id, &outcome)?,
             None => {
@@ -495,6 +568,7 @@ impl Pending<'_> {
         Ok(Prepared::Done {
             events,
             batch_id: self.batch_id,
+            ended: Some(outcome_status),
         })
     }
 }
@@ -550,6 +624,7 @@ fn not_found(
     Ok(Prepared::Done {
         events,
         batch_id: row.batch_id,
+        ended: Some(ActionStatus::Failed),
     })
 }
 
@@ -569,6 +644,17 @@ fn check_existing(
             row.action, row.server_id
         ))));
     }
+    // Held for approval: nothing until it is decided (its approval re-enters
+    // the path with the same transaction id; a rejection ends it).
+    if row.status == ActionStatus::AwaitingApproval {
+        tracing::info!("duplicate of an action awaiting approval; nothing to do");
+        session.unlock_all()?;
+        return Ok(Some(Prepared::Done {
+            events: serde_json::json!([]),
+            batch_id: None,
+            ended: None,
+        }));
+    }
     // A duplicate of a finished action: its final events again, nothing else.
     if row.status.is_final() {
         tracing::info!(status = %row.status, "duplicate of a finished action; re-publishing its events");
@@ -576,6 +662,7 @@ fn check_existing(
         return Ok(Some(Prepared::Done {
             events: row.events.clone(),
             batch_id: row.batch_id,
+            ended: None,
         }));
     }
     if row.server_id != server_id {
@@ -603,12 +690,11 @@ fn guard_applies(req: &ActionRequest, previous: &StatePair) -> bool {
 async fn apply(
     ctx: &WorkerContext,
     req: &ActionRequest,
-    requested_at: DateTime<Utc>,
     call: Call,
     mut lock: AdvisoryLocks,
 ) -> Result<serde_json::Value, InfraError> {
     let facts = facts(req, Some(&call.target));
-    let action_id = call.action_id;
+    let (action_id, requested_at) = (call.action_id, call.requested_at);
     let outcome = match call_with_retries(ctx, req, &call, &mut lock).await? {
         Ok(changed) => changed,
         Err((code, detail)) => {
@@ -617,6 +703,7 @@ async fn apply(
             let events = outcome.events.clone();
             lock.finish(move |c| actions::finish(c, action_id, &outcome))
                 .await?;
+            action_finished(req, requested_at, ActionStatus::Failed);
             return Ok(events);
         }
     };
@@ -658,6 +745,7 @@ async fn apply(
             Ok(transition)
         })
         .await?;
+    action_finished(req, requested_at, ActionStatus::Success);
     publish_breaker_transition(ctx, &call.target.instance, transition).await?;
     tracing::info!(
         status = "success",
@@ -667,6 +755,12 @@ async fn apply(
         "action applied"
     );
     Ok(stored)
+}
+
+/// Counts an action that reached its final `status` (after its commit).
+fn action_finished(req: &ActionRequest, requested_at: DateTime<Utc>, status: ActionStatus) {
+    let elapsed = (Utc::now() - requested_at).to_std().unwrap_or_default();
+    crate::metrics::global().action_finished(req.action, status, elapsed);
 }
 
 fn failed(facts: &ActionFacts<'_>, code: FailureCode, detail: &str) -> Outcome {
@@ -774,6 +868,7 @@ async fn call_with_retries(
         };
         last = Some(e);
         tokio::time::sleep(delay).await;
+        crate::metrics::global().action_retried();
         attempt += 1;
     }
 }
@@ -835,11 +930,12 @@ pub(crate) async fn publish_breaker_transition(
     instance: &instances::InstanceRow,
     transition: Transition,
 ) -> Result<(), PublishError> {
-    let kind = match transition {
+    let (kind, to) = match transition {
         Transition::None => return Ok(()),
-        Transition::Opened => EventType::InstanceCircuitOpened,
-        Transition::Closed => EventType::InstanceCircuitClosed,
+        Transition::Opened => (EventType::InstanceCircuitOpened, "open"),
+        Transition::Closed => (EventType::InstanceCircuitClosed, "closed"),
     };
+    crate::metrics::global().breaker_transition(to);
     tracing::warn!(instance = %instance.name, event = kind.routing_key(), "circuit breaker transition");
     let event = circuit(kind, instance.id, &instance.name, Utc::now());
     ctx.publisher.publish_event(&ctx.topology, &event).await

@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use super::events::batch_completed;
 use super::{InfraError, WorkerContext};
+use crate::approvals::Held;
 use crate::db;
+use crate::db::approvals;
 use crate::db::batches::{self, NewBatch};
-use crate::domain::action::{ActionRequest, BatchRequest, Target, batch_action_id};
+use crate::domain::action::{ActionRequest, BatchRequest, BatchStatus, Target, batch_action_id};
+use crate::domain::approval::{Subject, actor_is_exempt, evaluate};
+use crate::domain::event::EventType;
 use crate::queue::message::{ActionMessage, BatchTargetsMessage, InvalidMessage, parse_batch};
 use crate::queue::{Disposition, InfraRetryPolicy, MessageHandler};
 
@@ -62,6 +66,14 @@ impl MessageHandler for BatchHandler {
     }
 }
 
+/// What recording a batch command found.
+enum Recorded {
+    Created(crate::db::batches::BatchRow),
+    Found(crate::db::batches::BatchRow),
+    /// Recorded now, held for this approval.
+    Held(Box<crate::db::approvals::ApprovalRow>),
+}
+
 async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, InfraError> {
     let requested_at = match super::action::requested_at(ctx, req.requested_at).await? {
         Ok(at) => at,
@@ -72,6 +84,7 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
     };
     let targets = req.targets.clone();
     let server_ids = db::run(&ctx.pool, move |c| batches::expand(c, &targets)).await?;
+    let server_ids_for_policy = server_ids.clone();
     let total = i32::try_from(server_ids.len()).unwrap_or(i32::MAX);
     let targets = match BatchTargetsMessage::from(&req.targets).to_value() {
         Ok(t) => t,
@@ -91,7 +104,60 @@ async fn expand(ctx: &WorkerContext, req: &BatchRequest) -> Result<Disposition, 
         total,
         requested_at,
     };
-    let (batch, created) = db::run(&ctx.pool, move |c| batches::create(c, &new)).await?;
+    let exempt = actor_is_exempt(&req.actor);
+    let (txn, action) = (req.transaction_id, req.action);
+    let recorded = db::run(&ctx.pool, move |c| {
+        if let Some(row) = batches::by_transaction(c, txn)? {
+            return Ok(Recorded::Found(row));
+        }
+        if !exempt {
+            let policy = approvals::policy(c)?;
+            let places = crate::approvals::places_of(c, &policy, action, &server_ids_for_policy)?;
+            let rules = evaluate(
+                &policy,
+                &Subject::Batch {
+                    action,
+                    force: new.force,
+                    places: &places,
+                },
+            );
+            if !rules.is_empty() {
+                let summary = crate::approvals::batch_summary(&new);
+                return Ok(
+                    match crate::approvals::hold_batch(c, &new, summary, rules, policy.ttl_secs)? {
+                        Held::New(_, approval) => Recorded::Held(Box::new(approval)),
+                        Held::Existing(row) => Recorded::Found(row),
+                    },
+                );
+            }
+        }
+        let (row, created) = batches::create(c, &new)?;
+        Ok(if created {
+            Recorded::Created(row)
+        } else {
+            Recorded::Found(row)
+        })
+    })
+    .await?;
+    let (batch, created) = match recorded {
+        Recorded::Held(approval) => {
+            tracing::info!(approval_id = approval.id, "batch held for approval");
+            let event = crate::approvals::event(EventType::ApprovalRequested, &approval);
+            ctx.publisher.publish_event(&ctx.topology, &event).await?;
+            return Ok(Disposition::Ack);
+        }
+        Recorded::Found(row) if row.status == BatchStatus::AwaitingApproval => {
+            tracing::info!(batch_id = row.id, "batch awaiting approval; nothing to do");
+            return Ok(Disposition::Ack);
+        }
+        Recorded::Found(row) if row.status == BatchStatus::Rejected => {
+            // Its batch.completed again, as for a duplicate of a finished batch.
+            completed(ctx, row.id).await?;
+            return Ok(Disposition::Ack);
+        }
+        Recorded::Found(row) => (row, false),
+        Recorded::Created(row) => (row, true),
+    };
     if batch.action != req.action {
         return Ok(Disposition::DeadLetter(format!(
             "transaction_id {} was already used for another batch ({})",

@@ -76,6 +76,15 @@ impl ActionFacts<'_> {
         e
     }
 
+    /// `action.rejected` of an action whose approval was rejected or
+    /// expired: `error_detail` names the approval.
+    pub fn not_approved(&self, detail: &str, current: Option<StatePair>) -> Event {
+        let mut e = self.event(EventType::ActionRejected);
+        e.error_detail = Some(detail.chars().take(2000).collect());
+        e.current = current;
+        e
+    }
+
     pub fn superseded(&self, current: Option<StatePair>) -> Event {
         let mut e = self.event(EventType::ActionSuperseded);
         e.current = current;

@@ -262,6 +262,10 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         topology,
         publisher,
     } = App::connect(config, Role::WORKER, connections.pool).await?;
+    let conn = Arc::new(conn);
+    let metrics_server =
+        crate::metrics::server::serve_if_asked(config, "worker", &pool, &conn, shutdown.clone())
+            .await?;
     let template = crate::domain::mapping::NameTemplate::parse(&config.sync.name_template)
         .map_err(|e| anyhow::anyhow!("sync.name_template: {e}"))?;
     let ctx = Arc::new(WorkerContext {
@@ -303,85 +307,90 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         "worker started"
     );
     let outage = max_outage(config.amqp.reconnect_attempts);
-    tokio::try_join!(
-        consume(
-            &conn,
-            ConsumerSpec {
-                queue: topology.actions_queue.clone(),
-                prefetch: settings.prefetch,
-                publisher: publisher.clone(),
-                topology: topology.clone(),
-                handler: actions,
-                max_outage: outage,
-            },
-            shutdown.clone(),
-        ),
-        consume(
-            &conn,
-            ConsumerSpec {
-                queue: topology.batches_queue.clone(),
-                prefetch: BATCH_PREFETCH,
-                publisher: publisher.clone(),
-                topology: topology.clone(),
-                handler: batches,
-                max_outage: outage,
-            },
-            shutdown.clone(),
-        ),
-        consume(
-            &conn,
-            ConsumerSpec {
-                queue: topology.rollouts_queue.clone(),
-                prefetch: ROLLOUT_TICK_PREFETCH,
-                publisher: publisher.clone(),
-                topology: topology.clone(),
-                handler: ticks,
-                max_outage: outage,
-            },
-            shutdown.clone(),
-        ),
-        consume(
-            &conn,
-            ConsumerSpec {
-                queue: topology.rollout_hooks_queue.clone(),
-                prefetch: ROLLOUT_HOOK_PREFETCH,
-                publisher: publisher.clone(),
-                topology: topology.clone(),
-                handler: hooks,
-                max_outage: outage,
-            },
-            shutdown.clone(),
-        ),
-        consume(
-            &conn,
-            ConsumerSpec {
-                queue: topology.sync_queue.clone(),
-                prefetch: SYNC_PREFETCH,
-                publisher: publisher.clone(),
-                topology: topology.clone(),
-                handler: syncs,
-                max_outage: outage,
-            },
-            shutdown.clone(),
-        ),
-        async {
-            match webhooks {
-                Some(settings) => {
-                    crate::webhooks::run_dispatcher(
-                        &conn,
-                        dispatcher_pool,
-                        publisher,
-                        topology.clone(),
-                        settings,
-                        outage,
-                        shutdown,
-                    )
-                    .await
+    let consumers = async {
+        tokio::try_join!(
+            consume(
+                &conn,
+                ConsumerSpec {
+                    queue: topology.actions_queue.clone(),
+                    prefetch: settings.prefetch,
+                    publisher: publisher.clone(),
+                    topology: topology.clone(),
+                    handler: actions,
+                    max_outage: outage,
+                },
+                shutdown.clone(),
+            ),
+            consume(
+                &conn,
+                ConsumerSpec {
+                    queue: topology.batches_queue.clone(),
+                    prefetch: BATCH_PREFETCH,
+                    publisher: publisher.clone(),
+                    topology: topology.clone(),
+                    handler: batches,
+                    max_outage: outage,
+                },
+                shutdown.clone(),
+            ),
+            consume(
+                &conn,
+                ConsumerSpec {
+                    queue: topology.rollouts_queue.clone(),
+                    prefetch: ROLLOUT_TICK_PREFETCH,
+                    publisher: publisher.clone(),
+                    topology: topology.clone(),
+                    handler: ticks,
+                    max_outage: outage,
+                },
+                shutdown.clone(),
+            ),
+            consume(
+                &conn,
+                ConsumerSpec {
+                    queue: topology.rollout_hooks_queue.clone(),
+                    prefetch: ROLLOUT_HOOK_PREFETCH,
+                    publisher: publisher.clone(),
+                    topology: topology.clone(),
+                    handler: hooks,
+                    max_outage: outage,
+                },
+                shutdown.clone(),
+            ),
+            consume(
+                &conn,
+                ConsumerSpec {
+                    queue: topology.sync_queue.clone(),
+                    prefetch: SYNC_PREFETCH,
+                    publisher: publisher.clone(),
+                    topology: topology.clone(),
+                    handler: syncs,
+                    max_outage: outage,
+                },
+                shutdown.clone(),
+            ),
+            async {
+                match webhooks {
+                    Some(settings) => {
+                        crate::webhooks::run_dispatcher(
+                            &conn,
+                            dispatcher_pool,
+                            publisher,
+                            topology.clone(),
+                            settings,
+                            outage,
+                            shutdown,
+                        )
+                        .await
+                    }
+                    None => Ok(()),
                 }
-                None => Ok(()),
-            }
-        },
-    )?;
+            },
+        )
+    };
+    tokio::try_join!(metrics_server, async {
+        consumers.await.map_err(anyhow::Error::from)
+    })?;
     let _ = conn.close(200, "worker stopped".into()).await;
     Ok(())
 }

@@ -144,7 +144,8 @@ impl SyncHandler {
             RunClaim::Existing(row) => row.id,
             RunClaim::New(id) => id,
         };
-        let finish = |outcome: SyncOutcome| {
+        // `took`: how long the sync ran, when it reached the agent.
+        let finish = |outcome: SyncOutcome, took: Option<std::time::Duration>| {
             let pool = ctx.pool.clone();
             async move {
                 let (status, error, counts, events) = outcome.into_run();
@@ -153,33 +154,42 @@ impl SyncHandler {
                     db_sync::finish_run(c, run_id, status, error.as_deref(), &counts, &events)
                 })
                 .await?;
+                crate::metrics::global().sync_finished(&status.to_string(), took);
                 Ok::<_, DbError>(stored)
             }
         };
         if !instance.is_active {
-            finish(SyncOutcome::Skipped {
-                reason: "instance is not active".into(),
-            })
+            finish(
+                SyncOutcome::Skipped {
+                    reason: "instance is not active".into(),
+                },
+                None,
+            )
             .await?;
             return Ok(Disposition::Ack);
         }
         // Rule 7: one sync per instance at a time; a concurrent one is skipped.
         let Some(lock) = AdvisoryLocks::try_instance(&ctx.pool, instance_id).await? else {
             tracing::info!(instance = %instance.name, "another sync of this instance is running; skipped");
-            finish(SyncOutcome::Skipped {
-                reason: "another sync of this instance was running".into(),
-            })
+            finish(
+                SyncOutcome::Skipped {
+                    reason: "another sync of this instance was running".into(),
+                },
+                None,
+            )
             .await?;
             return Ok(Disposition::Ack);
         };
+        let started = Instant::now();
         let result = self.sync_locked(&instance, txn).await;
+        let took = started.elapsed();
         lock.release().await;
         let outcome = result?;
         let restores = match &outcome {
             SyncOutcome::Success { restores, .. } => restores.clone(),
             _ => Vec::new(),
         };
-        let events = finish(outcome).await?;
+        let events = finish(outcome, Some(took)).await?;
         ctx.publisher.publish_stored(&ctx.topology, &events).await?;
         // A restore whose publish is lost stays `pending`; the sweeper
         // publishes it again.

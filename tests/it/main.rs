@@ -3,7 +3,9 @@
 mod harness;
 
 mod action_path;
+mod alert_rules;
 mod api;
+mod approvals;
 mod batch_guard;
 mod bounded_waits;
 mod clock;
@@ -17,6 +19,7 @@ mod harness_selftest;
 mod hostile;
 mod load;
 mod message_schemas;
+mod metrics;
 mod reload;
 mod reload_notice;
 mod rollout;

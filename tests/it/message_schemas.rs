@@ -638,6 +638,40 @@ fn realistic(kind: EventType) -> Event {
             }
             e
         }
+        EventType::ApprovalRequested
+        | EventType::ApprovalApproved
+        | EventType::ApprovalRejected
+        | EventType::ApprovalExpired => {
+            let decided = kind != EventType::ApprovalRequested;
+            let by_person = matches!(
+                kind,
+                EventType::ApprovalApproved | EventType::ApprovalRejected
+            );
+            let status = match kind {
+                EventType::ApprovalRequested => "pending",
+                EventType::ApprovalApproved => "approved",
+                EventType::ApprovalRejected => "rejected",
+                _ => "expired",
+            };
+            Event {
+                approval: Some(haproxy_control::domain::event::ApprovalRef {
+                    id: 4,
+                    kind: "action".to_owned(),
+                    status: status.to_owned(),
+                    requester: "user:olga".to_owned(),
+                    summary: serde_json::json!({"action": "maint", "server_id": 42, "force": true}),
+                    matched_rules: serde_json::json!([
+                        {"rule": "force_actions", "detail": "force: true (skips the last-ready-server guard)"}
+                    ]),
+                    requested_at: when,
+                    expires_at: at("2026-11-28T06:00:01.250Z"),
+                    decided_by: by_person.then(|| "user:petra".to_owned()),
+                    decided_at: decided.then_some(when),
+                    comment: by_person.then(|| "ok, change 4711".to_owned()),
+                }),
+                ..Event::new(kind, "approval:4", when, "user:olga", tx)
+            }
+        }
         EventType::InstanceReloaded => {
             let process = |pid, started: &str| ProcessIdentity {
                 pid,

@@ -103,7 +103,10 @@ pub fn plan(input: &TickInput) -> TickPlan {
     out.keep_ticking = match final_status {
         RolloutStatus::Running | RolloutStatus::Aborting => true,
         RolloutStatus::Paused | RolloutStatus::Halted => in_flight,
-        RolloutStatus::Aborted | RolloutStatus::Completed => false,
+        RolloutStatus::Aborted
+        | RolloutStatus::Completed
+        | RolloutStatus::AwaitingApproval
+        | RolloutStatus::Rejected => false,
     };
     out
 }

@@ -98,7 +98,7 @@ pub async fn run(ctx: &WorkerContext, t: RolloutTick) -> Result<Disposition, Inf
             "rollout {id} does not exist"
         )));
     };
-    if l.rollout.tick_seq != t.seq || !l.rollout.status.is_active() {
+    if l.rollout.tick_seq != t.seq || !l.rollout.status.ticks() {
         return Ok(Disposition::Ack);
     }
     let spec = match &l.spec {

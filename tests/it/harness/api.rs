@@ -18,6 +18,8 @@ const WAIT: Duration = Duration::from_secs(20);
 pub const VIEWER: &str = "viewer-token-0001";
 pub const OPERATOR: &str = "operator-token-0002";
 pub const ADMIN: &str = "admin-token-0003";
+/// Role approver, actor `user:petra`.
+pub const APPROVER: &str = "approver-token-0004";
 /// The agent token of instances these tests insert by SQL.
 pub const FAGENT_SECRET: &str = "fagent-secret-do-not-show";
 
@@ -66,6 +68,12 @@ impl Api {
                 token_file: None,
                 actor: "user:adam".into(),
                 role: ApiRole::Admin,
+            },
+            ApiTokenConfig {
+                token: Some(APPROVER.into()),
+                token_file: None,
+                actor: "user:petra".into(),
+                role: ApiRole::Approver,
             },
         ];
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -188,6 +188,9 @@ impl TestSystem {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(listen) = config.metrics.listen {
+            command.env("METRICS_LISTEN", listen.to_string());
+        }
         command
     }
 
@@ -440,7 +443,7 @@ impl TestSystem {
     }
 
     /// A SQL count (for the harness; tests use the typed rows).
-    pub(super) async fn count(&self, sql: &str) -> i64 {
+    pub async fn count(&self, sql: &str) -> i64 {
         #[derive(diesel::QueryableByName)]
         struct N {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
