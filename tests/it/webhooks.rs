@@ -110,7 +110,11 @@ const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Fast retries, loopback receivers allowed.
 fn config(sys: &TestSystem) -> Config {
-    let mut c = sys.config();
+    fast(sys.config())
+}
+
+/// `c` with fast retries, loopback receivers allowed and a callback secret.
+fn fast(mut c: Config) -> Config {
     c.webhooks.allow_private_targets = true;
     c.webhooks.retry_schedule_ms = vec![0, 100, 200, 300, 400, 500, 500, 500];
     c.webhooks.retry_jitter = 0.0;
@@ -273,15 +277,38 @@ async fn a_410_disables_the_endpoint_and_publishes_webhook_disabled() {
     );
     let (_, endpoint) = api.get(&format!("/api/haproxy/webhooks/{id}"), ADMIN).await;
     assert_eq!(endpoint["active"], false, "{endpoint}");
+    // An admin's pause is not a failure: no webhook.disabled, and its own
+    // state on the gauge the disabled-endpoint alert watches.
+    let (paused, _) = create(&api, &receiver.url("paused"), &["#"]).await;
+    let (status, body) = api
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/api/haproxy/webhooks/{paused}"),
+            Some(ADMIN),
+            Some(&json!({"active": false})),
+        )
+        .await;
+    assert_eq!((status, &body["active"]), (200, &json!(false)), "{body}");
+    assert!(body["disabled_at"].is_null(), "{body}");
     let (_, metrics) = api.text("/metrics").await;
-    assert!(
-        metrics.contains("haproxy_control_webhook_endpoints{state=\"disabled\"} 1"),
-        "{metrics}"
-    );
+    for line in [
+        "haproxy_control_webhook_endpoints{state=\"disabled\"} 1",
+        "haproxy_control_webhook_endpoints{state=\"paused\"} 1",
+        "haproxy_control_webhook_endpoints{state=\"active\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     // Nothing more goes to it, its own webhook.disabled included.
     publish(&sys, &event(EventType::ServerStateChanged)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.records("gone").await.len(), 1);
+    assert!(receiver.records("paused").await.is_empty());
+    assert!(
+        !sys.events()
+            .iter()
+            .any(|e| e["type"] == "webhook.disabled" && e["webhook_id"] == paused),
+        "a pause publishes no webhook.disabled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -524,4 +551,51 @@ async fn a_dispatcher_killed_during_a_burst_of_500_events_loses_none() {
     assert!(receiver.records("never").await.is_empty());
     let _ = worker.kill();
     let _ = worker.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_callback_url_receives_its_final_event() {
+    // Two servers: a rollout never takes a backend's last one out.
+    let mut fleet = crate::rollout::Fleet::without_worker(&["w1", "w2"]).await;
+    let receiver = Receiver::start();
+    receiver
+        .script("rollout", &[CALLBACK_SECRET], json!([]))
+        .await;
+    let c = fast(fleet.config.clone());
+    fleet.sys.start_worker(c.clone());
+    dispatcher_listening(&fleet.sys).await;
+    let api = Api::start_with(c).await;
+    let ids = fleet.ids(&["w1"]).await;
+    let (status, answer) = api
+        .post(
+            "/api/haproxy/rollouts",
+            OPERATOR,
+            &json!({
+                "targets": {"server_ids": ids},
+                "wave": {"size": 1},
+                "drain": {"timeout_secs": 10, "poll_ms": 100},
+                "update": {"kind": "command", "argv": ["/usr/bin/true"], "timeout_secs": 10},
+                "health": {"healthy_for_secs": 0, "timeout_secs": 30},
+                "callback_url": receiver.url("rollout"),
+            }),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["id"].as_i64().expect("rollout id");
+    let records = receiver.wait_records("rollout", 1).await;
+    let body: Value = serde_json::from_str(&records[0].body).expect("event JSON");
+    assert_eq!(
+        (&body["type"], &body["rollout_id"]),
+        (&json!("rollout.completed"), &json!(id)),
+        "{body}"
+    );
+    assert_eq!(
+        records[0].verified_with,
+        vec![0],
+        "signed with the callback secret"
+    );
+    // Only the final event: no rollout.server_* progress goes there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.records("rollout").await.len(), 1);
+    api.stop().await;
 }
