@@ -681,11 +681,12 @@ pub fn redeliver(conn: &mut PgConnection, id: i64) -> Result<Option<DeliveryRow>
 /// `disabled_at`). The alert on `state="disabled"` thus means failures only.
 pub const ENDPOINT_STATES: [&str; 3] = ["active", "disabled", "paused"];
 
+/// A count per label value.
+pub type Counts = Vec<(String, i64)>;
+
 /// Endpoints by state ([`ENDPOINT_STATES`]) and deliveries by status,
 /// every state present (0 when none), for `/metrics`.
-pub fn counts(
-    conn: &mut PgConnection,
-) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), DbError> {
+pub fn counts(conn: &mut PgConnection) -> Result<(Counts, Counts), DbError> {
     #[derive(QueryableByName)]
     struct ByState {
         #[diesel(sql_type = diesel::sql_types::Text)]
