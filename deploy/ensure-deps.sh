@@ -15,12 +15,22 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need_apt+=(faketime)
 # initdb and pg_ctl: the connections test runs a PostgreSQL server of its own.
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
+# The Debian package test: `systemd-analyze verify` on the units, and what
+# the package depends on (dpkg -i installs no dependency).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v adduser >/dev/null 2>&1 || need_apt+=(adduser)
+dpkg -s libpq5 >/dev/null 2>&1 || need_apt+=(libpq5)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+# cargo-deb builds the Debian package (docs/install.md); the package test
+# packs the dev build with it (`--no-build --profile dev`), which 3.x allows.
+if ! cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.'; then
+  cargo install --locked cargo-deb --version '^3.8'
+fi
 
 # promtool: the alert rules in deploy/prometheus are checked and unit-tested
 # with the real tool. Only the binaries are wanted: no recommended exporters,
@@ -84,3 +94,19 @@ if ! "$webhooks_venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; t
   "$webhooks_venv/bin/pip" install --quiet 'standardwebhooks>=1.0.0,<2'
 fi
 echo "standardwebhooks: $webhooks_venv ($("$webhooks_venv/bin/pip" show standardwebhooks 2>/dev/null | sed -n 's/^Version: //p'))"
+
+# The operator's page is tested in a real browser: Debian's chromium, driven
+# by Playwright from PyPI in the project's venv .venv/playwright (pointed at
+# /usr/bin/chromium: no browser download).
+command -v chromium >/dev/null 2>&1 || {
+  echo "installing: chromium (for the page's browser tests)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+}
+playwright_venv="$repo_root/.venv/playwright"
+if ! "$playwright_venv/bin/python" -c 'import playwright' >/dev/null 2>&1; then
+  echo "installing: playwright into $playwright_venv"
+  /usr/bin/python3 -m venv "$playwright_venv"
+  "$playwright_venv/bin/pip" install --quiet 'playwright>=1.49,<2'
+fi
+echo "chromium: $(chromium --version 2>/dev/null | sed -n 1p); playwright: $("$playwright_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("playwright"))')"

@@ -171,9 +171,13 @@ grep -q "consuming" "$DEMO_DIR/worker.log" || { echo "the worker did not start:"
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$API_PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fsS "http://127.0.0.1:$API_PORT/readyz" >/dev/null || { echo "the API is not ready:"; tail "$DEMO_DIR/worker.log"; exit 1; }
 
+OPERATOR_TOKEN=$(awk '$1 == "operator" {print $3}' "$API_TOKENS")
 cat <<MSG
 
 haproxy-control demo is running (logs and pids in $DEMO_DIR):
+  Operator's page    http://127.0.0.1:$API_PORT/  sign in with the operator token:
+                     $OPERATOR_TOKEN
+                     (the viewer's and admin's are in $API_TOKENS; docs/page.md)
   HAProxy frontend   http://127.0.0.1:$FRONTEND_PORT/  (backends web, api; socket $DEMO_DIR/admin.sock)
   demo apps          127.0.0.1:${BACKEND_PORTS[*]}
   fagent             http://127.0.0.1:$FAGENT_PORT  (token in $TOKEN_FILE)

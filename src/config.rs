@@ -579,6 +579,119 @@ mod tests {
         assert!(SweeperConfig::default().running_grace_secs > w.longest_action_secs(10_000));
     }
 
+    /// The names of the fields of struct `T`, as serde's derive gives them
+    /// to a deserializer (which this one is, just long enough to ask).
+    fn field_names<T: Deserialize<'static>>() -> Vec<&'static str> {
+        struct FieldNames<'a>(&'a mut &'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(
+                self,
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(serde::de::Error::custom("only the field names were wanted"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(FieldNames(&mut fields));
+        let mut fields = fields.to_vec();
+        fields.sort_unstable();
+        fields
+    }
+
+    /// The package's /etc/haproxy-control/config.toml (docs/install.md).
+    const SHIPPED: &str = include_str!("../deploy/debian/config.toml");
+
+    /// `#key = value` lines without their `#` (prose is `# …`), and active
+    /// lines and section headers as they are; `examples` says whether the
+    /// lines ending in `# example` (keys without a default) are kept.
+    fn shipped_uncommented(examples: bool, active: bool) -> String {
+        SHIPPED
+            .lines()
+            .filter_map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => {
+                    (examples || !rest.trim_end().ends_with("# example")).then_some(rest)
+                }
+                Some(_) => None,
+                None if line.starts_with(|c: char| c.is_ascii_lowercase()) => {
+                    active.then_some(line)
+                }
+                None => Some(line),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_shipped_config_lists_every_key_and_only_real_ones() {
+        let sections: Vec<(&str, Vec<&str>)> = vec![
+            ("database", field_names::<DatabaseConfig>()),
+            ("amqp", field_names::<AmqpConfig>()),
+            ("worker", field_names::<WorkerConfig>()),
+            ("sync", field_names::<SyncConfig>()),
+            ("sweeper", field_names::<SweeperConfig>()),
+            ("rollout", field_names::<RolloutConfig>()),
+            ("fagent", field_names::<FagentConfig>()),
+            ("api", field_names::<ApiConfig>()),
+            ("metrics", field_names::<MetricsConfig>()),
+        ];
+        let mut names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            field_names::<Config>(),
+            "a section of Config has no entry here: add it, and its keys to deploy/debian/config.toml"
+        );
+        let text = shipped_uncommented(true, true);
+        // Every key is a real key of the right type (unknown keys are refused)…
+        toml::from_str::<Config>(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        // …and every real key is there.
+        let table: toml::Table = toml::from_str(&text).expect("TOML");
+        for (section, keys) in sections {
+            let mut shipped: Vec<&str> = table
+                .get(section)
+                .and_then(toml::Value::as_table)
+                .map(|t| t.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            shipped.sort_unstable();
+            assert_eq!(
+                shipped, keys,
+                "keys of [{section}] in deploy/debian/config.toml"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shipped_config_shows_the_real_defaults() {
+        let defaults = shipped_uncommented(false, false);
+        let parsed: Config = toml::from_str(&defaults).expect("the documented defaults parse");
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+        // What the package sets, besides defaults: the token files it creates.
+        let shipped: Config = toml::from_str(SHIPPED).expect("the shipped file parses");
+        assert_eq!(
+            shipped.fagent.token_file.as_deref(),
+            Some(Path::new("/etc/haproxy-control/fagent.token"))
+        );
+        assert_eq!(
+            shipped.api.tokens_file.as_deref(),
+            Some(Path::new("/etc/haproxy-control/api.tokens"))
+        );
+    }
+
     #[test]
     fn unknown_keys_are_refused_with_the_file_name() {
         let dir = tempfile::tempdir().expect("tempdir");

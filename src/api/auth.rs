@@ -228,6 +228,30 @@ fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))
 }
 
+/// Who a token is: what the page shows and which controls it offers.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Me {
+    pub actor: String,
+    /// `viewer`, `operator`, `approver` or `admin`.
+    pub role: String,
+}
+
+/// The caller's actor and role.
+#[utoipa::path(
+    get, path = "/api/me", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token's actor and role", body = Me),
+        (status = 401, description = "Missing or wrong token", body = super::error::ErrorBody),
+    )
+)]
+pub async fn me(Auth(caller, _): Auth<Viewer>) -> axum::Json<Me> {
+    axum::Json(Me {
+        actor: caller.actor,
+        role: caller.role.as_str().to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,12 @@ pub mod health;
 pub mod instances;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod pagination;
 pub mod rollouts;
 pub mod servers;
 pub mod settings;
+pub mod stream;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -56,6 +58,8 @@ pub struct ApiState {
     pub webhooks: Arc<webhooks::WebhookPolicy>,
     /// The database and broker gauges of `/metrics`, cached.
     pub gauges: Arc<crate::metrics::database::Gauges>,
+    /// The `haproxy.events` relay's fan-out, for the event stream.
+    pub events: stream::EventHub,
 }
 
 /// The API's HTTP application: every route, JSON 404 and 405 answers, and
@@ -63,6 +67,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> axum::Router {
     let (router, _) = openapi::routes().split_for_parts();
     router
+        .merge(page::routes())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -127,7 +132,15 @@ async fn serve_with(
         topology.clone(),
         std::time::Duration::from_secs(config.metrics.cache_secs),
     ));
+    let events = stream::EventHub::new(stream::STREAM_BUFFER, shutdown.clone());
+    let relay = stream::spawn_relay(
+        amqp.clone(),
+        topology.clone(),
+        events.clone(),
+        shutdown.clone(),
+    );
     let state = ApiState {
+        events,
         gauges,
         pool,
         publisher,
@@ -149,6 +162,7 @@ async fn serve_with(
             }
         })
         .await?;
+    relay.abort();
     let _ = amqp.close(200, "api stopped".into()).await;
     Ok(())
 }

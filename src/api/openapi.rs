@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::error::ErrorBody;
 use super::{
     ApiState, actions, approvals, batches, health, instances, metrics, rollouts, servers, settings,
-    webhooks,
+    stream, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -32,6 +32,7 @@ use super::{
         (name = "settings", description = "Making an AC server an HAProxy node"),
         (name = "rollouts", description = "Rolling updates: drain, update, health gate, ready, in waves"),
         (name = "approvals", description = "Four eyes: the policy of which requests wait for a second person, and deciding them"),
+        (name = "events", description = "Live events of haproxy.events as Server-Sent Events, filtered by role"),
         (name = "webhooks", description = "Signed event deliveries to configured endpoints (Standard Webhooks), their deliveries and redelivery; admin only"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
@@ -75,6 +76,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(approvals::get_approval))
         .routes(routes!(approvals::approve))
         .routes(routes!(approvals::reject))
+        .routes(routes!(stream::events_stream))
+        .routes(routes!(super::auth::me))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
         .routes(routes!(
             webhooks::get_webhook,

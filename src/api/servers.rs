@@ -86,7 +86,13 @@ pub struct ServersQuery {
     /// `false`: only servers linked to no application; `true`: only linked ones.
     #[param(value_type = Option<bool>)]
     pub linked: Option<String>,
+    /// Only servers whose name or address contains this text, in any case
+    /// (at most 200 characters).
+    pub q: Option<String>,
 }
+
+/// Longest `q` of the servers listing.
+const MAX_SEARCH: usize = 200;
 
 impl ServersQuery {
     fn filter(&self) -> Result<ServerFilter, ApiError> {
@@ -140,11 +146,22 @@ impl ServersQuery {
                 )),
             })
             .transpose()?;
+        let search = match self.q.as_deref().map(str::trim) {
+            Some(q) if q.chars().count() > MAX_SEARCH || q.contains('\0') => {
+                return Err(ApiError::unprocessable(
+                    "invalid_filter",
+                    format!("q must be at most {MAX_SEARCH} characters, without NUL"),
+                ));
+            }
+            Some("") | None => None,
+            Some(q) => Some(q.to_owned()),
+        };
         Ok(ServerFilter {
             admin_state,
             op_state,
             application_id,
             linked,
+            search,
         })
     }
 }
@@ -167,7 +184,7 @@ pub struct ServerPage {
         (status = 400, description = "Bad id, cursor or query", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such backend", body = ErrorBody),
-        (status = 422, description = "Bad limit or filter value", body = ErrorBody),
+        (status = 422, description = "Bad limit or filter value (`q` over 200 characters)", body = ErrorBody),
     )
 )]
 pub async fn list_servers(
@@ -221,6 +238,8 @@ pub struct HistoryView {
     pub action_id: Option<i64>,
     /// The transaction id of the action that made the change.
     pub transaction_id: Option<Uuid>,
+    /// The reason given with that action.
+    pub reason: Option<String>,
     pub changed_at: DateTime<Utc>,
 }
 
@@ -240,6 +259,7 @@ fn history_view(server_id: i64, r: HistoryListRow) -> HistoryView {
         actor: r.actor,
         action_id: r.action_id,
         transaction_id: r.transaction_id,
+        reason: r.reason,
         changed_at: r.changed_at,
     }
 }

@@ -103,6 +103,8 @@ pub struct ServerFilter {
     pub application_id: Option<i64>,
     /// `Some(false)`: only servers linked to no application.
     pub linked: Option<bool>,
+    /// Only servers whose name or address contains this text (any case).
+    pub search: Option<String>,
 }
 
 /// A live server of a backend with its application.
@@ -155,6 +157,8 @@ pub fn servers_page(
            AND ($4::text IS NULL OR s.op_state = $4) \
            AND ($5::bigint IS NULL OR s.application_id = $5) \
            AND ($6::boolean IS NULL OR (s.application_id IS NOT NULL) = $6) \
+           AND ($8::text IS NULL OR strpos(lower(s.server_name), lower($8)) > 0 \
+                OR strpos(lower(s.address), lower($8)) > 0) \
          ORDER BY s.id LIMIT $7",
     )
     .bind::<BigInt, _>(backend_id)
@@ -164,6 +168,7 @@ pub fn servers_page(
     .bind::<Nullable<BigInt>, _>(filter.application_id)
     .bind::<Nullable<Bool>, _>(filter.linked)
     .bind::<BigInt, _>(limit)
+    .bind::<Nullable<Text>, _>(filter.search.as_deref())
     .load(conn)?)
 }
 
@@ -194,6 +199,9 @@ pub struct HistoryListRow {
     pub action_id: Option<i64>,
     #[diesel(sql_type = Nullable<SqlUuid>)]
     pub transaction_id: Option<Uuid>,
+    /// The reason of the action that made the change.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub reason: Option<String>,
     #[diesel(sql_type = Timestamptz)]
     pub changed_at: DateTime<Utc>,
 }
@@ -218,7 +226,7 @@ pub fn history_page(
     let (before_at, before_id) = page.before.map_or((None, 0), |(t, id)| (Some(t), id));
     Ok(diesel::sql_query(
         "SELECT h.id, h.previous_admin_state, h.new_admin_state, h.previous_op_state, \
-                h.new_op_state, h.source, h.actor, h.action_id, a.transaction_id, h.changed_at \
+                h.new_op_state, h.source, h.actor, h.action_id, a.transaction_id, a.reason, h.changed_at \
          FROM haproxy_server_status_history h LEFT JOIN haproxy_actions a ON a.id = h.action_id \
          WHERE h.server_id = $1 \
            AND ($2::timestamptz IS NULL OR (h.changed_at, h.id) < ($2, $3)) \
