@@ -112,6 +112,19 @@ if ! ls -d "$ansible_venv"/lib/python3*/site-packages/ansible_collections/commun
 fi
 echo "ansible-playbook: $ansible_venv/bin/ansible-playbook ($("$ansible_venv/bin/ansible-playbook" --version | sed -n 1p))"
 
+# The webhook tests' independent verifier (tests/fixtures/webhooks/receiver.py)
+# checks every delivery with the `standardwebhooks` package from PyPI, in its
+# own venv .venv/webhooks beside .venv/ansible (python3-venv is in place above).
+webhooks_venv="$repo_root/.venv/webhooks"
+if ! "$webhooks_venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
+  py=/usr/bin/python3
+  [ -x "$py" ] || py="$(command -v python3)"
+  echo "installing: standardwebhooks into $webhooks_venv"
+  "$py" -m venv "$webhooks_venv"
+  "$webhooks_venv/bin/pip" install --quiet 'standardwebhooks>=1.0.0,<2'
+fi
+echo "standardwebhooks: $webhooks_venv ($("$webhooks_venv/bin/pip" show standardwebhooks 2>/dev/null | sed -n 's/^Version: //p'))"
+
 # The operator's page is tested in a real browser: Debian's chromium, driven
 # by Playwright from PyPI in the project's venv .venv/playwright (pointed at
 # /usr/bin/chromium: no browser download).

@@ -175,6 +175,7 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
         reason: args.reason.clone(),
         force: Some(args.force),
         batch_id: None,
+        callback_url: None,
     })
     .map_err(|e| anyhow::anyhow!(e.0))?;
 

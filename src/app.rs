@@ -32,6 +32,11 @@ impl Role {
         async_commit: true,
         migrate: true,
     };
+    pub const WEBHOOKS: Role = Role {
+        name: "haproxy-control webhooks",
+        async_commit: false,
+        migrate: true,
+    };
     pub const SCHEDULER: Role = Role {
         name: "haproxy-control scheduler",
         async_commit: false,

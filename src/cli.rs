@@ -72,6 +72,9 @@ pub enum Command {
         #[command(flatten)]
         metrics: MetricsArgs,
     },
+    /// Run the webhook dispatcher alone (the worker runs it too unless
+    /// `webhooks.dispatcher = false`; docs/webhooks.md).
+    Webhooks,
     /// Every server-side role in one process: worker, scheduler and HTTP API.
     Serve(ServeArgs),
     /// Serve the HTTP API (reads PostgreSQL, publishes commands).
@@ -224,9 +227,9 @@ pub struct WorkerArgs {
     /// Seconds an open breaker fails fast before one probe [default: 60].
     #[arg(long, env = "WORKER_BREAKER_OPEN_SECS")]
     pub breaker_open_secs: Option<u64>,
-    /// The worker's connections to PostgreSQL: 14 for syncs, batches and
-    /// rollouts, the rest for actions at once (at most the prefetch); at least 15
-    /// [default: 20].
+    /// The worker's connections to PostgreSQL: 16 for syncs, batches,
+    /// rollouts and the webhook dispatcher, the rest for actions at once (at
+    /// most the prefetch); at least 17 [default: 22].
     #[arg(long, env = "DATABASE_POOL_SIZE")]
     pub pool_size: Option<u32>,
     /// PEM file of the CA certificates agents' HTTPS certificates must

@@ -18,6 +18,7 @@ pub struct Config {
     pub rollout: RolloutConfig,
     pub fagent: FagentConfig,
     pub api: ApiConfig,
+    pub webhooks: WebhooksConfig,
     pub metrics: MetricsConfig,
 }
 
@@ -26,11 +27,12 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
-    /// The worker's pool: 14 connections for its syncs, batches and
-    /// rollouts, the rest for actions processed at once (at most the
-    /// prefetch); a worker refuses to start with fewer than 15. Three workers (3 × 20), the API
-    /// (`api.pool_size`, 8) and the scheduler (2) use at most 70
-    /// connections ("Connections" in docs/operations.md).
+    /// The worker's pool: 16 connections for its syncs, batches, rollouts
+    /// and webhook dispatcher, the rest for actions processed at once (at
+    /// most the prefetch); a worker refuses to start with fewer than 17.
+    /// Three workers (3 × 22), the API (`api.pool_size`, 8) and the
+    /// scheduler (2) use at most 76 connections ("Connections" in
+    /// docs/operations.md).
     pub pool_size: u32,
     /// The worker's sessions: how long one statement waits for a lock (a
     /// server's advisory lock included) before it fails and the message is
@@ -57,7 +59,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/haproxy_control".into(),
-            pool_size: 20,
+            pool_size: 22,
             lock_timeout_ms: 10_000,
             statement_timeout_ms: 60_000,
         }
@@ -262,6 +264,99 @@ impl Default for SweeperConfig {
             max_republishes: 5,
             batch_size: 500,
         }
+    }
+}
+
+/// Webhooks and callback URLs (docs/webhooks.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Whether `worker` runs the webhook dispatcher (`haproxy-control
+    /// webhooks` runs it alone).
+    pub dispatcher: bool,
+    /// Let deliveries go to loopback, private, link-local and other
+    /// non-public addresses (tests; a private network of receivers).
+    pub allow_private_targets: bool,
+    /// Timeout of one delivery attempt, connecting included (ms).
+    pub timeout_ms: u64,
+    /// Waits before each attempt (ms): the first attempt's, then after each
+    /// failure; when they run out the delivery has failed.
+    pub retry_schedule_ms: Vec<u64>,
+    /// Each wait moves by up to ± this fraction of itself.
+    pub retry_jitter: f64,
+    /// The longest `Retry-After` (429, 503) honoured (s).
+    pub retry_after_cap_secs: u64,
+    /// An endpoint whose every attempt failed for this long is disabled
+    /// and `webhook.disabled` is published (hours).
+    pub disable_after_hours: f64,
+    /// How long the secret before a rotation keeps signing (hours).
+    pub rotation_grace_hours: f64,
+    /// The secret callback URLs are signed with: `whsec_…`, or a reference
+    /// `file:/path` or `env:NAME` to it. None: requests with a
+    /// `callback_url` are refused.
+    pub callback_secret: Option<String>,
+    /// Deliveries attempted at once per dispatcher.
+    pub concurrency: usize,
+    /// How often the dispatcher looks for due deliveries when nothing wakes
+    /// it (ms).
+    pub poll_interval_ms: u64,
+    /// Days finished deliveries are kept.
+    pub retention_days: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            dispatcher: true,
+            allow_private_targets: false,
+            timeout_ms: 15_000,
+            retry_schedule_ms: vec![
+                0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+            ],
+            retry_jitter: 0.1,
+            retry_after_cap_secs: 3_600,
+            disable_after_hours: 72.0,
+            rotation_grace_hours: 24.0,
+            callback_secret: None,
+            concurrency: 16,
+            poll_interval_ms: 1_000,
+            retention_days: 30,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The retry schedule.
+    pub fn schedule(&self) -> crate::domain::webhook::RetrySchedule {
+        crate::domain::webhook::RetrySchedule {
+            delays: self
+                .retry_schedule_ms
+                .iter()
+                .map(|ms| std::time::Duration::from_millis(*ms))
+                .collect(),
+            jitter: self.retry_jitter,
+            retry_after_cap: std::time::Duration::from_secs(self.retry_after_cap_secs),
+        }
+    }
+
+    /// The callback secret, read from its reference when it is one.
+    ///
+    /// # Errors
+    /// A message naming the reference (never the secret) when it cannot
+    /// be read; a value that is not `whsec_` + base64 of 24 to 64 bytes.
+    pub fn callback_secret(&self) -> Result<Option<String>, String> {
+        let Some(raw) = self.callback_secret.as_deref() else {
+            return Ok(None);
+        };
+        let secret = if raw.starts_with("file:") || raw.starts_with("env:") {
+            crate::fagent::token_ref::resolve(raw)
+                .map_err(|e| format!("webhooks.callback_secret: {e}"))?
+        } else {
+            raw.trim().to_owned()
+        };
+        crate::webhooks::signing::SigningKey::parse(&secret)
+            .map_err(|e| format!("webhooks.callback_secret: {e}"))?;
+        Ok(Some(secret))
     }
 }
 
@@ -574,6 +669,7 @@ mod tests {
             ("fagent", field_names::<FagentConfig>()),
             ("api", field_names::<ApiConfig>()),
             ("metrics", field_names::<MetricsConfig>()),
+            ("webhooks", field_names::<WebhooksConfig>()),
         ];
         let mut names: Vec<&str> = sections.iter().map(|(name, _)| *name).collect();
         names.sort_unstable();

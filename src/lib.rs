@@ -18,4 +18,5 @@ pub mod rollout;
 pub mod scheduler;
 pub mod sweeper;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;

@@ -3,7 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use haproxy_control::cli::{Cli, Command, DeadLettersCommand, InstanceCommand};
 use haproxy_control::config::Config;
-use haproxy_control::{admin, api, dead_letters, fagent, rollout, scheduler, telemetry, worker};
+use haproxy_control::{
+    admin, api, dead_letters, fagent, rollout, scheduler, telemetry, webhooks, worker,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -36,6 +38,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             args.apply(&mut config);
             metrics.apply(&mut config);
             worker::run(&config, shutdown_watch()).await?;
+        }
+        Command::Webhooks => {
+            webhooks::run(&config, shutdown_watch()).await?;
         }
         Command::Scheduler { args, metrics } => {
             args.apply(&mut config);

@@ -26,6 +26,7 @@ use crate::domain::AdminState;
 use crate::domain::action::ActionStatus;
 use crate::domain::approval::{ApprovalKind, Place, Subject, evaluate};
 use crate::domain::event::EventType;
+use crate::domain::webhook::CallbackKind;
 use crate::queue::message::{ActionMessage, parse_action_kind};
 
 /// What to do with one server.
@@ -42,6 +43,11 @@ pub struct ActionRequestBody {
     pub reason: Option<String>,
     /// Take the last `ready` server of a backend out anyway.
     pub force: Option<bool>,
+    /// Optional (issue 13): an http(s) URL that receives this request's final event, signed
+    /// with the service's callback secret and retried like a webhook (docs/webhooks.md). Its
+    /// host must be public unless `webhooks.allow_private_targets`; 422 otherwise, and when
+    /// no `webhooks.callback_secret` is configured. The first URL given for a transaction_id stays.
+    pub callback_url: Option<String>,
 }
 
 /// The action was recorded and its command published.
@@ -110,6 +116,7 @@ pub async fn post_action(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<ActionRequestBody>,
 ) -> Result<(StatusCode, Json<ActionAccepted>), ApiError> {
+    let callback = st.webhooks.callback(body.callback_url.as_deref()).await?;
     let asked = validate(body)?;
     let new = NewAction {
         transaction_id: asked.transaction_id,
@@ -133,6 +140,7 @@ pub async fn post_action(
             .map_err(|e| super::not_published(&e, &approval.transaction_id.to_string()))?;
     }
     let row = accepted_row(recorded, &asked, id)?;
+    super::record_callback(&st, row.transaction_id, CallbackKind::Action, callback).await?;
     if row.status == ActionStatus::Pending {
         publish(&st, &row).await?;
     }

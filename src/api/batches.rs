@@ -48,6 +48,11 @@ pub struct BatchRequestBody {
     pub reason: Option<String>,
     /// Skip the last-ready-server guard.
     pub force: Option<bool>,
+    /// Optional (issue 13): an http(s) URL that receives this request's final event, signed
+    /// with the service's callback secret and retried like a webhook (docs/webhooks.md). Its
+    /// host must be public unless `webhooks.allow_private_targets`; 422 otherwise, and when
+    /// no `webhooks.callback_secret` is configured. The first URL given for a transaction_id stays.
+    pub callback_url: Option<String>,
 }
 
 /// What a batch acts on: exactly one of the three.
@@ -142,6 +147,7 @@ pub async fn post_batch(
     Auth(caller, _): Auth<Operator>,
     ApiJson(body): ApiJson<BatchRequestBody>,
 ) -> Result<(StatusCode, Json<BatchAccepted>), ApiError> {
+    let callback = st.webhooks.callback(body.callback_url.as_deref()).await?;
     let asked = validate(body)?;
     let new = NewBatch {
         transaction_id: asked.transaction_id,
@@ -166,6 +172,13 @@ pub async fn post_batch(
             .map_err(|e| super::not_published(&e, &approval.transaction_id.to_string()))?;
     }
     let (row, publish) = accepted_row(recorded, &asked)?;
+    super::record_callback(
+        &st,
+        row.transaction_id,
+        crate::domain::webhook::CallbackKind::Batch,
+        callback,
+    )
+    .await?;
     if publish {
         super::publish_command(&st, &command(&row, &asked)).await?;
     }

@@ -19,6 +19,7 @@ pub mod rollouts;
 pub mod servers;
 pub mod settings;
 pub mod stream;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -53,6 +54,8 @@ pub struct ApiState {
     pub token_dir: Option<Arc<std::path::Path>>,
     /// Where rollout update hooks may come from (`[rollout]`).
     pub rollout_policy: Arc<crate::domain::rollout_hook::HookPolicy>,
+    /// Webhook and callback URL rules (`[webhooks]`).
+    pub webhooks: Arc<webhooks::WebhookPolicy>,
     /// The database and broker gauges of `/metrics`, cached.
     pub gauges: Arc<crate::metrics::database::Gauges>,
     /// The `haproxy.events` relay's fan-out, for the event stream.
@@ -147,6 +150,7 @@ async fn serve_with(
         openapi: Bytes::from(openapi::pretty_json()?),
         token_dir,
         rollout_policy: Arc::new(config.rollout.policy()),
+        webhooks: Arc::new(webhooks::WebhookPolicy::from_config(&config.webhooks)?),
     };
     tracing::info!(listen = %listener.local_addr()?, "api listening");
     axum::serve(listener, router(state))
@@ -219,4 +223,21 @@ pub(crate) fn not_published(cause: &dyn std::fmt::Display, transaction_id: &str)
              send the same request with \"transaction_id\": \"{transaction_id}\" again"
         ),
     )
+}
+
+/// Records a request's callback URL under its transaction id, before its
+/// command is published (so its final event finds it).
+async fn record_callback(
+    st: &ApiState,
+    transaction_id: uuid::Uuid,
+    kind: crate::domain::webhook::CallbackKind,
+    url: Option<crate::domain::webhook::TargetUrl>,
+) -> Result<(), ApiError> {
+    let Some(url) = url else { return Ok(()) };
+    let url = url.as_str().to_owned();
+    crate::db::run(&st.pool, move |c| {
+        crate::db::webhooks::record_callback(c, transaction_id, kind, &url)
+    })
+    .await?;
+    Ok(())
 }

@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::error::ErrorBody;
 use super::{
     ApiState, actions, approvals, batches, health, instances, metrics, rollouts, servers, settings,
-    stream,
+    stream, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -33,6 +33,7 @@ use super::{
         (name = "rollouts", description = "Rolling updates: drain, update, health gate, ready, in waves"),
         (name = "approvals", description = "Four eyes: the policy of which requests wait for a second person, and deciding them"),
         (name = "events", description = "Live events of haproxy.events as Server-Sent Events, filtered by role"),
+        (name = "webhooks", description = "Signed event deliveries to configured endpoints (Standard Webhooks), their deliveries and redelivery; admin only"),
         (name = "operations", description = "Health, readiness, metrics, this document")
     )
 )]
@@ -77,6 +78,15 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(approvals::reject))
         .routes(routes!(stream::events_stream))
         .routes(routes!(super::auth::me))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::patch_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

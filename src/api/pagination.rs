@@ -37,6 +37,8 @@ pub enum Kind {
     Servers,
     History,
     Rollouts,
+    Webhooks,
+    Deliveries,
     Approvals,
 }
 
@@ -48,6 +50,8 @@ impl Kind {
             Kind::Servers => "s",
             Kind::History => "h",
             Kind::Rollouts => "r",
+            Kind::Webhooks => "w",
+            Kind::Deliveries => "d",
             Kind::Approvals => "a",
         }
     }

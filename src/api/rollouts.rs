@@ -181,8 +181,16 @@ pub async fn post_rollout(
     Auth(caller, _): Auth<Operator>,
     ApiJson(body): ApiJson<RolloutBody>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    let callback = st.webhooks.callback(body.callback_url.as_deref()).await?;
     let valid = validate(&body, &st.rollout_policy)
         .map_err(|m| ApiError::unprocessable("invalid_rollout", m))?;
+    super::record_callback(
+        &st,
+        valid.transaction_id,
+        crate::domain::webhook::CallbackKind::Rollout,
+        callback,
+    )
+    .await?;
     let started = service(&st).start(&caller.actor, &valid).await?;
     tracing::info!(
         rollout_id = started.rollout.id, transaction_id = %started.rollout.transaction_id,

@@ -22,6 +22,7 @@ pub mod schema;
 pub mod sweeps;
 pub mod sync;
 pub mod testing;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;

@@ -266,6 +266,80 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    haproxy_webhook_endpoints (id) {
+        id -> Int8,
+        url -> Text,
+        events -> Array<Text>,
+        description -> Nullable<Text>,
+        active -> Bool,
+        secret -> Text,
+        previous_secret -> Nullable<Text>,
+        previous_secret_until -> Nullable<Timestamptz>,
+        disabled_at -> Nullable<Timestamptz>,
+        disabled_reason -> Nullable<Text>,
+        disabled_notified -> Bool,
+        failing_since -> Nullable<Timestamptz>,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    haproxy_webhook_callbacks (transaction_id) {
+        transaction_id -> Uuid,
+        /// `action`, `batch` or `rollout`.
+        kind -> Text,
+        url -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    haproxy_webhook_events (event_id) {
+        event_id -> Uuid,
+        event_type -> Text,
+        body -> Text,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    haproxy_webhook_deliveries (id) {
+        id -> Int8,
+        event_id -> Uuid,
+        endpoint_id -> Nullable<Int8>,
+        callback_url -> Nullable<Text>,
+        event_type -> Text,
+        /// `pending`, `delivered` or `failed`.
+        status -> Text,
+        attempts -> Int4,
+        schedule_from -> Int4,
+        next_attempt_at -> Timestamptz,
+        claimed_by -> Nullable<Uuid>,
+        last_status_code -> Nullable<Int4>,
+        last_error -> Nullable<Text>,
+        last_duration_ms -> Nullable<Int4>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    haproxy_webhook_attempts (id) {
+        id -> Int8,
+        delivery_id -> Int8,
+        attempt -> Int4,
+        attempted_at -> Timestamptz,
+        status_code -> Nullable<Int4>,
+        duration_ms -> Int4,
+        error -> Nullable<Text>,
+        next_attempt_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(applications -> servers (server_id));
 diesel::joinable!(application_group_members -> application_groups (group_id));
 diesel::joinable!(application_group_members -> applications (application_id));
@@ -311,6 +385,9 @@ diesel::joinable!(haproxy_sync_runs -> haproxy_instances (instance_id));
 diesel::joinable!(haproxy_rollout_servers -> haproxy_rollouts (rollout_id));
 diesel::joinable!(haproxy_rollout_servers -> haproxy_servers (server_id));
 diesel::joinable!(haproxy_actions -> haproxy_rollouts (rollout_id));
+diesel::joinable!(haproxy_webhook_deliveries -> haproxy_webhook_events (event_id));
+diesel::joinable!(haproxy_webhook_deliveries -> haproxy_webhook_endpoints (endpoint_id));
+diesel::joinable!(haproxy_webhook_attempts -> haproxy_webhook_deliveries (delivery_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     servers,
@@ -330,4 +407,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     haproxy_rollout_servers,
     haproxy_settings,
     haproxy_approvals,
+    haproxy_webhook_endpoints,
+    haproxy_webhook_callbacks,
+    haproxy_webhook_events,
+    haproxy_webhook_deliveries,
+    haproxy_webhook_attempts,
 );

@@ -17,7 +17,7 @@ use super::schema;
 use super::testing::{TestDatabase, with_database};
 use super::{MIGRATIONS, run_migrations};
 
-const ALL_MIGRATIONS: [&str; 8] = [
+const ALL_MIGRATIONS: [&str; 9] = [
     "2026-11-28-000001_ac_tables",
     "2026-11-28-000002_haproxy_tables",
     "2026-11-28-000003_sync_runs",
@@ -25,10 +25,11 @@ const ALL_MIGRATIONS: [&str; 8] = [
     "2026-12-02-000005_haproxy_process",
     "2026-12-02-000006_sweeper",
     "2026-12-02-000007_rollouts",
+    "2026-12-02-000008_webhooks",
     "2026-12-02-000009_approvals",
 ];
 
-const MODULE_TABLES: [&str; 13] = [
+const MODULE_TABLES: [&str; 18] = [
     "haproxy_instances",
     "haproxy_backends",
     "haproxy_servers",
@@ -42,6 +43,11 @@ const MODULE_TABLES: [&str; 13] = [
     "haproxy_rollout_servers",
     "haproxy_settings",
     "haproxy_approvals",
+    "haproxy_webhook_endpoints",
+    "haproxy_webhook_callbacks",
+    "haproxy_webhook_events",
+    "haproxy_webhook_deliveries",
+    "haproxy_webhook_attempts",
 ];
 
 const AC_TABLES: [&str; 4] = [
@@ -541,6 +547,11 @@ fn describe_schema(
         haproxy_rollout_servers,
         haproxy_settings,
         haproxy_approvals,
+        haproxy_webhook_endpoints,
+        haproxy_webhook_callbacks,
+        haproxy_webhook_events,
+        haproxy_webhook_deliveries,
+        haproxy_webhook_attempts,
     )
 }
 

@@ -61,10 +61,12 @@ pub enum EventType {
     ApprovalRejected,
     #[serde(rename = "approval.expired")]
     ApprovalExpired,
+    #[serde(rename = "webhook.disabled")]
+    WebhookDisabled,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 25] = [
+    pub const ALL: [EventType; 26] = [
         EventType::ActionSucceeded,
         EventType::ActionFailed,
         EventType::ActionSuperseded,
@@ -90,6 +92,7 @@ impl EventType {
         EventType::ApprovalApproved,
         EventType::ApprovalRejected,
         EventType::ApprovalExpired,
+        EventType::WebhookDisabled,
     ];
 
     pub fn routing_key(self) -> &'static str {
@@ -119,6 +122,7 @@ impl EventType {
             EventType::ApprovalApproved => "approval.approved",
             EventType::ApprovalRejected => "approval.rejected",
             EventType::ApprovalExpired => "approval.expired",
+            EventType::WebhookDisabled => "webhook.disabled",
         }
     }
 }
@@ -238,6 +242,9 @@ pub struct Event {
     /// Optional extension: the approval, on `approval.*` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRef>,
+    /// Optional extension: the webhook endpoint, on `webhook.disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<i64>,
 }
 
 /// Namespace of event ids (a fixed random UUID).
@@ -286,6 +293,7 @@ impl Event {
             exit_code: None,
             output_tail: None,
             approval: None,
+            webhook_id: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod servers_state;
 pub mod show_stat;
 pub mod snapshot;
 pub mod state;
+pub mod webhook;
 
 pub use names::{BackendName, NameError, ServerName};
 pub use state::{AdminState, HistorySource, OpState, StateParseError};

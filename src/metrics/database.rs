@@ -34,6 +34,9 @@ pub struct DbSnapshot {
     pub syncs: Vec<LastSync>,
     pub sweeps: Vec<(String, i64)>,
     pub rollouts: Vec<(RolloutStatus, i64)>,
+    /// Webhook endpoints by state and deliveries by status.
+    pub webhook_endpoints: Vec<(String, i64)>,
+    pub webhook_deliveries: Vec<(String, i64)>,
 }
 
 /// What RabbitMQ holds: messages waiting in each queue the workers consume,
@@ -69,11 +72,14 @@ fn read_db(c: &mut diesel::PgConnection) -> Result<DbSnapshot, DbError> {
         after = last.instance_id;
         syncs.extend(page);
     }
+    let (webhook_endpoints, webhook_deliveries) = crate::db::webhooks::counts(c)?;
     Ok(DbSnapshot {
         instances: all,
         syncs,
         sweeps: crate::db::sweeps::counters(c)?,
         rollouts: crate::db::rollouts::count_active_by_status(c)?,
+        webhook_endpoints,
+        webhook_deliveries,
     })
 }
 
@@ -340,7 +346,30 @@ fn encode_db(e: &mut DescriptorEncoder, s: &DbSnapshot) -> Result<(), std::fmt::
                     .map_or(0, |c| c.1);
                 (vec![("status", status.to_string())], ConstGauge::new(n))
             }),
+    )?;
+    family(
+        e,
+        "webhook_endpoints",
+        "Webhook endpoints by state: active, disabled (by the dispatcher after a 410 or failing for webhooks.disable_after_hours), paused (by an admin).",
+        MetricType::Gauge,
+        with_label("state", &s.webhook_endpoints),
+    )?;
+    family(
+        e,
+        "webhook_deliveries",
+        "Webhook and callback deliveries kept (webhooks.retention_days) by status: pending, delivered, failed.",
+        MetricType::Gauge,
+        with_label("status", &s.webhook_deliveries),
     )
+}
+
+fn with_label<'a>(
+    label: &'static str,
+    counts: &'a [(String, i64)],
+) -> impl Iterator<Item = (Vec<(&'static str, String)>, ConstGauge<i64>)> + 'a {
+    counts
+        .iter()
+        .map(move |(value, n)| (vec![(label, value.clone())], ConstGauge::new(*n)))
 }
 
 fn encode_queues(e: &mut DescriptorEncoder, q: &Queues) -> Result<(), std::fmt::Error> {

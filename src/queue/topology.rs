@@ -32,6 +32,10 @@ pub struct Topology {
     /// its connection could not re-declare the topology on another node
     /// and never recovered. A queue's type cannot change, hence the name.
     pub rollout_wait_queue: String,
+    /// The webhook dispatcher's queue, bound to `events_exchange` with `#`;
+    /// declared by the dispatcher only ([`Topology::declare_webhooks`]), so
+    /// nothing piles up where no dispatcher runs.
+    pub webhooks_queue: String,
     pub delivery_limit: u32,
 }
 
@@ -63,11 +67,22 @@ impl Topology {
             rollouts_queue: n("haproxy.rollouts"),
             rollout_hooks_queue: n("haproxy.rollout-hooks"),
             rollout_wait_queue: n("haproxy.rollouts.delay"),
+            webhooks_queue: n("haproxy.webhooks"),
             delivery_limit,
         }
     }
 
     fn command_queue_args(&self) -> FieldTable {
+        let mut args = self.quorum_args();
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args
+    }
+
+    /// Quorum, a delivery limit, dead-lettered at least once.
+    fn quorum_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
@@ -84,10 +99,6 @@ impl Topology {
         args.insert(
             "x-dead-letter-strategy".into(),
             AMQPValue::LongString("at-least-once".into()),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
         );
         args
     }
@@ -194,6 +205,34 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares the webhook dispatcher's quorum queue and binds it to every
+    /// event. Safe to repeat.
+    ///
+    /// # Errors
+    /// When the broker refuses a declaration.
+    pub async fn declare_webhooks(&self, ch: &Channel) -> Result<(), lapin::Error> {
+        // No overflow limit: an event is never refused at the exchange
+        // because this queue is long.
+        let args = self.quorum_args();
+        ch.queue_declare(
+            self.webhooks_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+        ch.queue_bind(
+            self.webhooks_queue.as_str().into(),
+            self.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
     /// Deletes every queue and exchange (tests clean up with it).
     ///
     /// # Errors
@@ -207,6 +246,7 @@ impl Topology {
             &self.rollouts_queue,
             &self.rollout_hooks_queue,
             &self.rollout_wait_queue,
+            &self.webhooks_queue,
         ] {
             ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await?;
@@ -237,6 +277,7 @@ mod tests {
         assert_eq!(t.events_exchange, "haproxy.events");
         assert_eq!(t.dead_exchange, "haproxy.dead");
         assert_eq!(t.dead_queue, "haproxy.dead-letter");
+        assert_eq!(t.webhooks_queue, "haproxy.webhooks");
         assert_eq!(
             Topology::with_prefix("t1.", 5).actions_queue,
             "t1.haproxy.actions"

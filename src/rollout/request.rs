@@ -40,6 +40,11 @@ pub struct RolloutBody {
     /// Wait after each wave (default 0).
     pub soak_secs: Option<u64>,
     pub reason: Option<String>,
+    /// Optional (issue 13): an http(s) URL that receives `rollout.completed`, `rollout.halted`
+    /// or `rollout.aborted`, signed with the service's callback secret (docs/webhooks.md).
+    /// Checked like a webhook URL (422). Not part of the stored spec.
+    #[serde(default, skip_serializing)]
+    pub callback_url: Option<String>,
 }
 
 /// Waves.

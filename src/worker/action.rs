@@ -54,7 +54,7 @@ impl ActionHandler {
 }
 
 impl MessageHandler for ActionHandler {
-    type Request = ActionRequest;
+    type Request = super::Commanded<ActionRequest>;
     type InfraError = InfraError;
 
     const INFRA_RETRY: InfraRetryPolicy = InfraRetryPolicy {
@@ -63,10 +63,14 @@ impl MessageHandler for ActionHandler {
     };
 
     fn parse(&self, data: &[u8]) -> Result<Self::Request, InvalidMessage> {
-        parse_action(data)
+        Ok(super::Commanded {
+            request: parse_action(data)?,
+            callback_url: self.ctx.callbacks.parse(data)?,
+        })
     }
 
     fn span(&self, request: &Self::Request) -> tracing::Span {
+        let request = &request.request;
         tracing::info_span!(
             "action",
             transaction_id = %request.transaction_id,
@@ -75,7 +79,15 @@ impl MessageHandler for ActionHandler {
         )
     }
 
-    async fn process(&self, request: &Self::Request) -> Result<Disposition, InfraError> {
+    async fn process(&self, commanded: &Self::Request) -> Result<Disposition, InfraError> {
+        let request = &commanded.request;
+        super::record_callback(
+            &self.ctx,
+            request.transaction_id,
+            crate::domain::webhook::CallbackKind::Action,
+            commanded.callback_url.as_ref(),
+        )
+        .await?;
         // No more actions at once than the pool serves (see `slots`).
         let _slot = self.ctx.action_slots.acquire(&request.target).await;
         process(&self.ctx, request).await

@@ -29,7 +29,7 @@ impl BatchHandler {
 }
 
 impl MessageHandler for BatchHandler {
-    type Request = BatchRequest;
+    type Request = super::Commanded<BatchRequest>;
     type InfraError = InfraError;
 
     const INFRA_RETRY: InfraRetryPolicy = InfraRetryPolicy {
@@ -37,11 +37,15 @@ impl MessageHandler for BatchHandler {
         pause_before_requeue: Duration::from_secs(1),
     };
 
-    fn parse(&self, data: &[u8]) -> Result<BatchRequest, InvalidMessage> {
-        parse_batch(data)
+    fn parse(&self, data: &[u8]) -> Result<Self::Request, InvalidMessage> {
+        Ok(super::Commanded {
+            request: parse_batch(data)?,
+            callback_url: self.ctx.callbacks.parse(data)?,
+        })
     }
 
-    fn span(&self, request: &BatchRequest) -> tracing::Span {
+    fn span(&self, request: &Self::Request) -> tracing::Span {
+        let request = &request.request;
         tracing::info_span!(
             "batch",
             transaction_id = %request.transaction_id,
@@ -50,8 +54,15 @@ impl MessageHandler for BatchHandler {
         )
     }
 
-    async fn process(&self, request: &BatchRequest) -> Result<Disposition, InfraError> {
-        expand(&self.ctx, request).await
+    async fn process(&self, commanded: &Self::Request) -> Result<Disposition, InfraError> {
+        super::record_callback(
+            &self.ctx,
+            commanded.request.transaction_id,
+            crate::domain::webhook::CallbackKind::Batch,
+            commanded.callback_url.as_ref(),
+        )
+        .await?;
+        expand(&self.ctx, &commanded.request).await
     }
 }
 

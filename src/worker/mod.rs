@@ -56,12 +56,15 @@ pub const ROLLOUT_HOOK_PREFETCH: u16 = 2;
 /// ([`BATCH_PREFETCH`]), each rollout tick one ([`ROLLOUT_TICK_PREFETCH`]),
 /// each running update hook one ([`ROLLOUT_HOOK_PREFETCH`]), and one spare
 /// for an action that loads an unknown server's listing (it holds that
-/// instance's sync lock and queries).
+/// instance's sync lock and queries), and the webhook dispatcher's
+/// [`crate::webhooks::DISPATCHER_CONNECTIONS`] (reserved even when
+/// `webhooks.dispatcher` is off, so turning it on never starves actions).
 pub const RESERVED_CONNECTIONS: u32 = SYNC_PREFETCH as u32 * 2
     + BATCH_PREFETCH as u32
     + ROLLOUT_TICK_PREFETCH as u32
     + ROLLOUT_HOOK_PREFETCH as u32
-    + 1;
+    + 1
+    + crate::webhooks::DISPATCHER_CONNECTIONS;
 
 /// What handlers need, passed in (no globals).
 pub struct WorkerContext {
@@ -82,6 +85,66 @@ pub struct WorkerContext {
     pub rollout: crate::config::RolloutConfig,
     /// Actions processed at once: no more than the pool serves.
     pub action_slots: slots::ActionSlots,
+    /// How commands' `callback_url`s are checked.
+    pub callbacks: CallbackPolicy,
+}
+
+/// How a command's `callback_url` is checked (`[webhooks]`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallbackPolicy {
+    pub allow_private_targets: bool,
+    /// `webhooks.callback_secret` is set: without it nothing could sign a
+    /// callback, so a command asking for one is refused.
+    pub secret_configured: bool,
+}
+
+impl CallbackPolicy {
+    /// A command body's `callback_url`, checked.
+    ///
+    /// # Errors
+    /// [`crate::queue::message::InvalidMessage`] with the reason.
+    pub fn parse(
+        &self,
+        body: &[u8],
+    ) -> Result<Option<crate::domain::webhook::TargetUrl>, crate::queue::message::InvalidMessage>
+    {
+        let url = crate::queue::message::parse_callback_url(body, self.allow_private_targets)?;
+        if url.is_some() && !self.secret_configured {
+            return Err(crate::queue::message::InvalidMessage(
+                "callback_url: this service has no webhooks.callback_secret to sign callbacks with"
+                    .into(),
+            ));
+        }
+        Ok(url)
+    }
+}
+
+/// A command with its optional callback URL.
+#[derive(Debug, Clone)]
+pub struct Commanded<R> {
+    pub request: R,
+    pub callback_url: Option<crate::domain::webhook::TargetUrl>,
+}
+
+/// Records a command's callback URL (before the command is handled, so
+/// its final event finds it).
+///
+/// # Errors
+/// [`InfraError`] when the database is away.
+pub async fn record_callback(
+    ctx: &WorkerContext,
+    transaction_id: uuid::Uuid,
+    kind: crate::domain::webhook::CallbackKind,
+    url: Option<&crate::domain::webhook::TargetUrl>,
+) -> Result<(), InfraError> {
+    let Some(url) = url.map(|u| u.as_str().to_owned()) else {
+        return Ok(());
+    };
+    db::run(&ctx.pool, move |c| {
+        db::webhooks::record_callback(c, transaction_id, kind, &url)
+    })
+    .await?;
+    Ok(())
 }
 
 /// The worker's tunables, resolved from [`Config`].
@@ -134,7 +197,7 @@ pub struct Connections {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "database.pool_size (--pool-size, DATABASE_POOL_SIZE) is {configured}, too small for a \
-     worker: it needs {RESERVED_CONNECTIONS} connections for its syncs, batches and rollouts and one per \
+     worker: it needs {RESERVED_CONNECTIONS} connections for its syncs, batches, rollouts and webhook dispatcher and one per \
      action processed at once, so at least {}",
     RESERVED_CONNECTIONS + 1
 )]
@@ -187,6 +250,12 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<String>, db::DbError> {
 pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let settings = WorkerSettings::from_config(config);
     let connections = pool_size(config.database.pool_size, settings.prefetch)?;
+    let webhooks = config
+        .webhooks
+        .dispatcher
+        .then(|| crate::webhooks::DispatcherSettings::from_config(&config.webhooks))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let App {
         pool,
         conn,
@@ -215,7 +284,16 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         clock_tolerance_secs: config.worker.clock_tolerance_secs,
         rollout: config.rollout.clone(),
         action_slots: slots::ActionSlots::new(connections.actions),
+        callbacks: CallbackPolicy {
+            allow_private_targets: config.webhooks.allow_private_targets,
+            secret_configured: config
+                .webhooks
+                .callback_secret()
+                .map_err(anyhow::Error::msg)?
+                .is_some(),
+        },
     });
+    let dispatcher_pool = ctx.pool.clone();
     let actions: Arc<dyn Handler> = Arc::new(action::ActionHandler::new(ctx.clone()));
     let batches: Arc<dyn Handler> = Arc::new(batch::BatchHandler::new(ctx.clone()));
     let ticks: Arc<dyn Handler> = Arc::new(rollout::TickHandler::new(ctx.clone()));
@@ -284,13 +362,30 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                 ConsumerSpec {
                     queue: topology.sync_queue.clone(),
                     prefetch: SYNC_PREFETCH,
-                    publisher,
+                    publisher: publisher.clone(),
                     topology: topology.clone(),
                     handler: syncs,
                     max_outage: outage,
                 },
-                shutdown,
+                shutdown.clone(),
             ),
+            async {
+                match webhooks {
+                    Some(settings) => {
+                        crate::webhooks::run_dispatcher(
+                            &conn,
+                            dispatcher_pool,
+                            publisher,
+                            topology.clone(),
+                            settings,
+                            outage,
+                            shutdown,
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            },
         )
     };
     tokio::try_join!(metrics_server, async {
@@ -313,15 +408,15 @@ mod tests {
 
     #[test]
     fn the_pool_is_what_the_worker_uses_at_once() {
-        assert_eq!(RESERVED_CONNECTIONS, 14);
-        // The default: 6 actions at once, 20 connections; three workers,
-        // the API (8) and the scheduler (2) need 70 of PostgreSQL's 100.
+        assert_eq!(RESERVED_CONNECTIONS, 16);
+        // The default: 6 actions at once, 22 connections; three workers,
+        // the API (8) and the scheduler (2) need 76 of PostgreSQL's 100.
         let default = crate::config::Config::default();
         assert_eq!(
             pool_size(default.database.pool_size, default.worker.prefetch),
             Ok(Connections {
                 actions: 6,
-                pool: 20
+                pool: 22
             })
         );
         // A prefetch that cannot use the pool does not open it all.
@@ -329,24 +424,24 @@ mod tests {
             pool_size(100, 8),
             Ok(Connections {
                 actions: 8,
-                pool: 22
+                pool: 24
             })
         );
         assert_eq!(
-            pool_size(15, 64),
+            pool_size(17, 64),
             Ok(Connections {
                 actions: 1,
-                pool: 15
+                pool: 17
             })
         );
     }
 
     #[test]
     fn a_pool_with_no_room_for_actions_is_refused() {
-        for configured in [0, 8, 14] {
+        for configured in [0, 8, 16] {
             let e = pool_size(configured, 64).expect_err("refused");
             assert_eq!(e, PoolTooSmall { configured });
-            assert!(e.to_string().contains("so at least 15"), "{e}");
+            assert!(e.to_string().contains("so at least 17"), "{e}");
         }
     }
 }

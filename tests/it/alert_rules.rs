@@ -88,7 +88,8 @@ fn metric_names(rules: &str) -> BTreeSet<String> {
 async fn every_metric_the_rules_name_is_served_by_metrics() {
     // An in-process worker counts into this process's registry, which the
     // in-process API serves with its database gauges.
-    let Registered { sys, .. } = SpiedLb::web_of_two().await.with_worker().await;
+    // `lb` is bound: a `..` would drop the agent and HAProxy at once.
+    let Registered { sys, lb: _lb, .. } = SpiedLb::web_of_two().await.with_worker().await;
     let txn = uuid::Uuid::new_v4();
     sys.publish_action(&serde_json::json!({
         "transaction_id": txn,
@@ -97,8 +98,10 @@ async fn every_metric_the_rules_name_is_served_by_metrics() {
         "actor": "user:alice",
     }))
     .await;
-    sys.wait_final(txn, std::time::Duration::from_secs(30))
+    let row = sys
+        .wait_final(txn, std::time::Duration::from_secs(30))
         .await;
+    assert_eq!(row.status, "success", "{row:?}");
     let api = Api::start(&sys).await;
     let (status, text) = api.text("/metrics").await;
     assert_eq!(status, 200);

@@ -497,14 +497,17 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
     let sys = TestSystem::start_on_cluster(cluster.urls(&[1, 2, 3])).await;
     let instance = sys.register_agent("lb-1", &lb.agent).await;
     // The sizing rule (docs/operations.md, "Connections"): for 4 workers,
-    // pool_size 15 each; the API's default 8; the scheduler's 2.
+    // the least pool_size (one action at a time) each; the API's default 8;
+    // the scheduler's 2.
+    let worker_pool = haproxy_control::worker::RESERVED_CONNECTIONS + 1;
     let mut config = sys.config();
     config.database.url.clone_from(&sys.db.url);
-    config.database.pool_size = 15;
+    config.database.pool_size = worker_pool;
     config.worker.prefetch = Config::default().worker.prefetch;
     config.sync.interval_secs = 1;
-    let budget = 4 * 15 + 2 * i64::from(Config::default().api.pool_size) + 2 * 2;
-    assert!(budget <= 80, "the rule's budget for this fleet: {budget}");
+    let budget =
+        4 * i64::from(worker_pool) + 2 * i64::from(Config::default().api.pool_size) + 2 * 2;
+    assert!(budget < 97, "the rule's budget for this fleet: {budget}");
     let sessions = Sessions::sample(&sys.db.url);
     let logs = Logs::new("fleet");
     let pool_file = logs.path().join("pool.toml");
@@ -522,7 +525,7 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
         let name = format!("worker-{i}");
         let c = on_nodes(&named(&config, &name), &cluster, &order);
         // The pool size through the file (the harness's environment has
-        // none for it): `[database] pool_size = 15`.
+        // none for it): `[database] pool_size = …`.
         let child = sys.spawn_process_with_file("worker", &c, &log, &pool_file);
         children.push(&name, log, child);
     }
@@ -637,7 +640,7 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
     let api_pool = i64::from(Config::default().api.pool_size);
     for (name, n) in &per_process {
         let limit = match name.split('-').next() {
-            Some("worker") => 15,
+            Some("worker") => i64::from(worker_pool),
             Some("api") => api_pool,
             Some("scheduler") => 2,
             _ => panic!("a session of no process of the fleet: {name}"),
@@ -650,8 +653,8 @@ async fn four_workers_two_schedulers_and_two_apis_share_the_cluster_and_the_conn
     for i in 0..4 {
         let log = strip_colours(&children_logs(&logs, &format!("worker-{i}")));
         assert!(
-            log.contains("pool=15"),
-            "worker-{i} not on a pool of 15: {log}"
+            log.contains(&format!("pool={worker_pool}")),
+            "worker-{i} not on a pool of {worker_pool}: {log}"
         );
     }
     assert_eq!(per_process.len(), 8, "every process seen: {per_process:?}");

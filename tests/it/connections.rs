@@ -292,15 +292,15 @@ async fn three_workers_the_scheduler_and_the_api_fit_under_the_default_max_conne
 #[test]
 fn a_worker_refuses_a_pool_too_small_for_it_at_start() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_haproxy-control"))
-        .args(["worker", "--pool-size", "14"])
+        .args(["worker", "--pool-size", "16"])
         .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
         .output()
         .expect("run the worker");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("database.pool_size (--pool-size, DATABASE_POOL_SIZE) is 14, too small")
-            && stderr.contains("so at least 15"),
+        stderr.contains("database.pool_size (--pool-size, DATABASE_POOL_SIZE) is 16, too small")
+            && stderr.contains("so at least 17"),
         "{stderr}"
     );
 }

@@ -32,3 +32,4 @@ mod secrets;
 mod security;
 mod sweeper;
 mod sync;
+mod webhooks;

@@ -601,6 +601,11 @@ fn realistic(kind: EventType) -> Event {
                 None,
             )
         },
+        EventType::WebhookDisabled => Event {
+            webhook_id: Some(4),
+            error: Some("the endpoint answered 410 Gone".to_owned()),
+            ..Event::new(kind, "4|1764651601250000", when, "haproxy-control", None)
+        },
         EventType::RolloutStarted
         | EventType::RolloutCompleted
         | EventType::RolloutAborted

@@ -26,6 +26,10 @@ pub struct ActionMessage {
     /// Optional extension: set on the actions a batch is expanded into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<i64>,
+    /// Optional extension (issue 13): where the final event goes; read by
+    /// [`super::parse_callback_url`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// An action's `target`: exactly one of `server_id` or the three names.
@@ -63,6 +67,7 @@ impl From<&ActionRequest> for ActionMessage {
             reason: r.reason.clone(),
             force: Some(r.force),
             batch_id: r.batch_id,
+            callback_url: None,
         }
     }
 }

@@ -22,6 +22,10 @@ pub struct BatchMessage {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
+    /// Optional extension (issue 13): where `batch.completed` goes; read by
+    /// [`super::parse_callback_url`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// A batch's `targets`: exactly one of the three. Also how the targets are
@@ -57,6 +61,7 @@ impl From<&BatchRequest> for BatchMessage {
             requested_at: r.requested_at.map(format_time),
             reason: r.reason.clone(),
             force: Some(r.force),
+            callback_url: None,
         }
     }
 }

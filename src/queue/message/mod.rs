@@ -146,3 +146,33 @@ pub(crate) fn parse_instance_name(raw: &str) -> Result<String, InvalidMessage> {
         ))
     })
 }
+
+/// A command's optional `callback_url` (issue 13), read from the same body
+/// the command was parsed from.
+#[derive(serde::Deserialize)]
+struct CallbackField {
+    #[serde(default)]
+    callback_url: Option<String>,
+}
+
+/// The `callback_url` of a command body, checked like an API request's:
+/// `http`/`https`, a host, and (without `allow_private_targets`) no
+/// literal non-public address. A host name's addresses are checked when
+/// each delivery connects.
+///
+/// # Errors
+/// [`InvalidMessage`] naming what is wrong.
+pub fn parse_callback_url(
+    body: &[u8],
+    allow_private_targets: bool,
+) -> Result<Option<crate::domain::webhook::TargetUrl>, InvalidMessage> {
+    let field: CallbackField =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("callback_url: {e}")))?;
+    field
+        .callback_url
+        .map(|raw| {
+            crate::domain::webhook::TargetUrl::parse(&raw, allow_private_targets)
+                .map_err(|e| invalid(format!("callback_url: {e}")))
+        })
+        .transpose()
+}

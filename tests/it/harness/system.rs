@@ -297,6 +297,7 @@ impl TestSystem {
     ) -> Child {
         let mut command = match role {
             "worker" => Self::worker_command(config, log),
+            "webhooks" => Self::role_command(config, "webhooks", log),
             _ => Self::scheduler_command(config, log),
         };
         command
