@@ -230,6 +230,16 @@ async function loadBackends() {
   await loadServers(true);
 }
 
+/** A backend's counts: key in the API, column heading (and, stacked on a phone, cell label). */
+const BACKEND_COUNTS = [
+  ["total", "Servers"],
+  ["ready", "Ready"],
+  ["drain", "Drain"],
+  ["maint", "Maint"],
+  ["up", "Up"],
+  ["down", "Down"],
+];
+
 function renderBackends() {
   const current = $("#f-backend").value;
   const rows = state.backends.map((b) =>
@@ -251,14 +261,14 @@ function renderBackends() {
           },
         }),
       ),
-      ...["total", "ready", "drain", "maint", "up", "down"].map((k) => el("td", { text: b.servers[k] })),
+      ...BACKEND_COUNTS.map(([k, label]) => el("td", { text: b.servers[k], dataset: { label } })),
     ),
   );
   $("#backends").replaceChildren(
     el(
       "table",
       { "aria-label": "Backends of the instance" },
-      el("thead", {}, el("tr", {}, ...["Backend", "Servers", "Ready", "Drain", "Maint", "Up", "Down"].map((h) => el("th", { scope: "col", text: h })))),
+      el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Backend" }), ...BACKEND_COUNTS.map(([, h]) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, rows),
     ),
   );
