@@ -466,7 +466,8 @@ async fn page_assets_and_server_search() {
 #[tokio::test]
 async fn page_rollouts_in_a_real_browser() {
     use crate::rollout::Fleet;
-    let fleet = Fleet::start(&["w1", "w2", "a1"]).await;
+    // a2 keeps backend api ready while a1 fails its update.
+    let fleet = Fleet::start(&["w1", "w2", "a1", "a2"]).await;
     let ids = fleet.ids(&["w1", "w2", "a1"]).await;
     let rollout = |ids: &[i64], update: Value| {
         json!({
@@ -479,9 +480,14 @@ async fn page_rollouts_in_a_real_browser() {
         })
     };
     let halted = fleet
-        .start_rollout(&rollout(&ids[2..], json!({"kind": "command", "argv": ["/usr/bin/false"]})))
+        .start_rollout(&rollout(
+            &ids[2..],
+            json!({"kind": "command", "argv": ["/usr/bin/false"]}),
+        ))
         .await;
-    fleet.wait_status(halted, "halted", Duration::from_secs(30)).await;
+    fleet
+        .wait_status(halted, "halted", Duration::from_secs(30))
+        .await;
     let manual = fleet
         .start_rollout(&rollout(&ids[..2], json!({"kind": "manual"})))
         .await;
@@ -524,7 +530,10 @@ async fn page_rollouts_in_a_real_browser() {
     assert_eq!(r["after_pause"], "paused", "{r}");
     assert_eq!(r["after_resume"], "running", "{r}");
     assert_eq!(r["after_abort"], "aborted", "{r}");
-    assert_eq!(r["page_after_abort"], true, "the page shows it aborted: {r}");
+    assert_eq!(
+        r["page_after_abort"], true,
+        "the page shows it aborted: {r}"
+    );
     assert_eq!(r["errors"], json!([]), "errors in the browser console");
     let ended = fleet.rollout(manual).await;
     assert_eq!(ended["status"], "aborted");
@@ -587,6 +596,11 @@ async fn page_renders_ten_thousand_servers_without_freezing() {
     assert_eq!(r["first_page_rows"], 200);
     assert_eq!(r["rows_loaded"], 1000, "{r}");
     assert_eq!(r["first_row_after_sort"], "web1000_lb-1");
+    // Windowed: a fraction of the 1,000 rows in the DOM; scrolled to the
+    // end, the last one (row 1,001 counting the header) is there.
+    let in_dom = r["rows_in_dom"].as_i64().unwrap_or(0);
+    assert!((1..300).contains(&in_dom), "{r}");
+    assert_eq!(r["last_row_index"], "1001", "{r}");
     assert_eq!(r["drain_rows"], 100, "every 10th of 1,000: {r}");
     assert_eq!(r["search_rows"], json!(["web0777_lb-1"]));
     let ms = |k: &str| r[k].as_i64().unwrap_or(i64::MAX);
@@ -601,7 +615,10 @@ async fn page_renders_ten_thousand_servers_without_freezing() {
         .as_array()
         .map(|v| v.iter().filter_map(Value::as_i64).max().unwrap_or(0))
         .expect("longtask entries observed (chromium supports them)");
-    assert!(longest_task < 1_000, "a long task of {longest_task} ms: {r}");
+    assert!(
+        longest_task < 1_000,
+        "a long task of {longest_task} ms: {r}"
+    );
     assert!(ms("max_frame_gap_ms") < 1_000, "{r}");
     assert_eq!(r["errors"], json!([]), "errors in the browser console");
     api.stop().await;
