@@ -251,9 +251,12 @@ async fn page_in_a_real_browser() {
     )
     .await;
     eprintln!(
-        "page test: {} s in the browser, {:?} in all",
+        "page test: {} s in the browser, {:?} in all; {} Tab stops to the drain button; \
+         at 390 px the servers table scrolls sideways by {} px inside its frame",
         r["seconds"],
-        started.elapsed()
+        started.elapsed(),
+        r["tab_stops_to_drain"],
+        r["phone_servers_overflow_px"]
     );
 
     assert!(
