@@ -24,7 +24,7 @@ use crate::db::batches::{self, BatchRow, NewBatch};
 use crate::db::rollouts::RolloutRow;
 use crate::db::schema::{haproxy_actions as a, haproxy_batches as t, haproxy_rollouts as r};
 use crate::db::{self, DbError, PgPool, inventory};
-use crate::domain::action::{ActionStatus, BatchRequest, BatchStatus};
+use crate::domain::action::{ActionStatus, BatchStatus};
 use crate::domain::approval::{ApprovalKind, ApprovalStatus, MatchedRule};
 use crate::domain::event::{ApprovalRef, Event, EventType};
 use crate::domain::rollout::RolloutStatus;
@@ -338,17 +338,8 @@ impl Approvals<'_> {
                     );
                     return Ok(());
                 };
-                let request = BatchRequest {
-                    transaction_id: row.transaction_id,
-                    action: row.action,
-                    targets,
-                    actor: row.actor.clone(),
-                    requested_at: Some(row.requested_at),
-                    reason: row.reason.clone(),
-                    force: row.force,
-                };
                 self.publisher
-                    .publish_command(self.topology, &BatchMessage::from(&request))
+                    .publish_command(self.topology, &BatchMessage::from(&row.request(targets)))
                     .await?;
             }
             Resumed::Rollout(row) => {

@@ -31,7 +31,6 @@ use std::time::Duration;
 use crate::config::SweeperConfig;
 use crate::db::sweeps::{self, Limits, StuckBatch, SweepKind};
 use crate::db::{self, PgPool};
-use crate::domain::action::BatchRequest;
 use crate::queue::message::{ActionMessage, BatchMessage, parse_batch_targets_json};
 use crate::queue::publisher::{PublishError, Publisher};
 use crate::queue::topology::Topology;
@@ -207,17 +206,8 @@ impl Sweeper<'_> {
             }
         };
         tracing::warn!(transaction_id = %row.transaction_id, batch_id = row.id, "sweeper: publishing a stuck batch's command again");
-        let request = BatchRequest {
-            transaction_id: row.transaction_id,
-            action: row.action,
-            targets,
-            actor: row.actor.clone(),
-            requested_at: Some(row.requested_at),
-            reason: row.reason.clone(),
-            force: row.force,
-        };
         self.publisher
-            .publish_command(self.topology, &BatchMessage::from(&request))
+            .publish_command(self.topology, &BatchMessage::from(&row.request(targets)))
             .await?;
         Ok(())
     }

@@ -108,13 +108,8 @@ fn validate(body: BatchRequestBody) -> Result<ValidBatchBody, ApiError> {
 /// targets are the request's, which a reused row matches).
 fn command(row: &BatchRow, asked: &ValidBatchBody) -> BatchMessage {
     BatchMessage::from(&BatchRequest {
-        transaction_id: row.transaction_id,
         action: asked.action,
-        targets: asked.targets.clone(),
-        actor: row.actor.clone(),
-        requested_at: Some(row.requested_at),
-        reason: row.reason.clone(),
-        force: row.force,
+        ..row.request(asked.targets.clone())
     })
 }
 

@@ -16,7 +16,7 @@ use super::schema::{
     haproxy_batches as t, haproxy_instances as i, haproxy_servers as s,
 };
 use crate::domain::AdminState;
-use crate::domain::action::{ActionStatus, BatchStatus, BatchTargets};
+use crate::domain::action::{ActionStatus, BatchRequest, BatchStatus, BatchTargets};
 
 /// A batch as stored.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
@@ -36,6 +36,22 @@ pub struct BatchRow {
     pub status: BatchStatus,
     /// Why it was rejected (names the approval).
     pub status_detail: Option<String>,
+}
+
+impl BatchRow {
+    /// The `batch` command this row was recorded from, with `targets` (the
+    /// row's, parsed by the caller): what is published again for it.
+    pub fn request(&self, targets: BatchTargets) -> BatchRequest {
+        BatchRequest {
+            transaction_id: self.transaction_id,
+            action: self.action,
+            targets,
+            actor: self.actor.clone(),
+            requested_at: Some(self.requested_at),
+            reason: self.reason.clone(),
+            force: self.force,
+        }
+    }
 }
 
 /// The live servers a batch's targets name, ordered by backend then server
