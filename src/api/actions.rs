@@ -25,7 +25,6 @@ use crate::db::{self, inventory};
 use crate::domain::AdminState;
 use crate::domain::action::ActionStatus;
 use crate::domain::approval::{ApprovalKind, Place, Subject, evaluate};
-use crate::domain::event::EventType;
 use crate::domain::webhook::CallbackKind;
 use crate::queue::message::{ActionMessage, parse_action_kind};
 
@@ -131,13 +130,7 @@ pub async fn post_action(
     };
     let recorded = record(&st, new, id).await?;
     if let ActionRecording::Held(_, approval) = &recorded {
-        st.publisher
-            .publish_event(
-                &st.topology,
-                &crate::approvals::event(EventType::ApprovalRequested, approval),
-            )
-            .await
-            .map_err(|e| super::not_published(&e, &approval.transaction_id.to_string()))?;
+        super::publish_approval_requested(&st, approval).await?;
     }
     let row = accepted_row(recorded, &asked, id)?;
     super::record_callback(&st, row.transaction_id, CallbackKind::Action, callback).await?;

@@ -27,7 +27,6 @@ use crate::db::{self, api_queries};
 use crate::domain::AdminState;
 use crate::domain::action::{BatchRequest, BatchStatus, BatchTargets};
 use crate::domain::approval::{ApprovalKind, Subject, evaluate};
-use crate::domain::event::EventType;
 use crate::queue::message::{
     BatchMessage, BatchTargetsMessage, parse_action_kind, parse_batch_targets_json,
 };
@@ -158,13 +157,7 @@ pub async fn post_batch(
     };
     let recorded = record(&st, new, asked.targets.clone()).await?;
     if let BatchRecording::Held(_, approval) = &recorded {
-        st.publisher
-            .publish_event(
-                &st.topology,
-                &crate::approvals::event(EventType::ApprovalRequested, approval),
-            )
-            .await
-            .map_err(|e| super::not_published(&e, &approval.transaction_id.to_string()))?;
+        super::publish_approval_requested(&st, approval).await?;
     }
     let (row, publish) = accepted_row(recorded, &asked)?;
     super::record_callback(

@@ -211,6 +211,20 @@ async fn publish_command<C: Command>(st: &ApiState, command: &C) -> Result<(), A
     }
 }
 
+/// Publishes `approval.requested` for a request the API has just held; a
+/// 503 when the broker did not take it.
+async fn publish_approval_requested(
+    st: &ApiState,
+    approval: &crate::db::approvals::ApprovalRow,
+) -> Result<(), ApiError> {
+    let event =
+        crate::approvals::event(crate::domain::event::EventType::ApprovalRequested, approval);
+    st.publisher
+        .publish_event(&st.topology, &event)
+        .await
+        .map_err(|e| not_published(&e, &approval.transaction_id.to_string()))
+}
+
 /// A 503 for a command that could not be published: the same request with
 /// the same transaction id publishes it again.
 pub(crate) fn not_published(cause: &dyn std::fmt::Display, transaction_id: &str) -> ApiError {
