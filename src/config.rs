@@ -136,6 +136,12 @@ pub struct WorkerConfig {
     /// How far in the future (by the database's clock) a command's
     /// `requested_at` may be before the command is refused as bad input (s).
     pub clock_tolerance_secs: u64,
+    /// The most action commands handled as one group (one agent call per
+    /// instance, one statement per phase); 1 handles each alone.
+    pub group_max: u16,
+    /// Groups of actions handled at once; a delivery waits for a group
+    /// only while this many run, so a light load makes groups of one.
+    pub groups_in_flight: u16,
 }
 
 impl WorkerConfig {
@@ -166,6 +172,8 @@ impl Default for WorkerConfig {
             breaker_open_secs: 60,
             agent_ca_file: None,
             clock_tolerance_secs: 60,
+            group_max: 32,
+            groups_in_flight: 2,
         }
     }
 }

@@ -46,6 +46,13 @@ pub enum Disposition {
 /// Every [`MessageHandler`] is one.
 pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, message: Incoming) -> BoxFuture<'static, Disposition>;
+
+    /// Handles the deliveries a consumer had ready together (see
+    /// [`Grouping`]); one disposition per message, in order.
+    fn handle_group(
+        self: Arc<Self>,
+        messages: Vec<Incoming>,
+    ) -> BoxFuture<'static, Vec<Disposition>>;
 }
 
 /// How long a message that hit infrastructure trouble (database or broker
@@ -85,6 +92,23 @@ pub trait MessageHandler: Send + Sync + 'static {
         &self,
         request: &Self::Request,
     ) -> impl Future<Output = Result<Disposition, Self::InfraError>> + Send;
+
+    /// Processes several parsed messages together (a group the consumer had
+    /// ready, see [`Grouping`]): one entry per request, in order, `None`
+    /// leaving that request to [`Self::process`], one by one, after this
+    /// returns. An error leaves them all to it. The default leaves them all.
+    fn process_group(
+        &self,
+        requests: &[&Self::Request],
+    ) -> impl Future<Output = Result<Vec<Option<Disposition>>, Self::InfraError>> + Send {
+        let left = vec![None; requests.len()];
+        async move { Ok(left) }
+    }
+
+    /// The span a group is processed in.
+    fn group_span(&self, size: usize) -> tracing::Span {
+        tracing::info_span!("group", size)
+    }
 }
 
 impl<H: MessageHandler> Handler for H {
@@ -96,6 +120,54 @@ impl<H: MessageHandler> Handler for H {
             };
             let span = self.span(&request);
             process_kept(&*self, &request).instrument(span).await
+        })
+    }
+
+    fn handle_group(
+        self: Arc<Self>,
+        messages: Vec<Incoming>,
+    ) -> BoxFuture<'static, Vec<Disposition>> {
+        Box::pin(async move {
+            let parsed: Vec<Result<H::Request, InvalidMessage>> =
+                messages.iter().map(|m| self.parse(&m.data)).collect();
+            let valid: Vec<&H::Request> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+            let mut grouped = if valid.len() > 1 {
+                let span = self.group_span(valid.len());
+                match self.process_group(&valid).instrument(span).await {
+                    Ok(dispositions) if dispositions.len() == valid.len() => dispositions,
+                    Ok(_) => {
+                        tracing::error!("a group's dispositions do not match its messages; processing them one by one");
+                        vec![None; valid.len()]
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "infrastructure trouble in a group; processing its messages one by one");
+                        vec![None; valid.len()]
+                    }
+                }
+            } else {
+                vec![None; valid.len()]
+            }
+            .into_iter();
+            // Parse failures are dead-lettered; what the group left is
+            // processed one by one, concurrently.
+            let pending = parsed.iter().map(|p| {
+                let grouped = match p {
+                    Ok(_) => grouped.next().flatten(),
+                    Err(_) => None,
+                };
+                let handler = &*self;
+                async move {
+                    match (p, grouped) {
+                        (Err(e), _) => Disposition::DeadLetter(e.0.clone()),
+                        (Ok(_), Some(d)) => d,
+                        (Ok(request), None) => {
+                            let span = handler.span(request);
+                            process_kept(handler, request).instrument(span).await
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(pending).await
         })
     }
 }
@@ -141,6 +213,34 @@ pub struct ConsumerSpec {
     pub handler: Arc<dyn Handler>,
     /// How long the connection may be down before the consumer gives up.
     pub max_outage: std::time::Duration,
+    /// Whether deliveries are handled in groups.
+    pub grouping: Grouping,
+}
+
+/// How a consumer hands deliveries to its handler: one at a time (each in
+/// its own task, as many at once as the prefetch), or in groups. In groups,
+/// a delivery is handed over at once while fewer than `in_flight` groups
+/// run; otherwise it waits, and the next group takes up to `max` of those
+/// waiting. So a light load makes groups of one (no added latency) and a
+/// burst makes large groups ([`Handler::handle_group`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grouping {
+    /// The largest group.
+    pub max: usize,
+    /// Groups handled at once.
+    pub in_flight: usize,
+}
+
+impl Grouping {
+    /// One delivery at a time, each in its own task.
+    pub const NONE: Grouping = Grouping {
+        max: 1,
+        in_flight: usize::MAX,
+    };
+
+    fn groups(&self) -> bool {
+        self.max > 1
+    }
 }
 
 /// Consumes `spec.queue` until `shutdown` turns true, then waits for the
@@ -162,6 +262,7 @@ pub async fn consume(
         topology,
         handler,
         max_outage,
+        grouping,
     } = spec;
     let queue = queue.as_str();
     let channel = conn.create_channel().await?;
@@ -177,8 +278,14 @@ pub async fn consume(
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(queue, prefetch, "consuming");
+    tracing::info!(queue, prefetch, group_max = grouping.max, "consuming");
     let mut tasks = JoinSet::new();
+    // Deliveries waiting for a group (only when grouping).
+    let mut waiting: std::collections::VecDeque<Delivery> = std::collections::VecDeque::new();
+    let settle = Settle {
+        publisher: publisher.clone(),
+        topology: topology.clone(),
+    };
     // lapin's recovery may leave a consumer waiting forever once it gives up;
     // the watchdog turns a dead or long-lost connection into an error.
     let mut watchdog = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -195,10 +302,16 @@ pub async fn consume(
                     break Ok(());
                 }
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                dispatch(&mut waiting, &mut tasks, &grouping, &handler, &settle);
+            }
             next = consumer.next() => match next {
+                Some(Ok(delivery)) if grouping.groups() => {
+                    waiting.push_back(delivery);
+                    dispatch(&mut waiting, &mut tasks, &grouping, &handler, &settle);
+                }
                 Some(Ok(delivery)) => {
-                    tasks.spawn(process(delivery, handler.clone(), publisher.clone(), topology.clone()));
+                    tasks.spawn(process(delivery, handler.clone(), settle.clone()));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, queue, "consumer error; waiting for broker recovery");
@@ -214,10 +327,37 @@ pub async fn consume(
     tracing::info!(
         queue,
         in_flight = tasks.len(),
+        waiting = waiting.len(),
         "stopping: finishing messages in flight"
     );
+    // Not started: back to the broker at once, for another consumer.
+    for delivery in waiting {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        if let Err(e) = delivery.nack(requeue).await {
+            tracing::warn!(error = %e, "could not give back a delivery; it will be redelivered");
+        }
+    }
     while tasks.join_next().await.is_some() {}
     result
+}
+
+/// Hands waiting deliveries to new groups while fewer than
+/// `grouping.in_flight` run (every task of a grouping consumer is a group).
+fn dispatch(
+    waiting: &mut std::collections::VecDeque<Delivery>,
+    tasks: &mut JoinSet<()>,
+    grouping: &Grouping,
+    handler: &Arc<dyn Handler>,
+    settle: &Settle,
+) {
+    while !waiting.is_empty() && tasks.len() < grouping.in_flight {
+        let take = waiting.len().min(grouping.max);
+        let group: Vec<Delivery> = waiting.drain(..take).collect();
+        tasks.spawn(process_group(group, handler.clone(), settle.clone()));
+    }
 }
 
 /// The watchdog's check: a connection in error or closed is lost, and one
@@ -245,13 +385,15 @@ fn check_connection(
     Ok(())
 }
 
-async fn process(
-    delivery: Delivery,
-    handler: Arc<dyn Handler>,
+/// What settling a delivery needs: dead-lettering publishes.
+#[derive(Clone)]
+struct Settle {
     publisher: Publisher,
     topology: Arc<Topology>,
-) {
-    let incoming = Incoming {
+}
+
+fn incoming(delivery: &Delivery) -> Incoming {
+    Incoming {
         data: delivery.data.clone(),
         exchange: delivery.exchange.to_string(),
         routing_key: delivery.routing_key.to_string(),
@@ -261,41 +403,56 @@ async fn process(
             .message_id()
             .as_ref()
             .map(|m| m.to_string()),
-    };
+    }
+}
+
+async fn process(delivery: Delivery, handler: Arc<dyn Handler>, settle: Settle) {
+    let incoming = incoming(&delivery);
     let disposition = handler.handle(incoming.clone()).await;
-    let settled = match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Disposition::Requeue => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-        Disposition::DeadLetter(reason) => {
-            tracing::warn!(reason = %reason, routing_key = %incoming.routing_key, "dead-lettering a message");
-            match dead_letter(&publisher, &topology, &incoming, &reason).await {
-                Ok(()) => {
-                    crate::metrics::global().dead_lettered(&incoming.routing_key);
-                    delivery.ack(BasicAckOptions::default()).await
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "could not dead-letter; giving the message back");
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await
+    settle.settle(delivery, &incoming, disposition).await;
+}
+
+async fn process_group(deliveries: Vec<Delivery>, handler: Arc<dyn Handler>, settle: Settle) {
+    let incoming: Vec<Incoming> = deliveries.iter().map(incoming).collect();
+    let dispositions = handler.handle_group(incoming.clone()).await;
+    let settled = deliveries.into_iter().zip(incoming).zip(dispositions).map(
+        |((delivery, incoming), disposition)| {
+            let settle = &settle;
+            async move { settle.settle(delivery, &incoming, disposition).await }
+        },
+    );
+    futures::future::join_all(settled).await;
+}
+
+impl Settle {
+    /// Acks, requeues or dead-letters a delivery as its handler decided.
+    async fn settle(&self, delivery: Delivery, incoming: &Incoming, disposition: Disposition) {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let settled = match disposition {
+            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Disposition::Requeue => delivery.nack(requeue).await,
+            Disposition::DeadLetter(reason) => {
+                tracing::warn!(reason = %reason, routing_key = %incoming.routing_key, "dead-lettering a message");
+                match dead_letter(&self.publisher, &self.topology, incoming, &reason).await {
+                    Ok(()) => {
+                        crate::metrics::global().dead_lettered(&incoming.routing_key);
+                        delivery.ack(BasicAckOptions::default()).await
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not dead-letter; giving the message back");
+                        delivery.nack(requeue).await
+                    }
                 }
             }
+        };
+        if let Err(e) = settled {
+            // After a broker recovery a delivery from before cannot be settled;
+            // it comes back and is deduplicated by its transaction id.
+            tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
         }
-    };
-    if let Err(e) = settled {
-        // After a broker recovery a delivery from before cannot be settled;
-        // it comes back and is deduplicated by its transaction id.
-        tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
     }
 }
 

@@ -8,7 +8,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use broker::Brokers;
-pub use consumer::{Disposition, Handler, Incoming, InfraRetryPolicy, MessageHandler};
+pub use consumer::{Disposition, Grouping, Handler, Incoming, InfraRetryPolicy, MessageHandler};
 pub use publisher::Publisher;
 pub use topology::Topology;
 

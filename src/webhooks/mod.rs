@@ -63,6 +63,7 @@ pub async fn run_dispatcher(
             topology: topology.clone(),
             handler,
             max_outage,
+            grouping: crate::queue::Grouping::NONE,
         },
         shutdown,
     )

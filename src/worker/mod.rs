@@ -2,6 +2,7 @@
 //! outcomes, publishes events, and acks last.
 
 pub mod action;
+mod action_group;
 pub mod agent_listing;
 pub mod batch;
 pub mod breaker;
@@ -23,7 +24,7 @@ use crate::config::Config;
 use crate::db::{self, PgPool};
 use crate::fagent::client::AgentClient;
 use crate::queue::consumer::{ConsumerSpec, consume};
-use crate::queue::{Handler, Publisher, Topology, reconnect_backoff};
+use crate::queue::{Grouping, Handler, Publisher, Topology, reconnect_backoff};
 use breaker::BreakerSettings;
 use retry::RetryPolicy;
 
@@ -151,6 +152,9 @@ pub async fn record_callback(
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     pub prefetch: u16,
+    /// How action commands are grouped (`worker.group_max`,
+    /// `worker.groups_in_flight`).
+    pub grouping: crate::queue::Grouping,
     pub retry: RetryPolicy,
     pub breaker: BreakerSettings,
     pub agent_timeout: Duration,
@@ -162,6 +166,10 @@ impl WorkerSettings {
         let open_for = Duration::from_secs(w.breaker_open_secs);
         Self {
             prefetch: w.prefetch.max(1),
+            grouping: crate::queue::Grouping {
+                max: usize::from(w.group_max.max(1)),
+                in_flight: usize::from(w.groups_in_flight.max(1)),
+            },
             retry: RetryPolicy {
                 max_attempts: w.max_attempts.max(1),
                 backoff: w
@@ -318,6 +326,7 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                     topology: topology.clone(),
                     handler: actions,
                     max_outage: outage,
+                    grouping: settings.grouping,
                 },
                 shutdown.clone(),
             ),
@@ -330,6 +339,7 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                     topology: topology.clone(),
                     handler: batches,
                     max_outage: outage,
+                    grouping: Grouping::NONE,
                 },
                 shutdown.clone(),
             ),
@@ -342,6 +352,7 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                     topology: topology.clone(),
                     handler: ticks,
                     max_outage: outage,
+                    grouping: Grouping::NONE,
                 },
                 shutdown.clone(),
             ),
@@ -354,6 +365,7 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                     topology: topology.clone(),
                     handler: hooks,
                     max_outage: outage,
+                    grouping: Grouping::NONE,
                 },
                 shutdown.clone(),
             ),
@@ -366,6 +378,7 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
                     topology: topology.clone(),
                     handler: syncs,
                     max_outage: outage,
+                    grouping: Grouping::NONE,
                 },
                 shutdown.clone(),
             ),
