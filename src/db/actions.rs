@@ -255,14 +255,16 @@ SELECT (SELECT count(*) FROM act) AS actions,
        (SELECT count(*) FROM hist) AS history,
        (SELECT setting FROM durable) AS setting";
 
+/// The rows an outcome statement wrote (this one's and
+/// [`super::action_groups`]' for a group).
 #[derive(QueryableByName)]
-struct FinishCounts {
+pub(super) struct FinishCounts {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    actions: i64,
+    pub(super) actions: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    servers: i64,
+    pub(super) servers: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    history: i64,
+    pub(super) history: i64,
     #[allow(dead_code)]
     #[diesel(sql_type = diesel::sql_types::Text)]
     setting: String,

@@ -50,19 +50,28 @@ pub struct ServerTarget {
     pub instance: InstanceRow,
 }
 
-/// Servers that are live, with their live backend and instance.
-macro_rules! live_servers {
+/// Servers that are live, with their live backend and instance, selected as
+/// a [`TargetRow`]. The caller has `s`, `b` and `i` (the servers, backends
+/// and instances tables), [`ServerRow`] and [`InstanceRow`] in scope.
+macro_rules! live_targets {
     () => {
         s::table
             .inner_join(b::table.inner_join(i::table))
             .filter(s::removed_at.is_null())
             .filter(b::removed_at.is_null())
+            .select((
+                ServerRow::as_select(),
+                b::backend_name,
+                InstanceRow::as_select(),
+            ))
     };
 }
+pub(super) use live_targets;
 
-type TargetRow = (ServerRow, String, InstanceRow);
+/// A [`ServerTarget`] as a query returns it.
+pub(super) type TargetRow = (ServerRow, String, InstanceRow);
 
-fn to_target((server, backend_name, instance): TargetRow) -> ServerTarget {
+pub(super) fn to_target((server, backend_name, instance): TargetRow) -> ServerTarget {
     ServerTarget {
         server,
         backend_name,
@@ -75,13 +84,8 @@ pub fn find_server(
     conn: &mut PgConnection,
     server_id: i64,
 ) -> Result<Option<ServerTarget>, DbError> {
-    let row: Option<TargetRow> = live_servers!()
+    let row: Option<TargetRow> = live_targets!()
         .filter(s::id.eq(server_id))
-        .select((
-            ServerRow::as_select(),
-            b::backend_name,
-            InstanceRow::as_select(),
-        ))
         .first(conn)
         .optional()?;
     Ok(row.map(to_target))
@@ -94,15 +98,10 @@ pub fn find_server_by_names(
     backend: &str,
     server: &str,
 ) -> Result<Option<ServerTarget>, DbError> {
-    let row: Option<TargetRow> = live_servers!()
+    let row: Option<TargetRow> = live_targets!()
         .filter(i::name.eq(instance))
         .filter(b::backend_name.eq(backend))
         .filter(s::server_name.eq(server))
-        .select((
-            ServerRow::as_select(),
-            b::backend_name,
-            InstanceRow::as_select(),
-        ))
         .first(conn)
         .optional()?;
     Ok(row.map(to_target))

@@ -85,6 +85,34 @@ impl Session {
         Ok(())
     }
 
+    /// Waits for the locks of several servers and then the guard locks of
+    /// several backends, in one statement: servers before backends, each in
+    /// ascending key order, so no two sessions wait for each other (a
+    /// session waits for a server only while it holds lower servers and no
+    /// backend, and for a backend only while it holds all its servers and
+    /// lower backends; [`Session::lock_server_and_backend`] is the same
+    /// order for one of each).
+    ///
+    /// # Errors
+    /// [`DbError`] when the lock query fails.
+    pub fn lock_many(&mut self, server_ids: &[i64], backend_ids: &[i64]) -> Result<(), DbError> {
+        let keys = lock_order(server_ids, backend_ids);
+        self.released = false;
+        diesel::sql_query("SELECT pg_advisory_lock(k) FROM unnest($1::bigint[]) AS k")
+            .bind::<diesel::sql_types::Array<BigInt>, _>(keys)
+            .execute(&mut self.conn)
+            .map_err(|e| {
+                lock_timeout(e.into(), || {
+                    format!(
+                        "the locks of {} servers and {} backends",
+                        server_ids.len(),
+                        backend_ids.len()
+                    )
+                })
+            })?;
+        Ok(())
+    }
+
     fn lock(&mut self, key: i64) -> Result<(), DbError> {
         self.released = false;
         diesel::sql_query("SELECT pg_advisory_lock($1)")
@@ -105,6 +133,25 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The advisory-lock keys of servers then backends, each sorted and
+/// without repeats: the one order every session takes them in.
+fn lock_order(server_ids: &[i64], backend_ids: &[i64]) -> Vec<i64> {
+    let sorted = |keys: Vec<i64>| {
+        let mut keys = keys;
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    };
+    let mut keys = sorted(server_ids.iter().map(|id| server_lock_key(*id)).collect());
+    keys.extend(sorted(
+        backend_ids
+            .iter()
+            .map(|id| backend_guard_lock_key(*id))
+            .collect(),
+    ));
+    keys
 }
 
 /// A lock wait that ran out of `lock_timeout` (SQLSTATE 55P03,

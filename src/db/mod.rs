@@ -5,6 +5,7 @@
 //! That lock is raw SQL (advisory-lock functions are not in Diesel's DSL); so are the
 //! statements of `testing` and `tests`, which create databases and inspect the catalog.
 
+pub mod action_groups;
 pub mod actions;
 pub mod api_queries;
 pub mod approvals;

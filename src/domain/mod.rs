@@ -2,6 +2,7 @@
 //! computation over values, so the rules are unit-tested fast.
 
 pub mod action;
+pub mod action_group;
 pub mod approval;
 pub mod breaker;
 pub mod csv;

@@ -163,6 +163,53 @@ impl AgentClient {
 }
 
 impl AgentClient {
+    /// `POST /v1/state` (TEMPORARY, replaced by the bulk-state branch).
+    ///
+    /// # Errors
+    /// [`CallError`], classified.
+    pub async fn set_states(
+        &self,
+        endpoint: &AgentEndpoint,
+        changes: &[super::wire::StateChange],
+    ) -> Result<Vec<Result<StateChanged, CallError>>, CallError> {
+        let request = self
+            .http
+            .post(Self::url(endpoint, "/v1/state"))
+            .bearer_auth(&endpoint.token)
+            .json(&super::wire::SetStates {
+                changes: changes.to_vec(),
+            });
+        let answer: super::wire::StatesChanged = call("set_states", request).await?;
+        if answer.results.len() != changes.len() {
+            return Err(CallError::Decode("result count".into()));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|r| match (r.changed, r.error) {
+                (Some(c), _) => Ok(c),
+                (None, e) => {
+                    let e = e.unwrap_or(super::wire::ErrorDetail {
+                        code: String::new(),
+                        message: String::new(),
+                    });
+                    if r.status >= 500 {
+                        Err(CallError::Server {
+                            status: r.status,
+                            message: e.message,
+                        })
+                    } else {
+                        Err(CallError::Client {
+                            status: r.status,
+                            code: e.code,
+                            message: e.message,
+                        })
+                    }
+                }
+            })
+            .collect())
+    }
+
     /// `POST /v1/backends/{backend}/servers/{server}/shutdown-sessions`.
     ///
     /// # Errors

@@ -58,6 +58,40 @@ pub struct StateChanged {
     pub server: ServerSnapshot,
 }
 
+/// Body of `POST /v1/state`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SetStates {
+    pub changes: Vec<StateChange>,
+}
+
+/// One change of `POST /v1/state`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateChange {
+    pub backend: String,
+    pub server: String,
+    pub state: AdminState,
+    pub transaction_id: Uuid,
+}
+
+/// Answer of `POST /v1/state` (200): one result per change, in the order asked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatesChanged {
+    pub results: Vec<ChangeResult>,
+}
+
+/// `status` is the HTTP status the single-server endpoint would have
+/// answered for this change; `changed` is present exactly when it is 200,
+/// `error` otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeResult {
+    pub transaction_id: Uuid,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<StateChanged>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {

@@ -32,6 +32,8 @@ const ACTION_BUCKETS: [f64; 11] = [
 ];
 /// Upper bounds (s) of the agent-call histogram.
 const AGENT_CALL_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0];
+/// Upper bounds of the action group histogram (commands in a group).
+const GROUP_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 /// Upper bounds (s) of the sync histogram.
 const SYNC_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
@@ -91,6 +93,8 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     action_duration: Histogram,
     action_retries: Counter,
+    action_group_size: Histogram,
+    action_group_left: Counter,
     agent_calls: Family<AgentCallLabels, Counter>,
     agent_call_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
     breaker_transitions: Family<ToLabel, Counter>,
@@ -106,6 +110,8 @@ impl Default for Metrics {
             actions: Family::default(),
             action_duration: Histogram::new(ACTION_BUCKETS),
             action_retries: Counter::default(),
+            action_group_size: Histogram::new(GROUP_BUCKETS),
+            action_group_left: Counter::default(),
             agent_calls: Family::default(),
             agent_call_duration: Family::new_with_constructor(agent_call_histogram),
             breaker_transitions: Family::default(),
@@ -141,6 +147,16 @@ impl Metrics {
             "action_retries",
             "Agent calls of actions sent again after a transient failure",
             self.action_retries.clone(),
+        );
+        r.register(
+            "action_group_size",
+            "Action commands that went through the path together, per group of two or more",
+            self.action_group_size.clone(),
+        );
+        r.register(
+            "action_group_left",
+            "Action commands of a group left to the one-by-one path (a check would end them before the call, or another command of the group has their server)",
+            self.action_group_left.clone(),
         );
         r.register(
             "agent_calls",
@@ -188,6 +204,13 @@ impl Metrics {
             })
             .inc();
         self.action_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A group of `size` commands of which `grouped` went through together.
+    pub fn action_group(&self, size: usize, grouped: usize) {
+        self.action_group_size.observe(grouped as f64);
+        self.action_group_left
+            .inc_by(u64::try_from(size.saturating_sub(grouped)).unwrap_or(u64::MAX));
     }
 
     pub fn action_retried(&self) {

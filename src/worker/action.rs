@@ -14,6 +14,7 @@ use super::breaker::{self, BreakerSettings, Transition};
 use super::events::{ActionFacts, circuit};
 use super::{InfraError, WorkerContext, agent_listing};
 use crate::approvals::Held;
+use crate::db::action_groups::Success;
 use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
 use crate::db::approvals;
 use crate::db::inventory::{self, ServerRow, ServerTarget};
@@ -77,6 +78,13 @@ impl MessageHandler for ActionHandler {
             action = %request.action,
             actor = %request.actor,
         )
+    }
+
+    async fn process_group(
+        &self,
+        requests: &[&Self::Request],
+    ) -> Result<Vec<Option<Disposition>>, InfraError> {
+        super::action_group::process(&self.ctx, requests).await
     }
 
     async fn process(&self, commanded: &Self::Request) -> Result<Disposition, InfraError> {
@@ -196,23 +204,23 @@ enum Prepared {
     Call(Box<Call>),
 }
 
-struct Call {
-    action_id: i64,
+pub(super) struct Call {
+    pub(super) action_id: i64,
     /// The `requested_at` the action runs at (its row's when recorded).
-    requested_at: DateTime<Utc>,
-    batch_id: Option<i64>,
-    target: ServerTarget,
+    pub(super) requested_at: DateTime<Utc>,
+    pub(super) batch_id: Option<i64>,
+    pub(super) target: ServerTarget,
     /// The server's row as read under its lock.
-    server: ServerRow,
-    previous: StatePair,
-    agent: AgentTarget,
+    pub(super) server: ServerRow,
+    pub(super) previous: StatePair,
+    pub(super) agent: AgentTarget,
 }
 
 /// The agent and the names a call addresses, parsed.
-struct AgentTarget {
-    endpoint: AgentEndpoint,
-    backend: BackendName,
-    server_name: ServerName,
+pub(super) struct AgentTarget {
+    pub(super) endpoint: AgentEndpoint,
+    pub(super) backend: BackendName,
+    pub(super) server_name: ServerName,
 }
 
 /// Everything before the agent call, on one connection in one blocking
@@ -487,17 +495,7 @@ impl Pending<'_> {
     /// the agent; they are parsed again before they go anywhere near a
     /// request path.
     fn agent_target(&self) -> Result<AgentTarget, Outcome> {
-        let names = BackendName::parse(&self.target.backend_name)
-            .and_then(|b| Ok((b, ServerName::parse(&self.target.server.server_name)?)));
-        let (backend, server_name) =
-            names.map_err(|e| failed(&self.facts(), FailureCode::Invalid, &e.to_string()))?;
-        let endpoint = agent_listing::endpoint(&self.target.instance)
-            .map_err(|detail| failed(&self.facts(), FailureCode::AgentError, &detail))?;
-        Ok(AgentTarget {
-            endpoint,
-            backend,
-            server_name,
-        })
+        agent_target(&self.target).map_err(|(code, detail)| failed(&self.facts(), code, &detail))
     }
 
     /// Breaker (rule 4). The instance row loaded with the target is fresh
@@ -573,8 +571,24 @@ impl Pending<'_> {
     }
 }
 
+/// Where an action's call goes, or why it cannot go anywhere. Names in the
+/// database came from HAProxy through the agent; they are parsed again
+/// before they go anywhere near a request path.
+pub(super) fn agent_target(target: &ServerTarget) -> Result<AgentTarget, (FailureCode, String)> {
+    let names = BackendName::parse(&target.backend_name)
+        .and_then(|b| Ok((b, ServerName::parse(&target.server.server_name)?)));
+    let (backend, server_name) = names.map_err(|e| (FailureCode::Invalid, e.to_string()))?;
+    let endpoint = agent_listing::endpoint(&target.instance)
+        .map_err(|detail| (FailureCode::AgentError, detail))?;
+    Ok(AgentTarget {
+        endpoint,
+        backend,
+        server_name,
+    })
+}
+
 /// The row an action is recorded with.
-fn new_action(
+pub(super) fn new_action(
     req: &ActionRequest,
     requested_at: DateTime<Utc>,
     server_id: Option<i64>,
@@ -593,7 +607,7 @@ fn new_action(
 }
 
 /// Whether an instance's row shows a closed breaker.
-fn breaker_closed(instance: &instances::InstanceRow) -> bool {
+pub(super) fn breaker_closed(instance: &instances::InstanceRow) -> bool {
     instance.breaker_state == BreakerState::Closed
 }
 
@@ -675,13 +689,13 @@ fn check_existing(
 }
 
 /// Whether rule 10's guard may apply: a `drain` or `maint` without `force`.
-fn may_be_guarded(req: &ActionRequest) -> bool {
+pub(super) fn may_be_guarded(req: &ActionRequest) -> bool {
     req.action != crate::domain::AdminState::Ready && !req.force
 }
 
 /// Whether rule 10's guard applies: a `drain` or `maint` without `force` of
 /// a server that is `ready` now.
-fn guard_applies(req: &ActionRequest, previous: &StatePair) -> bool {
+pub(super) fn guard_applies(req: &ActionRequest, previous: &StatePair) -> bool {
     may_be_guarded(req) && previous.admin_state == crate::domain::AdminState::Ready
 }
 
@@ -693,60 +707,108 @@ async fn apply(
     call: Call,
     mut lock: AdvisoryLocks,
 ) -> Result<serde_json::Value, InfraError> {
+    let outcome = call_with_retries(ctx, req, &call, &mut lock, None).await?;
+    let settled = settle(req, &call, outcome);
+    let events = settled.events().clone();
+    let status = settled.status();
+    let instance_id = call.target.instance.id;
+    // The outcome (with the breaker's success) and the unlock: one blocking call.
+    let transition = lock.finish(move |c| settled.commit(c, instance_id)).await?;
+    action_finished(req, call.requested_at, status);
+    publish_breaker_transition(ctx, &call.target.instance, transition).await?;
+    Ok(events)
+}
+
+/// What an action's call came to, ready to be committed.
+pub(super) enum Settled {
+    Failed { action_id: i64, outcome: Outcome },
+    Succeeded(Success),
+}
+
+impl Settled {
+    /// The final events, as stored.
+    pub(super) fn events(&self) -> &serde_json::Value {
+        match self {
+            Settled::Failed { outcome, .. } => &outcome.events,
+            Settled::Succeeded(success) => &success.events,
+        }
+    }
+
+    pub(super) fn status(&self) -> ActionStatus {
+        match self {
+            Settled::Failed { .. } => ActionStatus::Failed,
+            Settled::Succeeded(_) => ActionStatus::Success,
+        }
+    }
+
+    /// Commits the outcome durably; a success records the breaker's success
+    /// of the instance too.
+    ///
+    /// # Errors
+    /// [`DbError`].
+    pub(super) fn commit(
+        self,
+        conn: &mut diesel::PgConnection,
+        instance_id: i64,
+    ) -> Result<Transition, DbError> {
+        match self {
+            Settled::Failed { action_id, outcome } => {
+                actions::finish(conn, action_id, &outcome)?;
+                Ok(Transition::None)
+            }
+            Settled::Succeeded(s) => {
+                let transition = breaker::record_success_on(conn, instance_id)?;
+                actions::finish_success(
+                    conn,
+                    s.action_id,
+                    &s.events,
+                    &s.server,
+                    s.history.as_ref(),
+                )?;
+                Ok(transition)
+            }
+        }
+    }
+}
+
+/// The outcome of an action's call: its final events, and on success the
+/// server's state read back and, when it changed, its history row.
+pub(super) fn settle(req: &ActionRequest, call: &Call, outcome: CallOutcome) -> Settled {
     let facts = facts(req, Some(&call.target));
-    let (action_id, requested_at) = (call.action_id, call.requested_at);
-    let outcome = match call_with_retries(ctx, req, &call, &mut lock).await? {
+    let changed_state = match outcome {
         Ok(changed) => changed,
         Err((code, detail)) => {
             tracing::info!(error = %code, detail = %detail, "action failed");
-            let outcome = failed(&facts, code, &detail);
-            let events = outcome.events.clone();
-            lock.finish(move |c| actions::finish(c, action_id, &outcome))
-                .await?;
-            action_finished(req, requested_at, ActionStatus::Failed);
-            return Ok(events);
+            return Settled::Failed {
+                action_id: call.action_id,
+                outcome: failed(&facts, code, &detail),
+            };
         }
     };
-
     let previous = call.previous;
+    let server = &changed_state.server;
     let current = StatePair {
-        admin_state: outcome.server.admin_state,
-        op_state: outcome.server.op_state,
+        admin_state: server.admin_state,
+        op_state: server.op_state,
     };
     let changed = current != previous;
     let mut events = vec![facts.succeeded(previous, current)];
     if changed {
         events.push(facts.state_changed(previous, current));
     }
+    let requested_at = call.requested_at;
     let write = ServerWrite {
         server_id: call.server.id,
         admin_state: current.admin_state,
         op_state: current.op_state,
-        weight: i32::try_from(outcome.server.weight).unwrap_or(i32::MAX),
-        current_sessions: i64::try_from(outcome.server.current_sessions).unwrap_or(i64::MAX),
-        check_status: outcome.server.check_status.clone(),
+        weight: i32::try_from(server.weight).unwrap_or(i32::MAX),
+        current_sessions: i64::try_from(server.current_sessions).unwrap_or(i64::MAX),
+        check_status: server.check_status.clone(),
         last_requested_at: call
             .server
             .last_requested_at
             .map_or(requested_at, |t| t.max(requested_at)),
     };
-    let history = changed.then(|| HistoryWrite {
-        previous,
-        actor: req.actor.clone(),
-    });
-    let stored = serde_json::to_value(&events).unwrap_or_default();
-    let instance_id = call.target.instance.id;
-    let to_store = stored.clone();
-    // The breaker's success, the outcome and the unlock: one blocking call.
-    let transition = lock
-        .finish(move |c| {
-            let transition = breaker::record_success_on(c, instance_id)?;
-            actions::finish_success(c, action_id, &to_store, &write, history.as_ref())?;
-            Ok(transition)
-        })
-        .await?;
-    action_finished(req, requested_at, ActionStatus::Success);
-    publish_breaker_transition(ctx, &call.target.instance, transition).await?;
     tracing::info!(
         status = "success",
         admin_state = %current.admin_state,
@@ -754,11 +816,23 @@ async fn apply(
         changed,
         "action applied"
     );
-    Ok(stored)
+    Settled::Succeeded(Success {
+        action_id: call.action_id,
+        events: serde_json::to_value(&events).unwrap_or_default(),
+        server: write,
+        history: changed.then(|| HistoryWrite {
+            previous,
+            actor: req.actor.clone(),
+        }),
+    })
 }
 
 /// Counts an action that reached its final `status` (after its commit).
-fn action_finished(req: &ActionRequest, requested_at: DateTime<Utc>, status: ActionStatus) {
+pub(super) fn action_finished(
+    req: &ActionRequest,
+    requested_at: DateTime<Utc>,
+    status: ActionStatus,
+) {
     let elapsed = (Utc::now() - requested_at).to_std().unwrap_or_default();
     crate::metrics::global().action_finished(req.action, status, elapsed);
 }
@@ -814,19 +888,21 @@ async fn load_listing(ctx: &WorkerContext, instance: &instances::InstanceRow) {
     }
 }
 
-type CallOutcome = Result<StateChanged, (FailureCode, String)>;
+pub(super) type CallOutcome = Result<StateChanged, (FailureCode, String)>;
 
 /// Calls the agent through the instance's breaker, retrying what may
 /// succeed on retry (rule 5, waits from [`RetryPolicy::backoff`]). The
 /// first attempt was admitted and counted by [`prepare`]; a success is
-/// recorded with the outcome.
+/// recorded with the outcome. `first_failed`: the first attempt was made
+/// already (in a group's call) and failed so; carry on from there.
 ///
 /// [`RetryPolicy::backoff`]: super::retry::RetryPolicy::backoff
-async fn call_with_retries(
+pub(super) async fn call_with_retries(
     ctx: &WorkerContext,
     req: &ActionRequest,
     call: &Call,
     lock: &mut AdvisoryLocks,
+    mut first_failed: Option<CallError>,
 ) -> Result<CallOutcome, InfraError> {
     let instance = &call.target.instance;
     let mut delays = ctx.retry.backoff();
@@ -846,17 +922,21 @@ async fn call_with_retries(
             }));
         }
         let agent = &call.agent;
-        let e = match ctx
-            .agents
-            .set_state(
-                &agent.endpoint,
-                &agent.backend,
-                &agent.server_name,
-                req.action,
-                req.transaction_id,
-            )
-            .await
-        {
+        let result = match first_failed.take() {
+            Some(e) => Err(e),
+            None => {
+                ctx.agents
+                    .set_state(
+                        &agent.endpoint,
+                        &agent.backend,
+                        &agent.server_name,
+                        req.action,
+                        req.transaction_id,
+                    )
+                    .await
+            }
+        };
+        let e = match result {
             Ok(changed) => return Ok(Ok(changed)),
             Err(e) => e,
         };

@@ -34,6 +34,12 @@ pub struct Slot {
     _turn: OwnedMutexGuard<()>,
 }
 
+/// A slot held while one group of actions is processed.
+#[derive(Debug)]
+pub struct GroupSlot {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
 impl ActionSlots {
     /// `slots` actions at once (at least 1).
     pub fn new(slots: u32) -> Self {
@@ -53,6 +59,14 @@ impl ActionSlots {
         Slot {
             _permit: permit,
             _turn: turn,
+        }
+    }
+
+    /// Waits for a free slot for a group of actions: one connection, so one
+    /// slot; its targets are serialised by their advisory locks.
+    pub async fn acquire_for_group(&self) -> GroupSlot {
+        GroupSlot {
+            _permit: Arc::clone(&self.permits).acquire_owned().await.ok(),
         }
     }
 

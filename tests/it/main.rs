@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod action_groups;
 mod action_path;
 mod alert_rules;
 mod api;
