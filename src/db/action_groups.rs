@@ -8,7 +8,7 @@
 //! statement is prepared once whatever the group's size); raw SQL for the
 //! multi-row insert and the outcome CTE over `unnest` (one round trip each).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel::sql_types::{
@@ -24,6 +24,7 @@ use super::schema::{
     haproxy_actions as a, haproxy_backends as b, haproxy_instances as i, haproxy_servers as s,
 };
 use crate::domain::AdminState;
+use crate::domain::action::ActionStatus;
 
 /// The live servers with these ids.
 ///
@@ -148,6 +149,27 @@ pub fn insert_started(
         .into_iter()
         .map(|s| (s.transaction_id, s.id))
         .collect())
+}
+
+/// Marks `pending` actions running and counts their first attempt (as
+/// [`super::actions::begin_attempt`] does one): the ids it changed.
+///
+/// # Errors
+/// [`DbError`].
+pub fn start_pending(conn: &mut PgConnection, ids: &[i64]) -> Result<HashSet<i64>, DbError> {
+    let started: Vec<i64> = diesel::update(
+        a::table
+            .filter(a::id.eq_any(ids))
+            .filter(a::status.eq(ActionStatus::Pending)),
+    )
+    .set((
+        a::status.eq(ActionStatus::Running),
+        a::attempts.eq(a::attempts + 1),
+        a::started_at.eq(diesel::dsl::now),
+    ))
+    .returning(a::id)
+    .get_results(conn)?;
+    Ok(started.into_iter().collect())
 }
 
 /// One successful action of a group: what [`super::actions::finish_success`]

@@ -27,6 +27,7 @@ use super::action::{
 use super::breaker::{self, Transition};
 use super::{Commanded, InfraError, WorkerContext};
 use crate::db::action_groups::{self, Success};
+use crate::db::actions::{ActionRow, NewAction};
 use crate::db::approvals;
 use crate::db::inventory::ServerTarget;
 use crate::db::locks::{AdvisoryLocks, Session};
@@ -46,6 +47,9 @@ struct Candidate {
     index: usize,
     req: ActionRequest,
     requested_at: DateTime<Utc>,
+    /// The `pending` row the API, a batch, a rollout or an approval
+    /// recorded for it (found under its server's lock).
+    pending_id: Option<i64>,
 }
 
 /// A command of the group that calls its agent: recorded running, its
@@ -54,6 +58,7 @@ struct GroupCall {
     index: usize,
     req: ActionRequest,
     call: Call,
+    pending_id: Option<i64>,
 }
 
 /// An action of the group whose outcome is committed.
@@ -149,6 +154,7 @@ fn candidates(
                 index,
                 req: req.clone(),
                 requested_at,
+                pending_id: None,
             })
         })
         .collect()
@@ -204,6 +210,7 @@ fn plan(session: &mut Session, candidates: Vec<Candidate>) -> Result<Vec<GroupCa
             index: c.index,
             req: c.req,
             call,
+            pending_id: c.pending_id,
         });
     }
     let going = guarded(session, going)?;
@@ -291,42 +298,63 @@ fn dedup(names: &mut Vec<&str>) {
     names.dedup();
 }
 
-/// Dedupe and approval: a transaction id with a row already (a duplicate,
-/// or a command under another's id) and a command the approval policy
-/// holds are left.
+/// Dedupe and approval. A transaction id with a `pending` row for the same
+/// action on the same server (recorded by the API, a batch, a rollout or
+/// an approval) goes on as that row, at its `requested_at` and in its
+/// batch; one with any other row (a duplicate, a command under another's
+/// id, an action a dead worker left running) is left. A new command the
+/// approval policy holds is left.
 fn new_and_not_held(
     session: &mut Session,
     resolved: Vec<(Candidate, ServerTarget)>,
 ) -> Result<Vec<(Candidate, ServerTarget)>, DbError> {
     let ids: Vec<Uuid> = resolved.iter().map(|(c, _)| c.req.transaction_id).collect();
-    let recorded: HashSet<Uuid> = action_groups::actions_by_transaction(session.conn(), &ids)?
-        .into_iter()
-        .map(|row| row.transaction_id)
-        .collect();
+    let recorded: HashMap<Uuid, ActionRow> =
+        action_groups::actions_by_transaction(session.conn(), &ids)?
+            .into_iter()
+            .map(|row| (row.transaction_id, row))
+            .collect();
     let asks =
         |req: &ActionRequest| req.batch_id.is_none() && !approval::actor_is_exempt(&req.actor);
-    let policy = if resolved.iter().any(|(c, _)| asks(&c.req)) {
+    let policy = if resolved
+        .iter()
+        .any(|(c, _)| asks(&c.req) && !recorded.contains_key(&c.req.transaction_id))
+    {
         Some(approvals::policy(session.conn())?)
     } else {
         None
     };
     Ok(resolved
         .into_iter()
-        .filter(|(c, _)| !recorded.contains(&c.req.transaction_id))
-        .filter(|(c, target)| {
-            let Some(policy) = policy.as_ref().filter(|_| asks(&c.req)) else {
-                return true;
-            };
-            let place = approval::Place {
-                instance: target.instance.name.clone(),
-                backend: target.backend_name.clone(),
-            };
-            let subject = approval::Subject::Action {
-                action: c.req.action,
-                force: c.req.force,
-                place: &place,
-            };
-            approval::evaluate(policy, &subject).is_empty()
+        .filter_map(|(mut c, target)| {
+            if let Some(row) = recorded.get(&c.req.transaction_id) {
+                let same = row.status == ActionStatus::Pending
+                    && row.action == c.req.action
+                    && row.server_id == Some(target.server.id);
+                if !same {
+                    return None;
+                }
+                c.pending_id = Some(row.id);
+                c.requested_at = row.requested_at;
+                c.req.batch_id = row.batch_id;
+                return Some((c, target));
+            }
+            let held = policy
+                .as_ref()
+                .filter(|_| asks(&c.req))
+                .is_some_and(|policy| {
+                    let place = approval::Place {
+                        instance: target.instance.name.clone(),
+                        backend: target.backend_name.clone(),
+                    };
+                    let subject = approval::Subject::Action {
+                        action: c.req.action,
+                        force: c.req.force,
+                        place: &place,
+                    };
+                    !approval::evaluate(policy, &subject).is_empty()
+                });
+            (!held).then_some((c, target))
         })
         .collect())
 }
@@ -358,27 +386,39 @@ fn guarded(session: &mut Session, going: Vec<GroupCall>) -> Result<Vec<GroupCall
         .collect())
 }
 
-/// Records the group's actions running, in one statement; one whose
-/// transaction id got a row meanwhile is left.
+/// Records the group's actions running, first attempt counted: new ones
+/// with one `INSERT`, `pending` rows with one `UPDATE`. One whose
+/// transaction id got a row meanwhile (or whose row left `pending`) is left.
 fn record(session: &mut Session, going: Vec<GroupCall>) -> Result<Vec<GroupCall>, DbError> {
     if going.is_empty() {
         return Ok(going);
     }
-    let rows: Vec<_> = going
+    let rows: Vec<NewAction> = going
         .iter()
-        .map(|g| {
-            let new = new_action(&g.req, g.call.requested_at, Some(g.call.server.id));
-            crate::db::actions::NewAction {
-                status: ActionStatus::Running,
-                ..new
-            }
+        .filter(|g| g.pending_id.is_none())
+        .map(|g| NewAction {
+            status: ActionStatus::Running,
+            ..new_action(&g.req, g.call.requested_at, Some(g.call.server.id))
         })
         .collect();
-    let ids = action_groups::insert_started(session.conn(), &rows)?;
+    let inserted = if rows.is_empty() {
+        HashMap::new()
+    } else {
+        action_groups::insert_started(session.conn(), &rows)?
+    };
+    let pending: Vec<i64> = going.iter().filter_map(|g| g.pending_id).collect();
+    let started: HashSet<i64> = if pending.is_empty() {
+        HashSet::new()
+    } else {
+        action_groups::start_pending(session.conn(), &pending)?
+    };
     Ok(going
         .into_iter()
         .filter_map(|mut g| {
-            g.call.action_id = *ids.get(&g.req.transaction_id)?;
+            g.call.action_id = match g.pending_id {
+                Some(id) => started.contains(&id).then_some(id)?,
+                None => *inserted.get(&g.req.transaction_id)?,
+            };
             Some(g)
         })
         .collect())
