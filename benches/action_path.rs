@@ -3,8 +3,13 @@
 //! of sending the same `set server` commands straight to the stats socket.
 //!
 //! Run: `cargo bench --bench action_path` (env: BENCH_ACTIONS=5000,
-//! BENCH_RATE=50, BENCH_PACED_ACTIONS=500, BENCH_PREFETCH=64). It ends with
-//! a markdown row for `docs/benchmarks.md` (date, commit, machine, figures).
+//! BENCH_RATE=50, BENCH_PACED_ACTIONS=500, BENCH_PREFETCH=64,
+//! BENCH_GROUP_MAX and BENCH_GROUPS_IN_FLIGHT: the worker's defaults when
+//! unset). It ends with markdown rows for `docs/benchmarks.md` (date, commit,
+//! machine, figures): the runs, and the burst's cost per action — statements
+//! (from `pg_stat_statements` when PostgreSQL preloads it), PostgreSQL's
+//! CPU time (its processes in `/proc`), the worker's, and agent calls (the
+//! worker's own metrics).
 
 // The tests' harness; the bench uses a part of it.
 #[path = "../tests/it/harness/mod.rs"]
@@ -12,6 +17,8 @@
 mod harness;
 
 mod common;
+#[path = "common/cost.rs"]
+mod cost;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -50,6 +57,12 @@ async fn main() {
     let rate = env_usize("BENCH_RATE", 50);
     let paced = env_usize("BENCH_PACED_ACTIONS", 500).min(BACKENDS * SERVERS_PER_BACKEND);
     let prefetch = env_usize("BENCH_PREFETCH", 64);
+    let defaults = haproxy_control::config::WorkerConfig::default();
+    let group_max = env_usize("BENCH_GROUP_MAX", usize::from(defaults.group_max));
+    let groups_in_flight = env_usize(
+        "BENCH_GROUPS_IN_FLIGHT",
+        usize::from(defaults.groups_in_flight),
+    );
     // Taken before the run: the commit is the code that was built.
     let run = common::RunInfo::collect();
 
@@ -102,8 +115,15 @@ async fn main() {
     let mut config = sys.config();
     config.worker.prefetch = u16::try_from(prefetch).unwrap_or(64);
     config.database.pool_size = u32::try_from(prefetch + 8).unwrap_or(72);
+    config.worker.group_max = u16::try_from(group_max).unwrap_or(u16::MAX);
+    config.worker.groups_in_flight = u16::try_from(groups_in_flight).unwrap_or(u16::MAX);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    config.metrics.listen = Some(metrics_port);
     let log = tempfile::tempdir().expect("tempdir");
     let mut worker = sys.spawn_worker_process(&config, &log.path().join("worker.log"));
+    let probe = cost::Probe::new(&sys.db.url, worker.id(), metrics_port).await;
     // Warm up: one action, so connections and caches are in place.
     let warm = Uuid::new_v4();
     sys.publish_action(
@@ -115,6 +135,7 @@ async fn main() {
         .await;
 
     // Throughput: publish everything as fast as possible, each to its own server.
+    let before = probe.read().await;
     let txns: Vec<Uuid> = (0..actions).map(|_| Uuid::new_v4()).collect();
     let mut published: HashMap<Uuid, Instant> = HashMap::new();
     let started = Instant::now();
@@ -149,6 +170,7 @@ async fn main() {
         .filter_map(|t| Some(done.get(t)?.duration_since(*published.get(t)?)))
         .collect();
     lat.sort();
+    let burst_cost = probe.read().await.since(&before, done.len());
 
     // Latency at a steady rate: servers go back to ready, one every 1/rate s.
     let paced_txns: Vec<Uuid> = (0..paced).map(|_| Uuid::new_v4()).collect();
@@ -173,6 +195,7 @@ async fn main() {
     paced_lat.sort();
     let _ = worker.kill();
     let _ = worker.wait();
+    let ratio = (actions as f64 / total.as_secs_f64()) / (actions as f64 / floor.as_secs_f64());
 
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
     println!(
@@ -206,6 +229,7 @@ async fn main() {
         ms(total),
     );
     println!("paced: {paced} actions at {rate}/s: publish->action.succeeded {paced_latency}");
+    println!("burst / floor: {ratio:.3}; burst cost per action: {burst_cost}");
 
     let succeeded = |n: usize, of: usize| {
         if n < of {
@@ -214,17 +238,23 @@ async fn main() {
             String::new()
         }
     };
+    let knobs = format!(
+        "`BENCH_ACTIONS={actions} BENCH_RATE={rate} BENCH_PACED_ACTIONS={paced} BENCH_PREFETCH={prefetch} BENCH_GROUP_MAX={group_max} BENCH_GROUPS_IN_FLIGHT={groups_in_flight}`, sslmode {}",
+        sslmode()
+    );
     let row = run.row(&[
-        format!(
-            "`BENCH_ACTIONS={actions} BENCH_RATE={rate} BENCH_PACED_ACTIONS={paced} BENCH_PREFETCH={prefetch}`, sslmode {}",
-            sslmode()
-        ),
+        knobs.clone(),
         floor_figure,
         format!("{throughput}{}", succeeded(done.len(), actions)),
+        format!("{ratio:.3}"),
         burst_latency,
         format!("{paced_latency}{}", succeeded(paced_done.len(), paced)),
     ]);
     common::print_rows("Action path: runs", &[row]);
+    common::print_rows(
+        "Action path: cost per action",
+        &[run.row(&[vec![knobs], burst_cost.cells()].concat())],
+    );
 }
 
 /// The `sslmode` the bench's database connections ask for: the one in

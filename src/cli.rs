@@ -212,6 +212,13 @@ pub struct WorkerArgs {
     /// Messages in flight per consumer [default: 64].
     #[arg(long, env = "WORKER_PREFETCH")]
     pub prefetch: Option<u16>,
+    /// The most action commands handled as one group; 1: one by one
+    /// [default: 32].
+    #[arg(long, env = "WORKER_GROUP_MAX")]
+    pub group_max: Option<u16>,
+    /// Groups of actions handled at once [default: 2].
+    #[arg(long, env = "WORKER_GROUPS_IN_FLIGHT")]
+    pub groups_in_flight: Option<u16>,
     /// Calls to an agent per action, the first included [default: 3].
     #[arg(long, env = "WORKER_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
@@ -257,6 +264,12 @@ impl WorkerArgs {
         let w = &mut c.worker;
         if let Some(v) = self.prefetch {
             w.prefetch = v;
+        }
+        if let Some(v) = self.group_max {
+            w.group_max = v;
+        }
+        if let Some(v) = self.groups_in_flight {
+            w.groups_in_flight = v;
         }
         if let Some(v) = self.max_attempts {
             w.max_attempts = v;

@@ -316,6 +316,11 @@ impl TestSystem {
         let mut command = Self::role_command(config, "worker", log);
         command
             .env("WORKER_PREFETCH", config.worker.prefetch.to_string())
+            .env("WORKER_GROUP_MAX", config.worker.group_max.to_string())
+            .env(
+                "WORKER_GROUPS_IN_FLIGHT",
+                config.worker.groups_in_flight.to_string(),
+            )
             .env(
                 "DATABASE_LOCK_TIMEOUT_MS",
                 config.database.lock_timeout_ms.to_string(),
