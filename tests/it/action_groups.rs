@@ -217,3 +217,43 @@ async fn a_call_that_fails_in_a_group_is_retried_per_action_and_applied_once() {
     assert!(metric("haproxy_control_action_group_size_count", "") >= 1.0);
     assert!(metric("haproxy_control_action_retries_total", "") >= 6.0);
 }
+
+#[tokio::test]
+async fn a_batch_goes_through_in_groups_under_its_guard() {
+    // Two backends of 20 servers, no spare: the guard keeps one of each.
+    let lb = Lb::numbered(&[("web", 20), ("api", 20)]).await;
+    let mut sys = TestSystem::start().await;
+    sys.register_agent("lb-1", &lb.agent).await;
+    sys.start_worker(one_group_at_a_time(&sys));
+    let mut ids = Vec::new();
+    for backend in ["web", "api"] {
+        for i in 1..=20 {
+            ids.push(sys.server_id("lb-1", backend, &format!("s{i}")).await);
+        }
+    }
+    let txn = Uuid::new_v4();
+    let batch = json!({"transaction_id": txn, "action": "drain", "actor": "ac:deploy-job-78",
+                       "targets": {"server_ids": ids}});
+    sys.publish_raw("batch", &serde_json::to_vec(&batch).expect("json"))
+        .await;
+    let done = sys.wait_event("batch.completed", txn, WAIT).await;
+    assert_eq!(done["counts"]["success"], 38, "{done}");
+    assert_eq!(done["counts"]["rejected"], 2, "{done}");
+    assert_eq!(
+        lb.servers_with_bits(0).await,
+        2,
+        "one ready server per backend"
+    );
+    assert_eq!(
+        lb.spy.count("set server"),
+        38,
+        "each drain reached HAProxy once"
+    );
+    let actions = sys.actions().await;
+    assert_eq!(actions.len(), 40);
+    assert!(actions.iter().all(|a| a.batch_id.is_some()));
+    assert!(
+        metric("haproxy_control_action_group_size_sum", "") >= 20.0,
+        "the batch's actions (pending rows) did not go in groups"
+    );
+}
