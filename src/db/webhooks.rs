@@ -222,24 +222,26 @@ pub fn record_callback(
     Ok(())
 }
 
-/// The callback URL recorded for a transaction id, with its request kind.
-pub fn callback(
+/// The callback URLs recorded for these transaction ids, with their
+/// request kinds (one statement for a group of events).
+pub fn callbacks(
     conn: &mut PgConnection,
-    transaction_id: Uuid,
-) -> Result<Option<(CallbackKind, String)>, DbError> {
-    let row: Option<(String, String)> = cb::table
-        .find(transaction_id)
-        .select((cb::kind, cb::url))
-        .first(conn)
-        .optional()?;
-    row.map(|(kind, url)| {
-        kind.parse::<CallbackKind>().map(|k| (k, url)).map_err(|m| {
-            DbError::Query(diesel::result::Error::DeserializationError(
-                format!("haproxy_webhook_callbacks.kind: {m}").into(),
-            ))
+    transaction_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, (CallbackKind, String)>, DbError> {
+    let rows: Vec<(Uuid, String, String)> = cb::table
+        .filter(cb::transaction_id.eq_any(transaction_ids))
+        .select((cb::transaction_id, cb::kind, cb::url))
+        .load(conn)?;
+    rows.into_iter()
+        .map(|(id, kind, url)| {
+            let kind = kind.parse::<CallbackKind>().map_err(|m| {
+                DbError::Query(diesel::result::Error::DeserializationError(
+                    format!("haproxy_webhook_callbacks.kind: {m}").into(),
+                ))
+            })?;
+            Ok((id, (kind, url)))
         })
-    })
-    .transpose()
+        .collect()
 }
 
 /// One event to deliver, and where.

@@ -410,42 +410,75 @@ impl MessageHandler for EventHandler {
     }
 
     async fn process(&self, e: &RoutedEvent) -> Result<Disposition, DbError> {
-        let event_id = e.event_id;
-        let event_type = e.event_type.clone();
-        let transaction_id = e.transaction_id;
-        let body = e.body.clone();
+        self.enqueue(&[e]).await?;
+        Ok(Disposition::Ack)
+    }
+
+    /// A group the consumer had ready: the same, in one database call.
+    async fn process_group(
+        &self,
+        events: &[&RoutedEvent],
+    ) -> Result<Vec<Option<Disposition>>, DbError> {
+        self.enqueue(events).await?;
+        Ok(vec![Some(Disposition::Ack); events.len()])
+    }
+}
+
+impl EventHandler {
+    /// Stores each event's deliveries (one per matching endpoint, and its
+    /// transaction's callback when the event is final for it), committed
+    /// when this returns; the endpoints and callbacks are read once for
+    /// all the events.
+    async fn enqueue(&self, events: &[&RoutedEvent]) -> Result<(), DbError> {
+        let owned: Vec<RoutedEvent> = events
+            .iter()
+            .map(|e| RoutedEvent {
+                event_id: e.event_id,
+                event_type: e.event_type.clone(),
+                transaction_id: e.transaction_id,
+                body: e.body.clone(),
+            })
+            .collect();
         let created = self
             .dispatcher
             .db(move |c| {
-                let endpoints: Vec<i64> = store::active_patterns(c)?
-                    .into_iter()
-                    .filter(|(_, patterns)| {
-                        matches_any(patterns.iter().map(String::as_str), &event_type)
-                    })
-                    .map(|(id, _)| id)
-                    .collect();
-                let callback = match transaction_id {
-                    Some(t) => store::callback(c, t)?
-                        .filter(|(kind, _)| is_final_for(*kind, &event_type))
-                        .map(|(_, url)| url),
-                    None => None,
+                let patterns = store::active_patterns(c)?;
+                let ids: Vec<Uuid> = owned.iter().filter_map(|e| e.transaction_id).collect();
+                let callbacks = if ids.is_empty() {
+                    std::collections::HashMap::new()
+                } else {
+                    store::callbacks(c, &ids)?
                 };
-                store::enqueue(
-                    c,
-                    &Enqueue {
-                        event_id,
-                        event_type: &event_type,
-                        body: &body,
-                        endpoints: &endpoints,
-                        callback_url: callback.as_deref(),
-                    },
-                )
+                let mut created = 0;
+                for e in &owned {
+                    let endpoints: Vec<i64> = patterns
+                        .iter()
+                        .filter(|(_, p)| matches_any(p.iter().map(String::as_str), &e.event_type))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let callback = e
+                        .transaction_id
+                        .and_then(|t| callbacks.get(&t))
+                        .filter(|(kind, _)| is_final_for(*kind, &e.event_type))
+                        .map(|(_, url)| url.as_str());
+                    created += store::enqueue(
+                        c,
+                        &Enqueue {
+                            event_id: e.event_id,
+                            event_type: &e.event_type,
+                            body: &e.body,
+                            endpoints: &endpoints,
+                            callback_url: callback,
+                        },
+                    )?;
+                }
+                Ok(created)
             })
             .await?;
         if created > 0 {
             self.dispatcher.wake.notify_one();
         }
-        Ok(Disposition::Ack)
+        Ok(())
     }
 }
 

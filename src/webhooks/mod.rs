@@ -63,7 +63,12 @@ pub async fn run_dispatcher(
             topology: topology.clone(),
             handler,
             max_outage,
-            grouping: crate::queue::Grouping::NONE,
+            // Events a burst makes are stored in groups: endpoints and
+            // callbacks read once per group, not per event.
+            grouping: crate::queue::Grouping {
+                max: usize::from(EVENT_PREFETCH),
+                in_flight: DISPATCHER_CONNECTIONS as usize,
+            },
         },
         shutdown,
     )
