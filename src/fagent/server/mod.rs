@@ -1,6 +1,7 @@
 //! The reference FAgent: CONTRACT.md's FAgent API over HAProxy's runtime API.
 
 mod auth;
+mod bulk;
 mod changes;
 mod error;
 mod extract;

@@ -27,6 +27,11 @@ pub(crate) fn router(state: AgentState) -> Router {
             put(set_state),
         )
         .route(
+            "/v1/state",
+            axum::routing::post(super::bulk::set_states)
+                .layer(DefaultBodyLimit::max(super::bulk::BODY_LIMIT)),
+        )
+        .route(
             "/v1/backends/{backend}/servers/{server}/shutdown-sessions",
             axum::routing::post(shutdown_sessions),
         )
