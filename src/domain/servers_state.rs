@@ -1,6 +1,8 @@
 //! Parser for `show servers state`: a version line, a `# be_id be_name …`
 //! header, then one space-separated row per server.
 
+use std::collections::HashSet;
+
 /// The fields of one `show servers state` row that the module uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerStateRow {
@@ -42,7 +44,22 @@ pub fn parse(text: &str) -> Result<Vec<ServerStateRow>, ServersStateParseError> 
 /// [`ServersStateParseError`] when the header is missing or that row is
 /// malformed.
 pub fn find(text: &str, server: &str) -> Result<Option<ServerStateRow>, ServersStateParseError> {
-    Ok(parse_rows(text, Some(server))?.into_iter().next())
+    Ok(find_all(text, &HashSet::from([server]))?.into_iter().next())
+}
+
+/// The rows of `servers` (one backend's, whose names are unique) in the
+/// reply of `show servers state <backend>`, in the reply's order; rows of
+/// other servers are skipped unread, and reading stops once every one asked
+/// for was found.
+///
+/// # Errors
+/// [`ServersStateParseError`] when the header is missing or one of those
+/// rows is malformed.
+pub fn find_all(
+    text: &str,
+    servers: &HashSet<&str>,
+) -> Result<Vec<ServerStateRow>, ServersStateParseError> {
+    parse_rows(text, Some(servers))
 }
 
 /// Where the used columns are, read once from the header.
@@ -80,7 +97,7 @@ impl Columns {
 
 fn parse_rows(
     text: &str,
-    only: Option<&str>,
+    only: Option<&HashSet<&str>>,
 ) -> Result<Vec<ServerStateRow>, ServersStateParseError> {
     // The header's columns; a header lacking one is an error only once a
     // row needs it.
@@ -104,8 +121,8 @@ fn parse_rows(
         };
         let cols = cols.as_ref().map_err(Clone::clone)?;
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if let Some(server) = only
-            && fields.get(cols.server) != Some(&server)
+        if let Some(servers) = only
+            && !fields.get(cols.server).is_some_and(|s| servers.contains(s))
         {
             continue;
         }
@@ -138,7 +155,7 @@ fn parse_rows(
             admin_bits: num_at(cols.admin_bits, "srv_admin_state")?,
             user_weight: num_at(cols.user_weight, "srv_uweight")?,
         });
-        if only.is_some() {
+        if only.is_some_and(|servers| rows.len() == servers.len()) {
             break;
         }
     }
@@ -203,6 +220,18 @@ mod tests {
             find("1\n3 b 1 s 10.0.0.1 2 0 1\n", "s"),
             Err(ServersStateParseError::MissingHeader)
         );
+    }
+
+    #[test]
+    fn find_all_returns_the_rows_asked_for_in_reply_order() {
+        let text = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n\
+                    3 b 1 one 10.0.0.1 2 0 1\n3 b 2 bad 10.0.0.2 x 0 1\n3 b 3 three 10.0.0.3 2 8 1\n";
+        let rows = find_all(text, &HashSet::from(["three", "one", "ghost"])).expect("parses");
+        let names: Vec<&str> = rows.iter().map(|r| r.server.as_str()).collect();
+        assert_eq!(names, ["one", "three"]);
+        assert_eq!(rows.last().map(|r| r.admin_bits), Some(8));
+        assert!(find_all(text, &HashSet::from(["one", "bad"])).is_err());
+        assert_eq!(find_all(text, &HashSet::new()).expect("parses"), []);
     }
 
     #[test]

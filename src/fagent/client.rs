@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::wire::{Backends, ErrorBody, Health, SetState, StateChanged};
+use super::wire::{
+    Backends, ChangeResult, ErrorBody, ErrorDetail, Health, SetState, SetStates, StateChange,
+    StateChanged, StatesChanged,
+};
 use crate::domain::action::FailureCode;
 use crate::domain::{AdminState, BackendName, ServerName};
 
@@ -163,51 +166,34 @@ impl AgentClient {
 }
 
 impl AgentClient {
-    /// `POST /v1/state` (TEMPORARY, replaced by the bulk-state branch).
+    /// `POST /v1/state`: several changes in one call. Outer `Err`: the
+    /// call as a whole failed (classified like every call: unreachable,
+    /// 5xx, 4xx, decode — e.g. an older agent answers 404 `not_found` for
+    /// the path). Inner: one result per change, in the order given, each
+    /// classified as the single call's would be (a 404 item →
+    /// [`CallError::Client`] with status 404, a 503 item →
+    /// [`CallError::Server`]).
     ///
     /// # Errors
-    /// [`CallError`], classified.
+    /// [`CallError`], classified; [`CallError::Decode`] when the results do
+    /// not answer the changes one to one (count, or transaction id at each
+    /// position).
     pub async fn set_states(
         &self,
         endpoint: &AgentEndpoint,
-        changes: &[super::wire::StateChange],
+        changes: &[StateChange],
     ) -> Result<Vec<Result<StateChanged, CallError>>, CallError> {
         let request = self
             .http
             .post(Self::url(endpoint, "/v1/state"))
             .bearer_auth(&endpoint.token)
-            .json(&super::wire::SetStates {
+            .json(&SetStates {
                 changes: changes.to_vec(),
             });
-        let answer: super::wire::StatesChanged = call("set_states", request).await?;
-        if answer.results.len() != changes.len() {
-            return Err(CallError::Decode("result count".into()));
-        }
-        Ok(answer
-            .results
-            .into_iter()
-            .map(|r| match (r.changed, r.error) {
-                (Some(c), _) => Ok(c),
-                (None, e) => {
-                    let e = e.unwrap_or(super::wire::ErrorDetail {
-                        code: String::new(),
-                        message: String::new(),
-                    });
-                    if r.status >= 500 {
-                        Err(CallError::Server {
-                            status: r.status,
-                            message: e.message,
-                        })
-                    } else {
-                        Err(CallError::Client {
-                            status: r.status,
-                            code: e.code,
-                            message: e.message,
-                        })
-                    }
-                }
-            })
-            .collect())
+        call_then("set_states", request, |answer: StatesChanged| {
+            results_of(changes, answer)
+        })
+        .await
     }
 
     /// `POST /v1/backends/{backend}/servers/{server}/shutdown-sessions`.
@@ -238,8 +224,18 @@ async fn call<T: serde::de::DeserializeOwned>(
     operation: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<T, CallError> {
+    call_then(operation, request, Ok).await
+}
+
+/// [`call`], with `then` reading the decoded answer inside the count (a
+/// bulk answer that does not match its changes counts as `decode`).
+async fn call_then<T: serde::de::DeserializeOwned, U>(
+    operation: &str,
+    request: reqwest::RequestBuilder,
+    then: impl FnOnce(T) -> Result<U, CallError>,
+) -> Result<U, CallError> {
     let started = std::time::Instant::now();
-    let result = call_once(request).await;
+    let result = call_once(request).await.and_then(then);
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.result_label(),
@@ -266,25 +262,88 @@ async fn call_once<T: serde::de::DeserializeOwned>(
             .map_err(|e| CallError::Decode(error_chain(&e)));
     }
     let text = response.text().await.unwrap_or_default();
-    let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-        Ok(body) => (body.error.code, body.error.message),
-        Err(_) => (String::new(), text.chars().take(500).collect()),
+    let detail = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => body.error,
+        Err(_) => ErrorDetail {
+            code: String::new(),
+            message: text.chars().take(500).collect(),
+        },
     };
-    if status.is_server_error() {
-        Err(CallError::Server {
-            status: status.as_u16(),
+    Err(refusal(status.as_u16(), detail))
+}
+
+/// A failure status (4xx or 5xx) and its error detail, classified: the
+/// same for a whole answer and for one result of a bulk answer.
+fn refusal(status: u16, ErrorDetail { code, message }: ErrorDetail) -> CallError {
+    if status >= 500 {
+        CallError::Server {
+            status,
             message: if code.is_empty() {
                 message
             } else {
                 format!("{code}: {message}")
             },
-        })
+        }
     } else {
-        Err(CallError::Client {
-            status: status.as_u16(),
+        CallError::Client {
+            status,
             code,
             message,
-        })
+        }
+    }
+}
+
+/// The results of a bulk answer, one per change in order.
+///
+/// # Errors
+/// [`CallError::Decode`] when they do not answer the changes one to one.
+fn results_of(
+    changes: &[StateChange],
+    answer: StatesChanged,
+) -> Result<Vec<Result<StateChanged, CallError>>, CallError> {
+    if answer.results.len() != changes.len() {
+        return Err(CallError::Decode(format!(
+            "{} results for {} changes",
+            answer.results.len(),
+            changes.len()
+        )));
+    }
+    if let Some((position, (change, result))) = changes
+        .iter()
+        .zip(&answer.results)
+        .enumerate()
+        .find(|(_, (change, result))| change.transaction_id != result.transaction_id)
+    {
+        return Err(CallError::Decode(format!(
+            "result {position} is for transaction {}, not {}",
+            result.transaction_id, change.transaction_id
+        )));
+    }
+    Ok(answer.results.into_iter().map(item_result).collect())
+}
+
+/// One result of a bulk answer, classified as the single call's answer.
+fn item_result(result: ChangeResult) -> Result<StateChanged, CallError> {
+    match result {
+        ChangeResult {
+            status: 200,
+            changed: Some(changed),
+            ..
+        } => Ok(changed),
+        ChangeResult {
+            status: status @ 400..=599,
+            error,
+            ..
+        } => Err(refusal(
+            status,
+            error.unwrap_or_else(|| ErrorDetail {
+                code: String::new(),
+                message: "the agent gave no error detail".into(),
+            }),
+        )),
+        ChangeResult { status, .. } => Err(CallError::Decode(format!(
+            "a result with status {status} and no answer"
+        ))),
     }
 }
 
@@ -330,5 +389,114 @@ mod tests {
         let tls = CallError::Tls("invalid peer certificate: UnknownIssuer".into());
         assert!(!tls.is_transient() && !tls.counts_for_breaker());
         assert_eq!(tls.failure_code(), FailureCode::AgentError);
+    }
+
+    fn change(server: &str) -> StateChange {
+        StateChange {
+            backend: "web".into(),
+            server: server.into(),
+            state: AdminState::Drain,
+            transaction_id: Uuid::new_v4(),
+        }
+    }
+
+    fn changed(change: &StateChange) -> StateChanged {
+        StateChanged::example(change.transaction_id, &change.server)
+    }
+
+    fn failed(change: &StateChange, status: u16, code: &str) -> ChangeResult {
+        ChangeResult {
+            transaction_id: change.transaction_id,
+            status,
+            changed: None,
+            error: Some(ErrorDetail {
+                code: code.into(),
+                message: format!("{code} for {}", change.server),
+            }),
+        }
+    }
+
+    fn ok(change: &StateChange) -> ChangeResult {
+        ChangeResult {
+            transaction_id: change.transaction_id,
+            status: 200,
+            changed: Some(changed(change)),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn each_bulk_result_is_classified_as_its_single_call_would_be() {
+        let changes: Vec<StateChange> = ["a", "b", "c", "d", "e"].map(change).into();
+        let answer = StatesChanged {
+            results: vec![
+                ok(&changes[0]),
+                failed(&changes[1], 404, "no_such_server"),
+                failed(&changes[2], 503, "haproxy_unreachable"),
+                failed(&changes[3], 409, "transaction_conflict"),
+                ChangeResult {
+                    changed: None,
+                    ..ok(&changes[4])
+                },
+            ],
+        };
+        let results = results_of(&changes, answer).expect("one to one");
+        assert_eq!(results[0].as_ref().ok(), Some(&changed(&changes[0])));
+        assert!(matches!(
+            &results[1],
+            Err(CallError::Client { status: 404, code, .. }) if code == "no_such_server"
+        ));
+        assert!(matches!(
+            &results[2],
+            Err(CallError::Server { status: 503, message })
+                if message.starts_with("haproxy_unreachable: ")
+        ));
+        assert!(matches!(
+            &results[3],
+            Err(CallError::Client { status: 409, .. })
+        ));
+        assert!(matches!(&results[4], Err(CallError::Decode(_))));
+        let not_found = results[1].as_ref().err().map(CallError::failure_code);
+        assert_eq!(not_found, Some(FailureCode::NotFound));
+        assert!(results[2].as_ref().is_err_and(CallError::is_transient));
+    }
+
+    #[test]
+    fn a_bulk_answer_that_does_not_match_its_changes_is_a_decode_error() {
+        let changes: Vec<StateChange> = ["a", "b"].map(change).into();
+        let short = StatesChanged {
+            results: vec![ok(&changes[0])],
+        };
+        assert!(matches!(
+            results_of(&changes, short),
+            Err(CallError::Decode(m)) if m == "1 results for 2 changes"
+        ));
+        let swapped = StatesChanged {
+            results: vec![ok(&changes[1]), ok(&changes[0])],
+        };
+        assert!(matches!(
+            results_of(&changes, swapped),
+            Err(CallError::Decode(m)) if m.starts_with("result 0 is for transaction")
+        ));
+        let none = StatesChanged { results: vec![] };
+        assert!(matches!(
+            results_of(&changes, none),
+            Err(CallError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn a_whole_answer_and_a_bulk_item_share_one_classification() {
+        let c = change("a");
+        for (status, code) in [
+            (404, "no_such_server"),
+            (503, "haproxy_unreachable"),
+            (400, ""),
+        ] {
+            let item = failed(&c, status, code);
+            let whole = refusal(status, item.error.clone().expect("detail"));
+            let item = item_result(item).expect_err("a failure");
+            assert_eq!(format!("{item:?}"), format!("{whole:?}"));
+        }
     }
 }

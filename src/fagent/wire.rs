@@ -58,7 +58,32 @@ pub struct StateChanged {
     pub server: ServerSnapshot,
 }
 
-/// Body of `POST /v1/state`.
+#[cfg(test)]
+impl StateChanged {
+    /// An applied drain of `server`, for tests.
+    pub(crate) fn example(transaction_id: Uuid, server: &str) -> Self {
+        Self {
+            transaction_id,
+            applied: true,
+            server: ServerSnapshot {
+                name: server.into(),
+                address: "127.0.0.1".into(),
+                port: Some(80),
+                admin_state: AdminState::Drain,
+                op_state: crate::domain::OpState::Up,
+                weight: 1,
+                current_sessions: 0,
+                check_status: None,
+            },
+        }
+    }
+}
+
+/// The most changes an agent takes in one `POST /v1/state`; more are a 400.
+pub const MAX_STATE_CHANGES: usize = 500;
+
+/// Body of `POST /v1/state`: at least one change, at most
+/// [`MAX_STATE_CHANGES`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SetStates {
     pub changes: Vec<StateChange>,
@@ -80,8 +105,8 @@ pub struct StatesChanged {
 }
 
 /// `status` is the HTTP status the single-server endpoint would have
-/// answered for this change; `changed` is present exactly when it is 200,
-/// `error` otherwise.
+/// answered for this change (200, 400, 404, 409, 503 …); `changed` is
+/// present exactly when it is 200, `error` otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChangeResult {
     pub transaction_id: Uuid,

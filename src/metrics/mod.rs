@@ -47,7 +47,7 @@ pub struct ActionLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AgentCallLabels {
-    /// `health`, `backends`, `set_state` or `shutdown_sessions`.
+    /// `health`, `backends`, `set_state`, `set_states` or `shutdown_sessions`.
     pub operation: String,
     /// `ok`, or the failure: `unreachable`, `tls`, `server_error`,
     /// `client_error`, `decode`.

@@ -1,6 +1,7 @@
 //! The agent's contract: auth, errors, injection, replays, HAProxy outages,
 //! and every answer checked against `schemas/fagent.openapi.yaml`.
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::{HttpBackends, TestAgent, TestHaproxy};
@@ -28,7 +29,7 @@ async fn stack() -> Stack {
 }
 
 /// Validates `body` against a schema of the committed OpenAPI document.
-fn assert_matches_schema(schema_name: &str, body: &Value) {
+pub(crate) fn assert_matches_schema(schema_name: &str, body: &Value) {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/schemas/fagent.openapi.yaml"
@@ -48,7 +49,7 @@ fn assert_matches_schema(schema_name: &str, body: &Value) {
     );
 }
 
-async fn error_of(r: reqwest::Response) -> (u16, Value) {
+pub(crate) async fn error_of(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let body: Value = r.json().await.expect("every error is JSON");
     assert_matches_schema("Error", &body);
@@ -230,31 +231,16 @@ async fn hostile_names_and_states_are_400_and_haproxy_is_unchanged() {
         let (status, body) = error_of(r).await;
         assert_eq!(status, 400, "{bad_body}: {body}");
     }
-    let not_json = s
-        .agent
-        .client
-        .put(format!("{}/v1/backends/web/servers/s1/state", s.agent.url))
-        .bearer_auth(&s.agent.token)
-        .header("content-type", "application/json")
-        .body("{\"state\": ")
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(error_of(not_json).await.0, 400);
-    let huge = s
-        .agent
-        .client
-        .put(format!("{}/v1/backends/web/servers/s1/state", s.agent.url))
-        .bearer_auth(&s.agent.token)
-        .header("content-type", "application/json")
-        .body(format!(
-            "{{\"state\": \"maint\", \"pad\": \"{}\"}}",
-            "x".repeat(100_000)
-        ))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(error_of(huge).await.0, 413);
+    let path = "/v1/backends/web/servers/s1/state";
+    let not_json = s.agent.raw_json(Method::PUT, path, "{\"state\": ");
+    assert_eq!(
+        error_of(not_json.send().await.expect("answer")).await.0,
+        400
+    );
+    let pad = "x".repeat(100_000);
+    let huge = format!("{{\"state\": \"maint\", \"pad\": \"{pad}\"}}");
+    let huge = s.agent.raw_json(Method::PUT, path, huge);
+    assert_eq!(error_of(huge.send().await.expect("answer")).await.0, 413);
 
     let bits = s.haproxy.admin_bits().await;
     assert_eq!(bits.len(), 2);

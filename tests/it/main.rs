@@ -15,6 +15,7 @@ mod connections;
 mod dead_letters;
 mod debian_package;
 mod fagent_api;
+mod fagent_bulk;
 mod fagent_states;
 mod fagent_traffic;
 mod faults;

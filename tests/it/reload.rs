@@ -53,7 +53,7 @@ async fn process_of(agent: &TestAgent, path: &str) -> Value {
 }
 
 /// A server's `srv_admin_state` in a server-state file's text.
-fn file_bits(text: &str, backend: &str, server: &str) -> Option<u32> {
+pub(crate) fn file_bits(text: &str, backend: &str, server: &str) -> Option<u32> {
     text.lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.len() > 6 && f[1] == backend && f[3] == server)

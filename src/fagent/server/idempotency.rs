@@ -1,12 +1,14 @@
-//! Replays of a transaction id get the first answer (CONTRACT.md). Memory is
-//! bounded: the oldest ids are forgotten first. Only successful answers are
-//! kept, so a caller retrying after a 503 gets a real second attempt; a
-//! concurrent duplicate waits for the first call and shares its answer.
+//! Replays of a transaction id get the first answer (CONTRACT.md), whether
+//! it came through `PUT …/state` or `POST /v1/state`: both use one store.
+//! Memory is bounded: the oldest ids are forgotten first. Only successful
+//! answers are kept, so a caller retrying after a 503 gets a real second
+//! attempt; a concurrent duplicate waits for the first call and shares its
+//! answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OnceCell;
+use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
 use crate::domain::AdminState;
@@ -20,7 +22,48 @@ pub struct Request {
     pub state: AdminState,
 }
 
-type Cell = Arc<OnceCell<StateChanged>>;
+/// One transaction id's answer, once there is one. Whoever holds its lock
+/// is applying the change; a duplicate waits for the lock.
+#[derive(Clone, Default)]
+pub struct Slot(Arc<tokio::sync::Mutex<Option<StateChanged>>>);
+
+/// A slot, claimed.
+pub enum Claim {
+    /// The first answer, to replay.
+    Done(StateChanged),
+    /// Nobody has answered yet: the holder applies the change.
+    Owned(Owner),
+}
+
+/// The right to apply a slot's change; dropping it without
+/// [`Owner::keep`] leaves the slot empty for the next attempt.
+pub struct Owner(OwnedMutexGuard<Option<StateChanged>>);
+
+impl Slot {
+    /// Waits while another call applies this id.
+    pub async fn claim(&self) -> Claim {
+        Self::claimed(self.0.clone().lock_owned().await)
+    }
+
+    /// Claims without waiting; `None` while another call applies this id.
+    pub fn try_claim(&self) -> Option<Claim> {
+        self.0.clone().try_lock_owned().ok().map(Self::claimed)
+    }
+
+    fn claimed(guard: OwnedMutexGuard<Option<StateChanged>>) -> Claim {
+        match &*guard {
+            Some(answer) => Claim::Done(answer.clone()),
+            None => Claim::Owned(Owner(guard)),
+        }
+    }
+}
+
+impl Owner {
+    /// Keeps the (successful) answer for replays.
+    pub fn keep(mut self, answer: &StateChanged) {
+        *self.0 = Some(answer.clone());
+    }
+}
 
 pub struct Idempotency {
     capacity: usize,
@@ -29,7 +72,7 @@ pub struct Idempotency {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<Uuid, (Request, Cell)>,
+    entries: HashMap<Uuid, (Request, Slot)>,
     order: VecDeque<Uuid>,
 }
 
@@ -49,26 +92,26 @@ impl Idempotency {
     ///
     /// # Errors
     /// [`Conflict`] with the first request when `id` was used for another one.
-    pub fn slot(&self, id: Uuid, request: Request) -> Result<Cell, Conflict> {
+    pub fn slot(&self, id: Uuid, request: Request) -> Result<Slot, Conflict> {
         let mut inner = match self.inner.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some((first, cell)) = inner.entries.get(&id) {
+        if let Some((first, slot)) = inner.entries.get(&id) {
             if *first != request {
                 return Err(Conflict(first.clone()));
             }
-            return Ok(cell.clone());
+            return Ok(slot.clone());
         }
-        let cell: Cell = Arc::default();
-        inner.entries.insert(id, (request, cell.clone()));
+        let slot = Slot::default();
+        inner.entries.insert(id, (request, slot.clone()));
         inner.order.push_back(id);
         while inner.order.len() > self.capacity {
             if let Some(old) = inner.order.pop_front() {
                 inner.entries.remove(&old);
             }
         }
-        Ok(cell)
+        Ok(slot)
     }
 
     pub fn len(&self) -> usize {
@@ -101,7 +144,27 @@ mod tests {
         let id = Uuid::new_v4();
         let a = idem.slot(id, req("a")).expect("first");
         let b = idem.slot(id, req("a")).expect("replay");
-        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+    }
+
+    fn answer() -> StateChanged {
+        StateChanged::example(Uuid::nil(), "a")
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_applied_by_one_holder_and_only_a_kept_answer_is_replayed() {
+        let slot = Slot::default();
+        let Some(Claim::Owned(first)) = slot.try_claim() else {
+            panic!("a new slot is free");
+        };
+        assert!(slot.try_claim().is_none(), "held while applied");
+        drop(first);
+        let Claim::Owned(second) = slot.claim().await else {
+            panic!("a failed attempt is not remembered");
+        };
+        second.keep(&answer());
+        assert!(matches!(slot.try_claim(), Some(Claim::Done(a)) if a == answer()));
+        assert!(matches!(slot.claim().await, Claim::Done(_)));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The reference FAgent: CONTRACT.md's FAgent API over HAProxy's runtime API.
 
 mod auth;
+mod bulk;
+mod changes;
 mod error;
 mod extract;
 mod idempotency;

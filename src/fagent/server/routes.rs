@@ -1,4 +1,4 @@
-//! The agent's three calls.
+//! The agent's calls.
 
 use axum::Json;
 use axum::Router;
@@ -8,10 +8,11 @@ use axum::routing::{get, put};
 use chrono::Utc;
 
 use super::AgentState;
+use super::changes::{Pending, not_settled, parse_names, settle_detached};
 use super::error::AgentError;
 use super::extract::{JsonBody, PathParams};
-use super::idempotency::{Conflict, Request};
-use crate::domain::{AdminState, BackendName, ServerName};
+use super::runtime::Change;
+use crate::domain::AdminState;
 use crate::fagent::wire::{Backends, Health, StateChanged};
 
 /// Bodies are tiny; anything larger is refused before it is read.
@@ -24,6 +25,11 @@ pub(crate) fn router(state: AgentState) -> Router {
         .route(
             "/v1/backends/{backend}/servers/{server}/state",
             put(set_state),
+        )
+        .route(
+            "/v1/state",
+            axum::routing::post(super::bulk::set_states)
+                .layer(DefaultBodyLimit::max(super::bulk::BODY_LIMIT)),
         )
         .route(
             "/v1/backends/{backend}/servers/{server}/shutdown-sessions",
@@ -83,10 +89,7 @@ async fn set_state(
     PathParams((backend, server)): PathParams<(String, String)>,
     JsonBody(body): JsonBody<SetStateBody>,
 ) -> Result<Json<StateChanged>, AgentError> {
-    let backend = BackendName::parse(&backend)
-        .map_err(|e| AgentError::bad_request("invalid_name", e.to_string()))?;
-    let server = ServerName::parse(&server)
-        .map_err(|e| AgentError::bad_request("invalid_name", e.to_string()))?;
+    let (backend, server) = parse_names(&backend, &server)?;
     let target: AdminState = body
         .state
         .as_str()
@@ -102,49 +105,14 @@ async fn set_state(
         .ok_or_else(|| {
             AgentError::bad_request("invalid_transaction_id", "transaction_id must be a UUID")
         })?;
-
-    let request = Request {
-        backend: backend.to_string(),
-        server: server.to_string(),
+    let change = Change {
+        backend,
+        server,
         state: target,
     };
-    let slot = state
-        .idempotency
-        .slot(transaction_id, request)
-        .map_err(|Conflict(first)| {
-            AgentError::new(
-                StatusCode::CONFLICT,
-                "transaction_conflict",
-                format!(
-                    "transaction_id {transaction_id} was already used to set {}/{} to {}",
-                    first.backend, first.server, first.state
-                ),
-            )
-        })?;
-    // The change runs in a task of its own: a caller that goes away (a
-    // worker killed mid-call) does not cancel it half-way, and its retry then
-    // gets this first answer instead of a second command to HAProxy.
-    let task = tokio::spawn(async move {
-        let mut replay = true;
-        let answer = slot
-            .get_or_try_init(|| async {
-                replay = false;
-                apply(&state, &backend, &server, target, transaction_id).await
-            })
-            .await?;
-        if replay {
-            tracing::info!(%transaction_id, %backend, %server, state = %target, "replayed first answer");
-        }
-        Ok::<_, AgentError>(answer.clone())
-    });
-    let answer = task.await.map_err(|e| {
-        AgentError::new(
-            StatusCode::BAD_GATEWAY,
-            "agent_task_failed",
-            format!("the state change task failed: {e}"),
-        )
-    })??;
-    Ok(Json(answer))
+    let item = Pending::new(&state, transaction_id, change)?;
+    let answer = settle_detached(state, vec![item]).await?.pop();
+    Ok(Json(answer.ok_or_else(not_settled)??))
 }
 
 /// Closes the server's sessions; answers the server as read afterwards.
@@ -152,36 +120,9 @@ async fn shutdown_sessions(
     State(state): State<AgentState>,
     PathParams((backend, server)): PathParams<(String, String)>,
 ) -> Result<Json<crate::domain::snapshot::ServerSnapshot>, AgentError> {
-    let backend = BackendName::parse(&backend)
-        .map_err(|e| AgentError::bad_request("invalid_name", e.to_string()))?;
-    let server = ServerName::parse(&server)
-        .map_err(|e| AgentError::bad_request("invalid_name", e.to_string()))?;
+    let (backend, server) = parse_names(&backend, &server)?;
     state.haproxy.shutdown_sessions(&backend, &server).await?;
     let after = state.haproxy.server(&backend, &server).await?;
     tracing::info!(%backend, %server, sessions = after.snapshot.current_sessions, "sessions shut down");
     Ok(Json(after.snapshot))
-}
-
-async fn apply(
-    state: &AgentState,
-    backend: &BackendName,
-    server: &ServerName,
-    target: AdminState,
-    transaction_id: uuid::Uuid,
-) -> Result<StateChanged, AgentError> {
-    let (before_bits, after) = state.haproxy.set_and_read(backend, server, target).await?;
-    let applied = before_bits != after.admin_bits;
-    if applied && let Some(file) = &state.state_file {
-        file.after_change().await;
-    }
-    tracing::info!(
-        %transaction_id, %backend, %server, state = %target, applied,
-        admin_state = %after.snapshot.admin_state, op_state = %after.snapshot.op_state,
-        "server state set"
-    );
-    Ok(StateChanged {
-        transaction_id,
-        applied,
-        server: after.snapshot,
-    })
 }

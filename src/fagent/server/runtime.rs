@@ -2,9 +2,13 @@
 //! One connection per command: HAProxy's non-interactive mode answers one
 //! line and closes, which keeps a restarted HAProxy transparent to callers.
 
+mod group;
+
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,6 +19,7 @@ use crate::domain::snapshot::{self, BackendSnapshot, ServerSnapshot};
 use crate::domain::{AdminState, BackendName, ServerName};
 use crate::fagent::server::show_info::{self, ShowInfo};
 use crate::fagent::wire::HaproxyProcess;
+pub use group::{Change, MAX_LINE_BYTES, Outcome};
 
 /// The largest reply read from the socket; `show stat` of 50,000 servers is
 /// well under this.
@@ -60,12 +65,12 @@ impl fmt::Display for SocketTarget {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     #[error("HAProxy runtime socket {target} is unreachable: {source}")]
     Unreachable {
         target: String,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("HAProxy runtime socket {target} did not answer within {timeout:?}")]
     Timeout { target: String, timeout: Duration },
@@ -150,7 +155,7 @@ impl Haproxy {
                 .await
                 .map_err(|source| RuntimeError::Unreachable {
                     target: self.target.to_string(),
-                    source,
+                    source: Arc::new(source),
                 })?;
             let io = |e: std::io::Error| RuntimeError::Unreadable(e.to_string());
             stream
@@ -180,72 +185,6 @@ impl Haproxy {
     async fn commands(&self, lines: &[String]) -> Result<Vec<String>, RuntimeError> {
         let reply = self.command(&lines.join("; ")).await?;
         Ok(split_replies(&reply, lines.len()))
-    }
-
-    /// Sets a server's state and reads it before and after, in one
-    /// connection: returns the admin bits before and the reading after.
-    ///
-    /// # Errors
-    /// [`RuntimeError::NoSuchBackend`] / [`RuntimeError::NoSuchServer`] /
-    /// [`RuntimeError::Refused`] from HAProxy's replies; other variants when
-    /// it cannot be read.
-    pub async fn set_and_read(
-        &self,
-        backend: &BackendName,
-        server: &ServerName,
-        state: AdminState,
-    ) -> Result<(u32, ServerReading), RuntimeError> {
-        let key = (backend.to_string(), server.to_string());
-        let cached = self.ids.lock().ok().and_then(|m| m.get(&key).copied());
-        let stat_cmd = match cached {
-            Some((iid, sid)) => format!("show stat {iid} 4 {sid}"),
-            None => format!("show stat {backend} 4 -1"),
-        };
-        let replies = self
-            .commands(&[
-                format!("show servers state {backend}"),
-                format!("set server {backend}/{server} state {state}"),
-                format!("show servers state {backend}"),
-                stat_cmd,
-            ])
-            .await?;
-        let reply = |i: usize| replies.get(i).map(String::as_str).unwrap_or("");
-        let before = self.find_state_row(reply(0), backend, server)?;
-        check_set_reply(reply(1), backend, server)?;
-        let after = self.find_state_row(reply(2), backend, server)?;
-        let stat = show_stat::parse(reply(3)).ok().and_then(|rows| {
-            rows.into_iter().find(|r| {
-                r.kind == StatKind::Server
-                    && r.proxy == backend.as_str()
-                    && r.name == server.as_str()
-            })
-        });
-        let reading = match stat {
-            Some(stat) => ServerReading {
-                snapshot: snapshot::server_snapshot(&stat, Some(&after)),
-                admin_bits: after.admin_bits,
-            },
-            // The cached ids were stale (HAProxy was reloaded): read again.
-            None => self.server(backend, server).await?,
-        };
-        if let Ok(mut ids) = self.ids.lock() {
-            ids.insert(key, (after.backend_id, after.server_id));
-        }
-        Ok((before.admin_bits, reading))
-    }
-
-    fn find_state_row(
-        &self,
-        reply: &str,
-        backend: &BackendName,
-        server: &ServerName,
-    ) -> Result<ServerStateRow, RuntimeError> {
-        if reply.starts_with("Can't find backend") {
-            return Err(RuntimeError::NoSuchBackend(backend.to_string()));
-        }
-        servers_state::find(reply, server.as_str())
-            .map_err(|e| RuntimeError::Unreadable(e.to_string()))?
-            .ok_or_else(|| RuntimeError::NoSuchServer(backend.to_string(), server.to_string()))
     }
 
     /// `show info`: the version and the identity of the process.
@@ -299,14 +238,9 @@ impl Haproxy {
         let reply = self
             .command(&format!("show servers state {backend}"))
             .await?;
-        if reply.starts_with("Can't find backend") {
-            return Err(RuntimeError::NoSuchBackend(backend.to_string()));
-        }
-        servers_state::parse(&reply)
-            .map_err(|e| RuntimeError::Unreadable(e.to_string()))?
-            .into_iter()
-            .find(|r| r.server == server.as_str())
-            .ok_or_else(|| RuntimeError::NoSuchServer(backend.to_string(), server.to_string()))
+        rows_of(&reply, backend, &HashSet::from([server.as_str()]))?
+            .remove(server.as_str())
+            .ok_or_else(|| no_such_server(backend, server))
     }
 
     /// Reads one server.
@@ -373,6 +307,27 @@ impl Haproxy {
     }
 }
 
+/// The rows of `servers` in the reply of `show servers state <backend>`,
+/// by server name.
+fn rows_of(
+    reply: &str,
+    backend: &BackendName,
+    servers: &HashSet<&str>,
+) -> Result<HashMap<String, ServerStateRow>, RuntimeError> {
+    if reply.starts_with("Can't find backend") {
+        return Err(RuntimeError::NoSuchBackend(backend.to_string()));
+    }
+    Ok(servers_state::find_all(reply, servers)
+        .map_err(|e| RuntimeError::Unreadable(e.to_string()))?
+        .into_iter()
+        .map(|row| (row.server.clone(), row))
+        .collect())
+}
+
+fn no_such_server(backend: &BackendName, server: &ServerName) -> RuntimeError {
+    RuntimeError::NoSuchServer(backend.to_string(), server.to_string())
+}
+
 /// Maps the reply of `set server … state` (empty on success).
 fn check_set_reply(
     reply: &str,
@@ -381,10 +336,7 @@ fn check_set_reply(
 ) -> Result<(), RuntimeError> {
     match reply.trim() {
         "" => Ok(()),
-        "No such server." => Err(RuntimeError::NoSuchServer(
-            backend.to_string(),
-            server.to_string(),
-        )),
+        "No such server." => Err(no_such_server(backend, server)),
         "No such backend." => Err(RuntimeError::NoSuchBackend(backend.to_string())),
         other => Err(RuntimeError::Refused(other.chars().take(500).collect())),
     }

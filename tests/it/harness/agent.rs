@@ -70,6 +70,17 @@ impl TestAgent {
     }
 
     pub fn put_state(&self, backend: &str, server: &str, state: &str) -> reqwest::RequestBuilder {
+        self.put_state_as(backend, server, state, uuid::Uuid::new_v4())
+    }
+
+    /// `PUT …/state` with a given transaction id.
+    pub fn put_state_as(
+        &self,
+        backend: &str,
+        server: &str,
+        state: &str,
+        transaction_id: uuid::Uuid,
+    ) -> reqwest::RequestBuilder {
         self.client
             .put(format!(
                 "{}/v1/backends/{backend}/servers/{server}/state",
@@ -78,8 +89,30 @@ impl TestAgent {
             .bearer_auth(&self.token)
             .json(&serde_json::json!({
                 "state": state,
-                "transaction_id": uuid::Uuid::new_v4(),
+                "transaction_id": transaction_id,
             }))
+    }
+
+    /// A request with `body` sent as it is, labelled JSON.
+    pub fn raw_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+
+    /// `POST /v1/state` with `body`.
+    pub fn post_states(&self, body: &serde_json::Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}/v1/state", self.url))
+            .bearer_auth(&self.token)
+            .json(body)
     }
 
     /// Sets a state and returns the JSON answer, asserting 200.
