@@ -38,7 +38,7 @@ use crate::domain::action::{
 use crate::domain::action_group::{GuardItem, first_of_each, guard_admits};
 use crate::domain::approval;
 use crate::fagent::client::{AgentEndpoint, CallError};
-use crate::fagent::wire::{StateChange, StateChanged};
+use crate::fagent::wire::{MAX_STATE_CHANGES, StateChange, StateChanged};
 use crate::queue::Disposition;
 
 /// A command of the group, before its checks.
@@ -458,8 +458,22 @@ async fn call_agents(
         .collect()
 }
 
-/// The calls of one instance's actions.
+/// The calls of one instance's actions: bulk calls of at most
+/// [`MAX_STATE_CHANGES`] changes (what an agent takes in one), one after
+/// the other.
 async fn call_agent(
+    ctx: &WorkerContext,
+    group: &[&GroupCall],
+) -> Vec<Result<StateChanged, CallError>> {
+    let mut answers = Vec::with_capacity(group.len());
+    for chunk in group.chunks(MAX_STATE_CHANGES) {
+        answers.extend(call_agent_once(ctx, chunk).await);
+    }
+    answers
+}
+
+/// One bulk call (one action alone: the single-server call).
+async fn call_agent_once(
     ctx: &WorkerContext,
     group: &[&GroupCall],
 ) -> Vec<Result<StateChanged, CallError>> {
