@@ -3,9 +3,8 @@
 //! of sending the same `set server` commands straight to the stats socket.
 //!
 //! Run: `cargo bench --bench action_path` (env: BENCH_ACTIONS=5000,
-//! BENCH_RATE=50, BENCH_PACED_ACTIONS=500, BENCH_PREFETCH=64,
-//! BENCH_GROUP_MAX and BENCH_GROUPS_IN_FLIGHT: the worker's defaults when
-//! unset). It ends with markdown rows for `docs/benchmarks.md` (date, commit,
+//! BENCH_RATE=50, BENCH_PACED_ACTIONS=500; BENCH_PREFETCH, BENCH_GROUP_MAX
+//! and BENCH_GROUPS_IN_FLIGHT: the worker's defaults when unset). It ends with markdown rows for `docs/benchmarks.md` (date, commit,
 //! machine, figures): the runs, and the burst's cost per action — statements
 //! (from `pg_stat_statements` when PostgreSQL preloads it), PostgreSQL's
 //! CPU time (its processes in `/proc`), the worker's, and agent calls (the
@@ -56,8 +55,8 @@ async fn main() {
     let actions = env_usize("BENCH_ACTIONS", 5000).min(BACKENDS * SERVERS_PER_BACKEND);
     let rate = env_usize("BENCH_RATE", 50);
     let paced = env_usize("BENCH_PACED_ACTIONS", 500).min(BACKENDS * SERVERS_PER_BACKEND);
-    let prefetch = env_usize("BENCH_PREFETCH", 64);
     let defaults = haproxy_control::config::WorkerConfig::default();
+    let prefetch = env_usize("BENCH_PREFETCH", usize::from(defaults.prefetch));
     let group_max = env_usize("BENCH_GROUP_MAX", usize::from(defaults.group_max));
     let groups_in_flight = env_usize(
         "BENCH_GROUPS_IN_FLIGHT",

@@ -209,11 +209,11 @@ pub struct WorkerArgs {
     /// {hostname}_{app_name}_{instance}].
     #[arg(long, env = "MAPPING_NAME_TEMPLATE")]
     pub name_template: Option<String>,
-    /// Messages in flight per consumer [default: 64].
+    /// Messages in flight per consumer [default: 1000].
     #[arg(long, env = "WORKER_PREFETCH")]
     pub prefetch: Option<u16>,
     /// The most action commands handled as one group; 1: one by one
-    /// [default: 32].
+    /// [default: 500].
     #[arg(long, env = "WORKER_GROUP_MAX")]
     pub group_max: Option<u16>,
     /// Groups of actions handled at once [default: 2].

@@ -103,14 +103,21 @@ pub(super) async fn process(
         return Ok(dispositions);
     }
     let results = call_agents(ctx, &calls).await;
-    let finished = finish(ctx, calls, results, lock).await?;
-    let published = join_all(
-        finished
-            .iter()
-            .map(|f| ctx.publisher.publish_stored(&ctx.topology, &f.events)),
-    )
-    .await;
-    published.into_iter().collect::<Result<(), _>>()?;
+    // The successes are committed and announced first; calls that failed
+    // then retry (with the one-by-one path's waits) without holding them up.
+    let (mut finished, failures) = finish(ctx, calls, results, lock).await?;
+    publish(ctx, &finished).await?;
+    if let Some((mut lock, failed)) = failures {
+        let mut retried = Vec::with_capacity(failed.len());
+        for (g, e) in failed {
+            let span = span(&g.req);
+            let done = retry_failed(ctx, &g, e, &mut lock);
+            retried.push(tracing::Instrument::instrument(done, span).await?);
+        }
+        lock.release().await;
+        publish(ctx, &retried).await?;
+        finished.extend(retried);
+    }
     let batches: HashSet<i64> = finished.iter().filter_map(|f| f.batch_id).collect();
     for batch_id in batches {
         super::batch::completed(ctx, batch_id).await?;
@@ -121,6 +128,19 @@ pub(super) async fn process(
         }
     }
     Ok(dispositions)
+}
+
+/// Publishes the final events of finished actions, all before any confirm
+/// is awaited.
+async fn publish(ctx: &WorkerContext, finished: &[Finished]) -> Result<(), InfraError> {
+    let published = join_all(
+        finished
+            .iter()
+            .map(|f| ctx.publisher.publish_stored(&ctx.topology, &f.events)),
+    )
+    .await;
+    published.into_iter().collect::<Result<(), _>>()?;
+    Ok(())
 }
 
 /// The commands that may go with the group: a `requested_at` within the
@@ -514,16 +534,19 @@ async fn call_agent_once(
     .await
 }
 
-/// Commits the group's outcomes: every success (and its instance's breaker
-/// success) in one blocking call — with the unlock when nothing failed. A
-/// failed call then carries on with the one-by-one path's retries, action
-/// after action, each outcome committed as it comes; then the locks go.
+/// The calls that failed, and the group's locks, which they keep.
+type Failures = Option<(AdvisoryLocks, Vec<(GroupCall, CallError)>)>;
+
+/// Commits the group's successes (and their instances' breaker successes)
+/// in one blocking call — with the unlock when nothing failed; otherwise
+/// the failed calls come back with the locks, to carry on with the
+/// one-by-one path's retries ([`retry_failed`]).
 async fn finish(
     ctx: &WorkerContext,
     calls: Vec<GroupCall>,
     results: Vec<Result<StateChanged, CallError>>,
     mut lock: AdvisoryLocks,
-) -> Result<Vec<Finished>, InfraError> {
+) -> Result<(Vec<Finished>, Failures), InfraError> {
     let mut succeeded = Vec::new();
     let mut failed = Vec::new();
     for (g, result) in calls.into_iter().zip(results) {
@@ -564,7 +587,7 @@ async fn finish(
     for (instance, transition) in instances.iter().zip(transitions) {
         publish_breaker_transition(ctx, instance, transition).await?;
     }
-    let mut finished: Vec<Finished> = succeeded
+    let finished: Vec<Finished> = succeeded
         .into_iter()
         .map(|(g, success)| {
             action_finished(&g.req, g.call.requested_at, ActionStatus::Success);
@@ -575,16 +598,7 @@ async fn finish(
             }
         })
         .collect();
-    let Some(mut lock) = held else {
-        return Ok(finished);
-    };
-    for (g, e) in failed {
-        let span = span(&g.req);
-        let done = retry_failed(ctx, &g, e, &mut lock);
-        finished.push(tracing::Instrument::instrument(done, span).await?);
-    }
-    lock.release().await;
-    Ok(finished)
+    Ok((finished, held.map(|lock| (lock, failed))))
 }
 
 /// A call that failed in the group: the one-by-one path's retries from its
