@@ -20,6 +20,8 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused (nacked) the message")]
     Nacked,
+    #[error("the broker confirmed none of the sends within {0:?} each")]
+    Unconfirmed(Duration),
     #[error("cannot serialise the message: {0}")]
     Serialize(String),
 }
@@ -33,12 +35,21 @@ const RESEND_PAUSES: [Duration; 4] = [
     Duration::from_secs(2),
 ];
 
+/// How long one send (and its confirm) may take before it is sent again. A
+/// confirm can be lost when the channel is recovered between the send and
+/// its ack (lapin re-sends nothing); every message is idempotent (commands
+/// by their transaction id, events by their `event_id`), so a second send
+/// is safe where a lost one would hang its caller.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A failed send.
 enum Attempt {
     /// Interrupted by an outage the connection has recovered from.
     Recovered(lapin::Error),
     /// The broker refused it (nack): the message is not enqueued.
     Nacked,
+    /// No confirm within [`CONFIRM_TIMEOUT`].
+    Unconfirmed,
     Failed(PublishError),
 }
 
@@ -82,11 +93,17 @@ impl Publisher {
         (|| self.publish_once(&m))
             .retry(RESEND_PAUSES.into_iter())
             .sleep(tokio::time::sleep)
-            .when(|e| matches!(e, Attempt::Recovered(_) | Attempt::Nacked))
+            .when(|e| {
+                matches!(
+                    e,
+                    Attempt::Recovered(_) | Attempt::Nacked | Attempt::Unconfirmed
+                )
+            })
             .await
             .map_err(|e| match e {
                 Attempt::Recovered(e) => PublishError::Broker(e),
                 Attempt::Nacked => PublishError::Nacked,
+                Attempt::Unconfirmed => PublishError::Unconfirmed(CONFIRM_TIMEOUT),
                 Attempt::Failed(e) => e,
             })
     }
@@ -99,19 +116,25 @@ impl Publisher {
             .with_delivery_mode(2)
             .with_message_id(m.message_id.into())
             .with_headers(m.headers.clone());
-        let sent = self
-            .channel
-            .basic_publish(
-                m.exchange.into(),
-                m.routing_key.into(),
-                BasicPublishOptions::default(),
-                m.body,
-                properties,
-            )
-            .await;
-        let confirmed = match sent {
-            Ok(confirm) => confirm.await,
-            Err(e) => Err(e),
+        let send = async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    m.exchange.into(),
+                    m.routing_key.into(),
+                    BasicPublishOptions::default(),
+                    m.body,
+                    properties,
+                )
+                .await?;
+            confirm.await
+        };
+        let Ok(confirmed) = tokio::time::timeout(CONFIRM_TIMEOUT, send).await else {
+            tracing::warn!(
+                exchange = m.exchange,
+                "no confirm for a publish within {CONFIRM_TIMEOUT:?}; sending it again"
+            );
+            return Err(Attempt::Unconfirmed);
         };
         match confirmed {
             Ok(c) if c.is_ack() => Ok(()),
