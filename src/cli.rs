@@ -209,14 +209,14 @@ pub struct WorkerArgs {
     /// {hostname}_{app_name}_{instance}].
     #[arg(long, env = "MAPPING_NAME_TEMPLATE")]
     pub name_template: Option<String>,
-    /// Messages in flight per consumer [default: 1000].
+    /// Messages in flight per consumer [default: 1500].
     #[arg(long, env = "WORKER_PREFETCH")]
     pub prefetch: Option<u16>,
     /// The most action commands handled as one group; 1: one by one
     /// [default: 500].
     #[arg(long, env = "WORKER_GROUP_MAX")]
     pub group_max: Option<u16>,
-    /// Groups of actions handled at once [default: 2].
+    /// Groups of actions handled at once [default: 3].
     #[arg(long, env = "WORKER_GROUPS_IN_FLIGHT")]
     pub groups_in_flight: Option<u16>,
     /// Calls to an agent per action, the first included [default: 3].

@@ -164,7 +164,7 @@ impl WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            prefetch: 1000,
+            prefetch: 1500,
             max_attempts: 3,
             retry_backoff_ms: vec![1_000, 2_000, 4_000],
             agent_timeout_ms: 5_000,
@@ -173,7 +173,7 @@ impl Default for WorkerConfig {
             agent_ca_file: None,
             clock_tolerance_secs: 60,
             group_max: 500,
-            groups_in_flight: 2,
+            groups_in_flight: 3,
         }
     }
 }
