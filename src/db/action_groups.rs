@@ -35,9 +35,9 @@ pub fn find_servers(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<ServerTa
     Ok(rows.into_iter().map(to_target).collect())
 }
 
-/// The live servers whose instance, backend and server names are among
-/// these: a superset of the triples asked for (every combination of the
-/// names), which the caller matches by triple.
+/// The live servers named by these (instance, backend, server) triples,
+/// given as three arrays of one triple per index: exactly those, in one
+/// statement (the row-value `IN` over `unnest` is the one piece of raw SQL).
 ///
 /// # Errors
 /// [`DbError`].
@@ -47,11 +47,17 @@ pub fn find_servers_by_names(
     backends: &[&str],
     servers: &[&str],
 ) -> Result<Vec<ServerTarget>, DbError> {
-    let rows: Vec<TargetRow> = live_targets!()
-        .filter(i::name.eq_any(instances))
-        .filter(b::backend_name.eq_any(backends))
-        .filter(s::server_name.eq_any(servers))
-        .load(conn)?;
+    let named = diesel::dsl::sql::<Bool>(
+        "(haproxy_instances.name, haproxy_backends.backend_name, haproxy_servers.server_name) \
+         IN (SELECT * FROM unnest(",
+    )
+    .bind::<Array<Text>, _>(instances)
+    .sql("::text[], ")
+    .bind::<Array<Text>, _>(backends)
+    .sql("::text[], ")
+    .bind::<Array<Text>, _>(servers)
+    .sql("::text[]))");
+    let rows: Vec<TargetRow> = live_targets!().filter(named).load(conn)?;
     Ok(rows.into_iter().map(to_target).collect())
 }
 

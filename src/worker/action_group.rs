@@ -264,9 +264,6 @@ fn resolve(
         found.extend(action_groups::find_servers(session.conn(), &ids)?);
     }
     if !instances.is_empty() {
-        dedup(&mut instances);
-        dedup(&mut backends);
-        dedup(&mut servers);
         found.extend(action_groups::find_servers_by_names(
             session.conn(),
             &instances,
@@ -311,11 +308,6 @@ fn resolve(
         .zip(first)
         .filter_map(|((c, t), first)| Some((c, t.filter(|_| first)?)))
         .collect())
-}
-
-fn dedup(names: &mut Vec<&str>) {
-    names.sort_unstable();
-    names.dedup();
 }
 
 /// Dedupe and approval. A transaction id with a `pending` row for the same
