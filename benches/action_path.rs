@@ -249,7 +249,7 @@ async fn main() {
         burst_latency,
         format!("{paced_latency}{}", succeeded(paced_done.len(), paced)),
     ]);
-    common::print_rows("Action path: runs", &[row]);
+    common::print_rows("Action path: runs with the ratio", &[row]);
     common::print_rows(
         "Action path: cost per action",
         &[run.row(&[vec![knobs], burst_cost.cells()].concat())],

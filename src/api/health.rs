@@ -41,7 +41,8 @@ pub struct Readiness {
     pub error: Option<ErrorDetail>,
 }
 
-/// Ready when PostgreSQL answers `SELECT 1` and the RabbitMQ connection is up.
+/// Ready when PostgreSQL answers `SELECT 1` and the RabbitMQ connection and
+/// the channel commands are published on are up.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
@@ -50,7 +51,9 @@ pub struct Readiness {
     )
 )]
 pub async fn readyz(State(st): State<ApiState>) -> (StatusCode, Json<Readiness>) {
-    let (postgres, rabbitmq) = crate::metrics::server::dependencies(&st.pool, &st.amqp).await;
+    let (postgres, rabbitmq) =
+        crate::metrics::server::dependencies(&st.pool, &st.amqp, Some(st.publisher.channel()))
+            .await;
     let ready = postgres == "ok" && rabbitmq == "ok";
     let status = if ready {
         StatusCode::OK

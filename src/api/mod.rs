@@ -196,6 +196,12 @@ async fn publish_command<C: Command>(st: &ApiState, command: &C) -> Result<(), A
             transaction_id,
         ));
     }
+    if !st.publisher.channel().status().connected() {
+        return Err(not_published(
+            &"the RabbitMQ channel is being recovered",
+            transaction_id,
+        ));
+    }
     let published = tokio::time::timeout(
         PUBLISH_TIMEOUT,
         st.publisher.publish_command(&st.topology, command),

@@ -31,24 +31,33 @@ async fn healthz() -> Json<Value> {
 }
 
 /// What `/readyz` reports: PostgreSQL (`SELECT 1` within 2 s) and the
-/// RabbitMQ connection, each `ok` or what is wrong.
-pub async fn dependencies(pool: &PgPool, amqp: &lapin::Connection) -> (String, String) {
+/// RabbitMQ connection — and, when given, the channel the process publishes
+/// on (after a broker outage the connection is back before lapin has
+/// recovered its channels; a publish meanwhile waits) — each `ok` or what
+/// is wrong.
+pub async fn dependencies(
+    pool: &PgPool,
+    amqp: &lapin::Connection,
+    publisher: Option<&lapin::Channel>,
+) -> (String, String) {
     let postgres = match tokio::time::timeout(READY_TIMEOUT, db::run(pool, api_queries::ping)).await
     {
         Ok(Ok(())) => "ok".to_owned(),
         Ok(Err(e)) => format!("unavailable: {e}"),
         Err(_) => format!("no answer within {} s", READY_TIMEOUT.as_secs()),
     };
-    let rabbitmq = if amqp.status().connected() {
-        "ok".to_owned()
-    } else {
+    let rabbitmq = if !amqp.status().connected() {
         "not connected".to_owned()
+    } else if publisher.is_some_and(|c| !c.status().connected()) {
+        "connected, the publishing channel not recovered yet".to_owned()
+    } else {
+        "ok".to_owned()
     };
     (postgres, rabbitmq)
 }
 
 async fn readyz(State(p): State<Probe>) -> (StatusCode, Json<Value>) {
-    let (postgres, rabbitmq) = dependencies(&p.pool, &p.amqp).await;
+    let (postgres, rabbitmq) = dependencies(&p.pool, &p.amqp, None).await;
     let ready = postgres == "ok" && rabbitmq == "ok";
     let status = if ready {
         StatusCode::OK

@@ -116,8 +116,8 @@ impl Publisher {
             .with_delivery_mode(2)
             .with_message_id(m.message_id.into())
             .with_headers(m.headers.clone());
-        let send = async {
-            let confirm = self
+        let attempt = async {
+            let sent = self
                 .channel
                 .basic_publish(
                     m.exchange.into(),
@@ -126,33 +126,40 @@ impl Publisher {
                     m.body,
                     properties,
                 )
-                .await?;
-            confirm.await
-        };
-        let Ok(confirmed) = tokio::time::timeout(CONFIRM_TIMEOUT, send).await else {
-            tracing::warn!(
-                exchange = m.exchange,
-                "no confirm for a publish within {CONFIRM_TIMEOUT:?}; sending it again"
-            );
-            return Err(Attempt::Unconfirmed);
-        };
-        match confirmed {
-            Ok(c) if c.is_ack() => Ok(()),
-            Ok(_) => {
-                tracing::warn!(
-                    exchange = m.exchange,
-                    "the broker nacked a publish; sending it again"
-                );
-                Err(Attempt::Nacked)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, exchange = m.exchange, "publish failed; waiting for broker recovery");
-                match self.channel.wait_for_recovery(e.clone()).await {
-                    Ok(()) => Err(Attempt::Recovered(e)),
-                    Err(e2) => Err(Attempt::Failed(PublishError::Broker(e2))),
+                .await;
+            let confirmed = match sent {
+                Ok(confirm) => confirm.await,
+                Err(e) => Err(e),
+            };
+            match confirmed {
+                Ok(c) if c.is_ack() => Ok(()),
+                Ok(_) => {
+                    tracing::warn!(
+                        exchange = m.exchange,
+                        "the broker nacked a publish; sending it again"
+                    );
+                    Err(Attempt::Nacked)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, exchange = m.exchange, "publish failed; waiting for broker recovery");
+                    match self.channel.wait_for_recovery(e.clone()).await {
+                        Ok(()) => Err(Attempt::Recovered(e)),
+                        Err(e2) => Err(Attempt::Failed(PublishError::Broker(e2))),
+                    }
                 }
             }
-        }
+        };
+        // The send, its confirm and any wait for recovery: bounded, then sent again.
+        tokio::time::timeout(CONFIRM_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    exchange = m.exchange,
+                    channel_connected = self.channel.status().connected(),
+                    "no confirm for a publish within {CONFIRM_TIMEOUT:?}; sending it again"
+                );
+                Err(Attempt::Unconfirmed)
+            })
     }
 
     /// Publishes a command on the commands exchange, routed by its kind,

@@ -1009,6 +1009,12 @@ async fn health_readiness_and_metrics_need_no_token() {
 
 #[tokio::test]
 async fn readiness_follows_the_broker_connection_and_commands_answer_503_meanwhile() {
+    // Its logs (lapin's recovery included) are shown if it fails: it did,
+    // under full-suite load, with a publish that got no confirm.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,lapin=debug")
+        .with_test_writer()
+        .try_init();
     let sys = TestSystem::start().await;
     seed_inventory(&sys).await;
     let broker = TcpProxy::start("127.0.0.1:5672".parse().expect("addr")).await;
