@@ -340,3 +340,23 @@ impl Drop for AdvisoryLocks {
         drop(self.inner.take());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_come_before_backends_each_sorted_once() {
+        let keys = lock_order(&[9, 3, 9, 1], &[7, 2, 7]);
+        let expected: Vec<i64> = [1, 3, 9]
+            .iter()
+            .map(|id| server_lock_key(*id))
+            .chain([2, 7].iter().map(|id| backend_guard_lock_key(*id)))
+            .collect();
+        assert_eq!(keys, expected);
+        // Within each kind the order is ascending by key: the one order
+        // every session takes them in.
+        assert!(keys[..3].windows(2).all(|w| w[0] < w[1]));
+        assert!(keys[3..].windows(2).all(|w| w[0] < w[1]));
+    }
+}
