@@ -2,22 +2,21 @@
 //! groups"): each phase of the action path done for the whole group in one
 //! statement — resolve, read the rows the transaction ids have, read the
 //! servers under their locks, count ready servers for the guard, record the
-//! actions as running, and commit every outcome.
+//! actions as running.
 //!
 //! Diesel DSL where it can say it (`= ANY($1)` takes one bind, so the
 //! statement is prepared once whatever the group's size); raw SQL for the
-//! multi-row insert and the outcome CTE over `unnest` (one round trip each).
+//! multi-row insert (one round trip). The outcomes are committed by
+//! [`super::actions::finish_success`], the statement one action uses too.
 
 use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
-use diesel::sql_types::{
-    Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use uuid::Uuid;
 
 use super::DbError;
-use super::actions::{ActionRow, FinishCounts, HistoryWrite, NewAction, ServerWrite};
+use super::actions::{ActionRow, NewAction};
 use super::instances::InstanceRow;
 use super::inventory::{ServerRow, ServerTarget, TargetRow, live_targets, to_target};
 use super::schema::{
@@ -176,125 +175,4 @@ pub fn start_pending(conn: &mut PgConnection, ids: &[i64]) -> Result<HashSet<i64
     .returning(a::id)
     .get_results(conn)?;
     Ok(started.into_iter().collect())
-}
-
-/// One successful action of a group: what [`super::actions::finish_success`]
-/// writes for one.
-#[derive(Debug, Clone)]
-pub struct Success {
-    pub action_id: i64,
-    pub events: serde_json::Value,
-    pub server: ServerWrite,
-    pub history: Option<HistoryWrite>,
-}
-
-/// The statement of [`finish_success`]: [`super::actions::finish_success`]'s
-/// CTE over `unnest`, one row per action.
-const FINISH_SUCCESS: &str = "\
-WITH durable AS (
-    SELECT set_config('synchronous_commit', 'on', true) AS setting
-), input AS (
-    SELECT *
-      FROM unnest($1::bigint[], $2::jsonb[], $3::bigint[], $4::text[], $5::text[], $6::int[],
-                  $7::bigint[], $8::text[], $9::timestamptz[], $10::bool[], $11::text[],
-                  $12::text[], $13::text[])
-           AS t(action_id, events, server_id, admin_state, op_state, weight, sessions,
-                check_status, last_requested_at, changed, previous_admin, previous_op, actor)
-), act AS (
-    UPDATE haproxy_actions AS x
-       SET status = 'success', error = NULL, error_detail = NULL, events = input.events,
-           finished_at = now()
-      FROM input
-     WHERE x.id = input.action_id
- RETURNING x.id
-), srv AS (
-    UPDATE haproxy_servers AS x
-       SET admin_state = input.admin_state, op_state = input.op_state, weight = input.weight,
-           current_sessions = input.sessions, check_status = input.check_status,
-           state_written_at = now(), last_requested_at = input.last_requested_at,
-           state_changed_at = CASE WHEN input.changed THEN now() ELSE x.state_changed_at END
-      FROM input
-     WHERE x.id = input.server_id
- RETURNING x.id
-), hist AS (
-    INSERT INTO haproxy_server_status_history
-        (server_id, previous_admin_state, new_admin_state, previous_op_state, new_op_state,
-         source, actor, action_id)
-    SELECT server_id, previous_admin, admin_state, previous_op, op_state, 'action', actor,
-           action_id
-      FROM input
-     WHERE changed
- RETURNING id
-)
-SELECT (SELECT count(*) FROM act) AS actions,
-       (SELECT count(*) FROM srv) AS servers,
-       (SELECT count(*) FROM hist) AS history,
-       (SELECT setting FROM durable) AS setting";
-
-/// Commits the successful actions of a group — each outcome, its server's
-/// state read back and, when it changed, its history row — together and
-/// durably, in one statement.
-///
-/// # Errors
-/// [`DbError`].
-pub fn finish_success(conn: &mut PgConnection, done: &[Success]) -> Result<(), DbError> {
-    if done.is_empty() {
-        return Ok(());
-    }
-    let history = |f: fn(&HistoryWrite) -> &str| -> Vec<&str> {
-        done.iter()
-            .map(|d| d.history.as_ref().map_or("", f))
-            .collect()
-    };
-    let counts: FinishCounts = diesel::sql_query(FINISH_SUCCESS)
-        .bind::<Array<BigInt>, _>(done.iter().map(|d| d.action_id).collect::<Vec<_>>())
-        .bind::<Array<Jsonb>, _>(done.iter().map(|d| &d.events).collect::<Vec<_>>())
-        .bind::<Array<BigInt>, _>(done.iter().map(|d| d.server.server_id).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(
-            done.iter()
-                .map(|d| d.server.admin_state.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Text>, _>(
-            done.iter()
-                .map(|d| d.server.op_state.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Integer>, _>(done.iter().map(|d| d.server.weight).collect::<Vec<_>>())
-        .bind::<Array<BigInt>, _>(
-            done.iter()
-                .map(|d| d.server.current_sessions)
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Nullable<Text>>, _>(
-            done.iter()
-                .map(|d| d.server.check_status.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Timestamptz>, _>(
-            done.iter()
-                .map(|d| d.server.last_requested_at)
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Bool>, _>(done.iter().map(|d| d.history.is_some()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(history(|h| h.previous.admin_state.as_str()))
-        .bind::<Array<Text>, _>(history(|h| h.previous.op_state.as_str()))
-        .bind::<Array<Text>, _>(history(|h| h.actor.as_str()))
-        .get_result(conn)?;
-    let changed = done.iter().filter(|d| d.history.is_some()).count();
-    let expected = i64::try_from(done.len()).unwrap_or(i64::MAX);
-    if counts.actions != expected
-        || counts.servers != expected
-        || counts.history != i64::try_from(changed).unwrap_or(i64::MAX)
-    {
-        // Committed already; rows are soft-deleted, so this is not expected.
-        tracing::warn!(
-            actions = counts.actions,
-            servers = counts.servers,
-            history = counts.history,
-            expected,
-            "finishing a group of actions wrote fewer rows than expected"
-        );
-    }
-    Ok(())
 }

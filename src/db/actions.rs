@@ -2,11 +2,13 @@
 //! outcome, its server's new state, its history row and its final events
 //! commit together in [`finish_success`] (or [`finish`] when no server changed).
 //!
-//! Raw SQL only in [`finish_success`]: one CTE statement writes the action,
-//! the server and the history row (one round trip on the hot path).
+//! Raw SQL only in [`finish_success`]: one CTE statement over `unnest`
+//! writes the actions, their servers and history rows — one action's or a
+//! whole group's (one round trip on the hot path).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
 use uuid::Uuid;
 
 use super::DbError;
@@ -222,32 +224,54 @@ pub fn finish(conn: &mut PgConnection, action_id: i64, outcome: &Outcome) -> Res
     })
 }
 
-/// The statement of [`finish_success`]: the action's outcome, its server's
-/// state and (when the state changed) its history row, as one statement —
-/// one round trip and one commit. `set_config(…, true)` makes that commit
-/// wait for the WAL flush whatever the session's `synchronous_commit`.
+/// One successful action: what [`finish_success`] writes for it.
+#[derive(Debug, Clone)]
+pub struct Success {
+    pub action_id: i64,
+    pub events: serde_json::Value,
+    pub server: ServerWrite,
+    pub history: Option<HistoryWrite>,
+}
+
+/// The statement of [`finish_success`]: each action's outcome, its server's
+/// state and (when the state changed) its history row, for one action or a
+/// group (`unnest`, one row per action), as one statement — one round trip
+/// and one commit. `set_config(…, true)` makes that commit wait for the WAL
+/// flush whatever the session's `synchronous_commit`.
 const FINISH_SUCCESS: &str = "\
 WITH durable AS (
     SELECT set_config('synchronous_commit', 'on', true) AS setting
+), input AS (
+    SELECT *
+      FROM unnest($1::bigint[], $2::jsonb[], $3::bigint[], $4::text[], $5::text[], $6::int[],
+                  $7::bigint[], $8::text[], $9::timestamptz[], $10::bool[], $11::text[],
+                  $12::text[], $13::text[])
+           AS t(action_id, events, server_id, admin_state, op_state, weight, sessions,
+                check_status, last_requested_at, changed, previous_admin, previous_op, actor)
 ), act AS (
-    UPDATE haproxy_actions
-       SET status = 'success', error = NULL, error_detail = NULL, events = $2,
+    UPDATE haproxy_actions AS x
+       SET status = 'success', error = NULL, error_detail = NULL, events = input.events,
            finished_at = now()
-     WHERE id = $1
- RETURNING id
+      FROM input
+     WHERE x.id = input.action_id
+ RETURNING x.id
 ), srv AS (
-    UPDATE haproxy_servers
-       SET admin_state = $4, op_state = $5, weight = $6, current_sessions = $7,
-           check_status = $8, state_written_at = now(), last_requested_at = $9,
-           state_changed_at = CASE WHEN $10 THEN now() ELSE state_changed_at END
-     WHERE id = $3
- RETURNING id
+    UPDATE haproxy_servers AS x
+       SET admin_state = input.admin_state, op_state = input.op_state, weight = input.weight,
+           current_sessions = input.sessions, check_status = input.check_status,
+           state_written_at = now(), last_requested_at = input.last_requested_at,
+           state_changed_at = CASE WHEN input.changed THEN now() ELSE x.state_changed_at END
+      FROM input
+     WHERE x.id = input.server_id
+ RETURNING x.id
 ), hist AS (
     INSERT INTO haproxy_server_status_history
         (server_id, previous_admin_state, new_admin_state, previous_op_state, new_op_state,
          source, actor, action_id)
-    SELECT $3, $11, $4, $12, $5, 'action', $13, $1
-     WHERE $10
+    SELECT server_id, previous_admin, admin_state, previous_op, op_state, 'action', actor,
+           action_id
+      FROM input
+     WHERE changed
  RETURNING id
 )
 SELECT (SELECT count(*) FROM act) AS actions,
@@ -255,59 +279,83 @@ SELECT (SELECT count(*) FROM act) AS actions,
        (SELECT count(*) FROM hist) AS history,
        (SELECT setting FROM durable) AS setting";
 
-/// The rows an outcome statement wrote (this one's and
-/// [`super::action_groups`]' for a group).
+/// The rows [`FINISH_SUCCESS`] wrote.
 #[derive(QueryableByName)]
-pub(super) struct FinishCounts {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub(super) actions: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub(super) servers: i64,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    pub(super) history: i64,
+struct FinishCounts {
+    #[diesel(sql_type = BigInt)]
+    actions: i64,
+    #[diesel(sql_type = BigInt)]
+    servers: i64,
+    #[diesel(sql_type = BigInt)]
+    history: i64,
     #[allow(dead_code)]
-    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[diesel(sql_type = Text)]
     setting: String,
 }
 
-/// Commits a successful action: its outcome, the server's state read back
-/// and, when that state changed (`history` is given), its history row,
+/// Commits successful actions (one, or a group's) — each outcome, its
+/// server's state read back and, when it changed, its history row —
 /// together and durably, in one statement.
 ///
 /// # Errors
 /// [`DbError`].
-pub fn finish_success(
-    conn: &mut PgConnection,
-    action_id: i64,
-    events: &serde_json::Value,
-    server: &ServerWrite,
-    history: Option<&HistoryWrite>,
-) -> Result<(), DbError> {
-    use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
-    let changed = history.is_some();
+pub fn finish_success(conn: &mut PgConnection, done: &[Success]) -> Result<(), DbError> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let history = |f: fn(&HistoryWrite) -> &str| -> Vec<&str> {
+        done.iter()
+            .map(|d| d.history.as_ref().map_or("", f))
+            .collect()
+    };
     let counts: FinishCounts = diesel::sql_query(FINISH_SUCCESS)
-        .bind::<BigInt, _>(action_id)
-        .bind::<Jsonb, _>(events)
-        .bind::<BigInt, _>(server.server_id)
-        .bind::<Text, _>(server.admin_state.as_str())
-        .bind::<Text, _>(server.op_state.as_str())
-        .bind::<Integer, _>(server.weight)
-        .bind::<BigInt, _>(server.current_sessions)
-        .bind::<Nullable<Text>, _>(server.check_status.as_deref())
-        .bind::<Timestamptz, _>(server.last_requested_at)
-        .bind::<Bool, _>(changed)
-        .bind::<Nullable<Text>, _>(history.map(|h| h.previous.admin_state.as_str()))
-        .bind::<Nullable<Text>, _>(history.map(|h| h.previous.op_state.as_str()))
-        .bind::<Text, _>(history.map_or("", |h| h.actor.as_str()))
+        .bind::<Array<BigInt>, _>(done.iter().map(|d| d.action_id).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(done.iter().map(|d| &d.events).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(done.iter().map(|d| d.server.server_id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            done.iter()
+                .map(|d| d.server.admin_state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(
+            done.iter()
+                .map(|d| d.server.op_state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Integer>, _>(done.iter().map(|d| d.server.weight).collect::<Vec<_>>())
+        .bind::<Array<BigInt>, _>(
+            done.iter()
+                .map(|d| d.server.current_sessions)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            done.iter()
+                .map(|d| d.server.check_status.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Timestamptz>, _>(
+            done.iter()
+                .map(|d| d.server.last_requested_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Bool>, _>(done.iter().map(|d| d.history.is_some()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(history(|h| h.previous.admin_state.as_str()))
+        .bind::<Array<Text>, _>(history(|h| h.previous.op_state.as_str()))
+        .bind::<Array<Text>, _>(history(|h| h.actor.as_str()))
         .get_result(conn)?;
-    if counts.actions != 1 || counts.servers != 1 || counts.history != i64::from(changed) {
+    let changed = done.iter().filter(|d| d.history.is_some()).count();
+    let expected = i64::try_from(done.len()).unwrap_or(i64::MAX);
+    if counts.actions != expected
+        || counts.servers != expected
+        || counts.history != i64::try_from(changed).unwrap_or(i64::MAX)
+    {
         // Committed already; rows are soft-deleted, so this is not expected.
         tracing::warn!(
-            action_id,
             actions = counts.actions,
             servers = counts.servers,
             history = counts.history,
-            "finishing an action wrote fewer rows than expected"
+            expected,
+            "finishing actions wrote fewer rows than expected"
         );
     }
     Ok(())

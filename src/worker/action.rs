@@ -14,8 +14,9 @@ use super::breaker::{self, BreakerSettings, Transition};
 use super::events::{ActionFacts, circuit};
 use super::{InfraError, WorkerContext, agent_listing};
 use crate::approvals::Held;
-use crate::db::action_groups::Success;
-use crate::db::actions::{self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite};
+use crate::db::actions::{
+    self, ActionRow, Claim, HistoryWrite, NewAction, Outcome, ServerWrite, Success,
+};
 use crate::db::approvals;
 use crate::db::inventory::{self, ServerRow, ServerTarget};
 use crate::db::locks::{AdvisoryLocks, Session};
@@ -758,13 +759,7 @@ impl Settled {
             }
             Settled::Succeeded(s) => {
                 let transition = breaker::record_success_on(conn, instance_id)?;
-                actions::finish_success(
-                    conn,
-                    s.action_id,
-                    &s.events,
-                    &s.server,
-                    s.history.as_ref(),
-                )?;
+                actions::finish_success(conn, std::slice::from_ref(&s))?;
                 Ok(transition)
             }
         }

@@ -26,8 +26,8 @@ use super::action::{
 };
 use super::breaker::{self, Transition};
 use super::{Commanded, InfraError, WorkerContext};
-use crate::db::action_groups::{self, Success};
-use crate::db::actions::{ActionRow, NewAction};
+use crate::db::action_groups;
+use crate::db::actions::{self, ActionRow, NewAction, Success};
 use crate::db::approvals;
 use crate::db::inventory::ServerTarget;
 use crate::db::locks::{AdvisoryLocks, Session};
@@ -568,7 +568,7 @@ async fn finish(
             .iter()
             .map(|id| breaker::record_success_on(c, *id))
             .collect::<Result<Vec<Transition>, DbError>>()?;
-        action_groups::finish_success(c, &successes)?;
+        actions::finish_success(c, &successes)?;
         Ok(transitions)
     };
     let (transitions, held) = if failed.is_empty() {
