@@ -72,13 +72,7 @@ impl MessageHandler for ActionHandler {
     }
 
     fn span(&self, request: &Self::Request) -> tracing::Span {
-        let request = &request.request;
-        tracing::info_span!(
-            "action",
-            transaction_id = %request.transaction_id,
-            action = %request.action,
-            actor = %request.actor,
-        )
+        span(&request.request)
     }
 
     async fn process_group(
@@ -182,6 +176,16 @@ async fn batch_progress(ctx: &WorkerContext, batch_id: Option<i64>) -> Result<()
     super::batch::completed(ctx, batch_id).await
 }
 
+/// The span an action is processed in, alone or in a group.
+pub(super) fn span(req: &ActionRequest) -> tracing::Span {
+    tracing::info_span!(
+        "action",
+        transaction_id = %req.transaction_id,
+        action = %req.action,
+        actor = %req.actor,
+    )
+}
+
 /// What the preamble of an action decided.
 enum Prepared {
     /// The instance is known but the server named is not: load the
@@ -222,6 +226,25 @@ pub(super) struct AgentTarget {
     pub(super) endpoint: AgentEndpoint,
     pub(super) backend: BackendName,
     pub(super) server_name: ServerName,
+}
+
+impl AgentTarget {
+    /// The single-server call that applies `req` here.
+    pub(super) async fn set_state(
+        &self,
+        agents: &crate::fagent::client::AgentClient,
+        req: &ActionRequest,
+    ) -> Result<StateChanged, CallError> {
+        agents
+            .set_state(
+                &self.endpoint,
+                &self.backend,
+                &self.server_name,
+                req.action,
+                req.transaction_id,
+            )
+            .await
+    }
 }
 
 /// Everything before the agent call, on one connection in one blocking
@@ -916,20 +939,9 @@ pub(super) async fn call_with_retries(
                 ),
             }));
         }
-        let agent = &call.agent;
         let result = match first_failed.take() {
             Some(e) => Err(e),
-            None => {
-                ctx.agents
-                    .set_state(
-                        &agent.endpoint,
-                        &agent.backend,
-                        &agent.server_name,
-                        req.action,
-                        req.transaction_id,
-                    )
-                    .await
-            }
+            None => call.agent.set_state(&ctx.agents, req).await,
         };
         let e = match result {
             Ok(changed) => return Ok(Ok(changed)),

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::action::{
     Call, Settled, action_finished, agent_target, breaker_closed, call_with_retries, guard_applies,
-    may_be_guarded, new_action, publish_breaker_transition, settle,
+    may_be_guarded, new_action, publish_breaker_transition, settle, span,
 };
 use super::breaker::{self, Transition};
 use super::{Commanded, InfraError, WorkerContext};
@@ -513,16 +513,11 @@ async fn call_agent_once(
             Err(e) => return vec![Err(e); group.len()],
         }
     }
-    join_all(group.iter().map(|g| {
-        let agent = &g.call.agent;
-        ctx.agents.set_state(
-            &agent.endpoint,
-            &agent.backend,
-            &agent.server_name,
-            g.req.action,
-            g.req.transaction_id,
-        )
-    }))
+    join_all(
+        group
+            .iter()
+            .map(|g| g.call.agent.set_state(&ctx.agents, &g.req)),
+    )
     .await
 }
 
@@ -614,14 +609,4 @@ async fn retry_failed(
         events,
         batch_id: g.call.batch_id,
     })
-}
-
-/// The span of one action, as the one-by-one path opens it.
-fn span(req: &ActionRequest) -> tracing::Span {
-    tracing::info_span!(
-        "action",
-        transaction_id = %req.transaction_id,
-        action = %req.action,
-        actor = %req.actor,
-    )
 }
