@@ -315,84 +315,54 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Re
         "worker started"
     );
     let outage = max_outage(config.amqp.reconnect_attempts);
+    let (dispatcher_publisher, dispatcher_shutdown) = (publisher.clone(), shutdown.clone());
+    // Each command queue's consumer: its queue, prefetch, handler, grouping.
+    let consumer = |queue: &str, prefetch: u16, handler: Arc<dyn Handler>, grouping: Grouping| {
+        let spec = ConsumerSpec {
+            queue: queue.to_owned(),
+            prefetch,
+            publisher: publisher.clone(),
+            topology: topology.clone(),
+            handler,
+            max_outage: outage,
+            grouping,
+        };
+        consume(&conn, spec, shutdown.clone())
+    };
+    let t = &topology;
     let consumers = async {
         tokio::try_join!(
-            consume(
-                &conn,
-                ConsumerSpec {
-                    queue: topology.actions_queue.clone(),
-                    prefetch: settings.prefetch,
-                    publisher: publisher.clone(),
-                    topology: topology.clone(),
-                    handler: actions,
-                    max_outage: outage,
-                    grouping: settings.grouping,
-                },
-                shutdown.clone(),
+            consumer(
+                &t.actions_queue,
+                settings.prefetch,
+                actions,
+                settings.grouping
             ),
-            consume(
-                &conn,
-                ConsumerSpec {
-                    queue: topology.batches_queue.clone(),
-                    prefetch: BATCH_PREFETCH,
-                    publisher: publisher.clone(),
-                    topology: topology.clone(),
-                    handler: batches,
-                    max_outage: outage,
-                    grouping: Grouping::NONE,
-                },
-                shutdown.clone(),
+            consumer(&t.batches_queue, BATCH_PREFETCH, batches, Grouping::NONE),
+            consumer(
+                &t.rollouts_queue,
+                ROLLOUT_TICK_PREFETCH,
+                ticks,
+                Grouping::NONE
             ),
-            consume(
-                &conn,
-                ConsumerSpec {
-                    queue: topology.rollouts_queue.clone(),
-                    prefetch: ROLLOUT_TICK_PREFETCH,
-                    publisher: publisher.clone(),
-                    topology: topology.clone(),
-                    handler: ticks,
-                    max_outage: outage,
-                    grouping: Grouping::NONE,
-                },
-                shutdown.clone(),
+            consumer(
+                &t.rollout_hooks_queue,
+                ROLLOUT_HOOK_PREFETCH,
+                hooks,
+                Grouping::NONE
             ),
-            consume(
-                &conn,
-                ConsumerSpec {
-                    queue: topology.rollout_hooks_queue.clone(),
-                    prefetch: ROLLOUT_HOOK_PREFETCH,
-                    publisher: publisher.clone(),
-                    topology: topology.clone(),
-                    handler: hooks,
-                    max_outage: outage,
-                    grouping: Grouping::NONE,
-                },
-                shutdown.clone(),
-            ),
-            consume(
-                &conn,
-                ConsumerSpec {
-                    queue: topology.sync_queue.clone(),
-                    prefetch: SYNC_PREFETCH,
-                    publisher: publisher.clone(),
-                    topology: topology.clone(),
-                    handler: syncs,
-                    max_outage: outage,
-                    grouping: Grouping::NONE,
-                },
-                shutdown.clone(),
-            ),
+            consumer(&t.sync_queue, SYNC_PREFETCH, syncs, Grouping::NONE),
             async {
                 match webhooks {
                     Some(settings) => {
                         crate::webhooks::run_dispatcher(
                             &conn,
                             dispatcher_pool,
-                            publisher,
+                            dispatcher_publisher,
                             topology.clone(),
                             settings,
                             outage,
-                            shutdown,
+                            dispatcher_shutdown,
                         )
                         .await
                     }
