@@ -230,8 +230,6 @@ pub async fn send_action(config: &Config, args: &ActionArgs) -> anyhow::Result<S
 /// When the broker cannot be reached.
 pub async fn tail_events(config: &Config, args: &EventsArgs) -> anyhow::Result<()> {
     use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
 
     let topology =
         crate::queue::Topology::with_prefix(&config.amqp.prefix, config.amqp.delivery_limit);
@@ -243,35 +241,8 @@ pub async fn tail_events(config: &Config, args: &EventsArgs) -> anyhow::Result<(
     .await?;
     let ch = conn.create_channel().await?;
     topology.declare(&ch).await?;
-    let queue = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        queue.name().clone(),
-        topology.events_exchange.as_str().into(),
-        args.pattern.as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.name().clone(),
-            "events-cli".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let mut consumer = topology
+        .tap_events(&ch, "", &args.pattern, "events-cli")
         .await?;
     eprintln!(
         "listening on {} for {}",

@@ -20,8 +20,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
@@ -146,35 +144,7 @@ async fn relay(
     rebound: bool,
 ) -> Result<(), lapin::Error> {
     let ch = conn.create_channel().await?;
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_bind(
-        queue.into(),
-        topology.events_exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "api-stream".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = topology.tap_events(&ch, queue, "#", "api-stream").await?;
     tracing::info!(%queue, "event stream relay bound");
     if rebound {
         let _ = hub.tx.send(Arc::new(StreamEvent {

@@ -1,8 +1,8 @@
 //! CONTRACT.md's RabbitMQ topology, declared idempotently by every role.
 
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
@@ -228,6 +228,49 @@ impl Topology {
             self.events_exchange.as_str().into(),
             "#".into(),
             QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// A private tap on the events: an exclusive, auto-deleted queue
+    /// (`queue`, or a name the broker picks when empty) bound to the events
+    /// exchange with `pattern`, consumed without acks under `tag`. It goes
+    /// with its channel.
+    ///
+    /// # Errors
+    /// When the broker refuses a declaration, the binding or the consumer.
+    pub async fn tap_events(
+        &self,
+        ch: &Channel,
+        queue: &str,
+        pattern: &str,
+        tag: &str,
+    ) -> Result<lapin::Consumer, lapin::Error> {
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = ch
+            .queue_declare(queue.into(), private, FieldTable::default())
+            .await?;
+        ch.queue_bind(
+            declared.name().clone(),
+            self.events_exchange.as_str().into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
+        ch.basic_consume(
+            declared.name().clone(),
+            tag.into(),
+            no_ack,
             FieldTable::default(),
         )
         .await

@@ -586,3 +586,48 @@ async fn a_worker_whose_database_connections_are_cut_acks_nothing_uncommitted_an
     pg.cut(); // every open connection of the worker to PostgreSQL, mid-stream
     assert_each_applied_once(&sys, &lb, &txns).await;
 }
+
+#[tokio::test]
+async fn the_events_command_prints_the_events_its_pattern_selects() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let Registered { sys, .. } = &lb(1).await.with_worker().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_haproxy-control"))
+        .args(["events", "--pattern", "server.*", "--count", "1"])
+        .env("AMQP_URL", crate::harness::system::AMQP_URL)
+        .env("AMQP_PREFIX", &sys.prefix)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("events command");
+    // It says so (among its logs) once its queue is bound.
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let listening = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("listening on") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(listening, Ok(true)), "the command never listened");
+    let txn = Uuid::new_v4();
+    sys.publish_action(&action(txn, "drain", by_names("s1")))
+        .await;
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("the command ends after one event")
+        .expect("its output");
+    assert!(out.status.success());
+    let printed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    // Only the event the pattern selects: server.state_changed, not
+    // action.succeeded (published first).
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    assert_eq!(printed[0]["type"], "server.state_changed");
+    assert_eq!(printed[0]["transaction_id"], txn.to_string());
+}
